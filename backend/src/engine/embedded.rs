@@ -1,0 +1,168 @@
+//! The embedded engine: a single redb file in the data directory.
+//!
+//! redb was chosen over fjall and RocksDB (see the README's design section for the numbers):
+//! its read transactions are true snapshots, a commit is durable (fsync) when it returns, and it
+//! builds in seconds from pure Rust. Its weakness, the cost of one fsync per commit, is exactly
+//! what Engram's group commit amortises: one engine batch carries many client writes.
+
+use super::{Engine, EngineError, EngineResult, Entry, KeyRange, Mutation, Snapshot, WriteBatch};
+use bytes::Bytes;
+use redb::{Database, ReadOnlyTable, ReadableDatabase, ReadableTable, TableDefinition};
+use std::ops::Bound;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Every Engram key lives in one table; the MVCC layer partitions the keyspace by prefix.
+const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("engram");
+
+/// File name of the database inside the data directory.
+pub const DB_FILE: &str = "engram.redb";
+
+fn storage<E: std::fmt::Display>(err: E) -> EngineError {
+    EngineError::Storage(err.to_string())
+}
+
+/// The default engine, backed by a redb database file.
+#[derive(Clone)]
+pub struct EmbeddedEngine {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+impl EmbeddedEngine {
+    /// Opens (or creates) the database in `data_dir`, with a page cache of `cache_bytes`.
+    pub fn open(data_dir: &Path, cache_bytes: usize) -> EngineResult<Self> {
+        std::fs::create_dir_all(data_dir).map_err(storage)?;
+        let path = data_dir.join(DB_FILE);
+        let db = Database::builder()
+            .set_cache_size(cache_bytes)
+            .create(&path)
+            .map_err(storage)?;
+        // Make sure the table exists so snapshots never have to special-case an empty file.
+        let txn = db.begin_write().map_err(storage)?;
+        txn.open_table(TABLE).map_err(storage)?;
+        txn.commit().map_err(storage)?;
+        Ok(EmbeddedEngine {
+            db: Arc::new(db),
+            path,
+        })
+    }
+
+    fn write_blocking(db: &Database, batch: WriteBatch) -> EngineResult<()> {
+        let txn = db.begin_write().map_err(storage)?;
+        {
+            let mut table = txn.open_table(TABLE).map_err(storage)?;
+            for condition in &batch.conditions {
+                let current = table.get(&condition.key[..]).map_err(storage)?;
+                let holds = match (&current, &condition.expected) {
+                    (None, None) => true,
+                    (Some(value), Some(expected)) => value.value() == &expected[..],
+                    _ => false,
+                };
+                if !holds {
+                    return Err(EngineError::ConditionFailed {
+                        key: condition.key.clone(),
+                    });
+                }
+            }
+            for mutation in &batch.mutations {
+                match mutation {
+                    Mutation::Put { key, value } => {
+                        table.insert(&key[..], &value[..]).map_err(storage)?;
+                    }
+                    Mutation::Delete { key } => {
+                        table.remove(&key[..]).map_err(storage)?;
+                    }
+                }
+            }
+        }
+        txn.commit().map_err(storage)
+    }
+}
+
+/// A redb read transaction: a consistent view that writers never disturb.
+pub struct EmbeddedSnapshot {
+    table: ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
+
+impl EmbeddedSnapshot {
+    fn scan_blocking(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+        reverse: bool,
+    ) -> EngineResult<Vec<Entry>> {
+        if limit == 0 || range.end.as_ref().is_some_and(|end| *end <= range.start) {
+            return Ok(Vec::new());
+        }
+        let upper = match &range.end {
+            Some(end) => Bound::Excluded(&end[..]),
+            None => Bound::Unbounded,
+        };
+        let iter = self
+            .table
+            .range::<&[u8]>((Bound::Included(&range.start[..]), upper))
+            .map_err(storage)?;
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut push = |item: Result<_, redb::StorageError>| -> EngineResult<bool> {
+            let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) =
+                item.map_err(storage)?;
+            out.push((
+                Bytes::copy_from_slice(k.value()),
+                Bytes::copy_from_slice(v.value()),
+            ));
+            Ok(out.len() < limit)
+        };
+        if reverse {
+            for item in iter.rev() {
+                if !push(item)? {
+                    break;
+                }
+            }
+        } else {
+            for item in iter {
+                if !push(item)? {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Snapshot for EmbeddedSnapshot {
+    async fn get(&self, key: &[u8]) -> EngineResult<Option<Bytes>> {
+        let value = self.table.get(key).map_err(storage)?;
+        Ok(value.map(|v| Bytes::copy_from_slice(v.value())))
+    }
+
+    async fn scan(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+        reverse: bool,
+    ) -> EngineResult<Vec<Entry>> {
+        self.scan_blocking(range, limit, reverse)
+    }
+}
+
+impl Engine for EmbeddedEngine {
+    type Snapshot = EmbeddedSnapshot;
+
+    async fn snapshot(&self) -> EngineResult<EmbeddedSnapshot> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(TABLE).map_err(storage)?;
+        Ok(EmbeddedSnapshot { table })
+    }
+
+    async fn write(&self, batch: WriteBatch) -> EngineResult<()> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || Self::write_blocking(&db, batch))
+            .await
+            .map_err(storage)?
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        std::fs::metadata(&self.path).map(|m| m.len()).unwrap_or(0)
+    }
+}

@@ -1,0 +1,127 @@
+//! The storage contract Engram needs from a key-value engine.
+//!
+//! Engram runs on engines shaped like TiKV: an ordered, range-partitioned keyspace with consistent
+//! snapshots and atomic multi-key writes guarded by compare-and-swap conditions. The trait below
+//! asks for nothing more, so that the embedded engine and a distributed one satisfy the same
+//! contract: every scan is bounded by a limit (a distributed engine pages anyway), and a write
+//! states the values it assumed instead of relying on a process-local lock.
+
+mod embedded;
+mod memory;
+
+pub use embedded::EmbeddedEngine;
+pub use memory::MemoryEngine;
+
+use bytes::Bytes;
+use std::future::Future;
+
+/// Why an engine operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A condition of a [`WriteBatch`] did not hold; nothing of the batch was written.
+    #[error("write condition failed on key {key:?}")]
+    ConditionFailed { key: Bytes },
+    /// The engine could not read or write its data (I/O, corruption, a lost connection).
+    #[error("storage engine: {0}")]
+    Storage(String),
+}
+
+pub type EngineResult<T> = Result<T, EngineError>;
+
+/// A key and its value as an engine stores them.
+pub type Entry = (Bytes, Bytes);
+
+/// One change inside a [`WriteBatch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mutation {
+    Put { key: Bytes, value: Bytes },
+    Delete { key: Bytes },
+}
+
+/// A compare-and-swap guard: the batch commits only if `key` holds exactly `expected`
+/// (`None` = the key is absent) at the moment of commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Condition {
+    pub key: Bytes,
+    pub expected: Option<Bytes>,
+}
+
+/// An atomic, durable unit of change: all mutations become visible together, or none do.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteBatch {
+    pub conditions: Vec<Condition>,
+    pub mutations: Vec<Mutation>,
+}
+
+impl WriteBatch {
+    pub fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) {
+        self.mutations.push(Mutation::Put {
+            key: key.into(),
+            value: value.into(),
+        });
+    }
+
+    pub fn delete(&mut self, key: impl Into<Bytes>) {
+        self.mutations.push(Mutation::Delete { key: key.into() });
+    }
+
+    pub fn require(&mut self, key: impl Into<Bytes>, expected: Option<Bytes>) {
+        self.conditions.push(Condition {
+            key: key.into(),
+            expected,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.mutations.is_empty()
+    }
+}
+
+/// A half-open key range `[start, end)`; `end = None` means "to the end of the keyspace".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRange {
+    pub start: Bytes,
+    pub end: Option<Bytes>,
+}
+
+impl KeyRange {
+    pub fn new(start: impl Into<Bytes>, end: Option<Bytes>) -> Self {
+        KeyRange {
+            start: start.into(),
+            end,
+        }
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= &self.start[..] && self.end.as_deref().is_none_or(|end| key < end)
+    }
+}
+
+/// A consistent, read-only view of the engine at one moment.
+pub trait Snapshot: Send + Sync + 'static {
+    /// The value of `key`, if present.
+    fn get(&self, key: &[u8]) -> impl Future<Output = EngineResult<Option<Bytes>>> + Send;
+
+    /// Up to `limit` entries of `range` in key order (descending when `reverse`).
+    fn scan(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+        reverse: bool,
+    ) -> impl Future<Output = EngineResult<Vec<Entry>>> + Send;
+}
+
+/// A transactional, ordered key-value engine.
+pub trait Engine: Send + Sync + 'static {
+    type Snapshot: Snapshot;
+
+    /// A snapshot that sees every batch whose [`Engine::write`] returned before this call.
+    fn snapshot(&self) -> impl Future<Output = EngineResult<Self::Snapshot>> + Send;
+
+    /// Checks every condition and applies every mutation atomically and durably: when this
+    /// returns `Ok`, the batch survives a crash of the process and of the machine.
+    fn write(&self, batch: WriteBatch) -> impl Future<Output = EngineResult<()>> + Send;
+
+    /// Bytes the engine occupies on its medium (for Status and the space quota).
+    fn size_on_disk(&self) -> u64;
+}

@@ -1,0 +1,35 @@
+//! The ways an etcd KV request can be refused, with etcd's own wording: clients such as
+//! kube-apiserver recognise errors by their message text.
+
+use crate::engine::EngineError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum KvError {
+    #[error("etcdserver: key is not provided")]
+    EmptyKey,
+    #[error("etcdserver: duplicate key given in txn request")]
+    DuplicateKey,
+    #[error("etcdserver: too many operations in txn request")]
+    TooManyOps,
+    #[error("etcdserver: key not found")]
+    KeyNotFound,
+    #[error("etcdserver: value is provided")]
+    ValueProvided,
+    #[error("etcdserver: lease is provided")]
+    LeaseProvided,
+    #[error("etcdserver: requested lease not found")]
+    LeaseNotFound,
+    #[error("etcdserver: request is too large")]
+    RequestTooLarge,
+    #[error("etcdserver: mvcc: required revision has been compacted")]
+    Compacted,
+    #[error("etcdserver: mvcc: required revision is a future revision")]
+    FutureRevision,
+    /// The store is shutting down or its writer stopped after an engine failure.
+    #[error("etcdserver: server stopped")]
+    Stopped,
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+}
+
+pub type KvResult<T> = Result<T, KvError>;

@@ -1,0 +1,12 @@
+//! etcd's KV requests evaluated over the MVCC layer: validation, Range, and the applier of
+//! Put, DeleteRange and Txn.
+
+mod apply;
+mod error;
+pub mod range;
+pub mod validate;
+
+pub(crate) use apply::revision_entry;
+pub use apply::{Apply, LeaseLookup, NoLeases};
+pub use error::{KvError, KvResult};
+pub use range::ReadRevisions;

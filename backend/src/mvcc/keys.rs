@@ -1,0 +1,186 @@
+//! How etcd's keyspace is laid out in the engine's keyspace.
+//!
+//! Three disjoint regions, told apart by their first byte:
+//! - `META` holds Engram's own durable counters (the current and compacted revisions);
+//! - `INDEX` holds one entry per user key: the revision of its latest version and whether that
+//!   version is live. Writers guard their batches with it (compare-and-swap), and counts at the
+//!   current revision read only these small entries;
+//! - `REVS` holds every version of every key, newest first: `enc(key) ++ !revision`, so the
+//!   latest version of a key is the first entry at or after `enc(key)`: one forward seek.
+//!
+//! `enc` is an order-preserving, prefix-free escape of raw key bytes (`0x00` becomes
+//! `0x00 0xFF`, and `0x00 0x01` terminates), so user keys may contain any byte, byte ranges of
+//! user keys map to byte ranges of encoded keys, and no user key is a prefix of another's entries.
+
+use crate::engine::KeyRange;
+use bytes::{BufMut, Bytes, BytesMut};
+
+pub const META: u8 = 0x01;
+pub const INDEX: u8 = 0x02;
+pub const REVS: u8 = 0x03;
+
+const ESCAPE: u8 = 0xFF;
+const TERMINATOR: u8 = 0x01;
+
+/// The durable current revision.
+pub fn meta_revision() -> Bytes {
+    Bytes::from_static(b"\x01revision")
+}
+
+/// The durable compacted revision.
+pub fn meta_compacted() -> Bytes {
+    Bytes::from_static(b"\x01compacted")
+}
+
+/// The revision up to which compaction has physically finished.
+pub fn meta_compaction_done() -> Bytes {
+    Bytes::from_static(b"\x01compaction_done")
+}
+
+fn encode_into(buf: &mut BytesMut, key: &[u8]) {
+    for &b in key {
+        buf.put_u8(b);
+        if b == 0 {
+            buf.put_u8(ESCAPE);
+        }
+    }
+    buf.put_u8(0);
+    buf.put_u8(TERMINATOR);
+}
+
+fn encoded(region: u8, key: &[u8], extra: usize) -> BytesMut {
+    let zeros = key.iter().filter(|&&b| b == 0).count();
+    let mut buf = BytesMut::with_capacity(1 + key.len() + zeros + 2 + extra);
+    buf.put_u8(region);
+    encode_into(&mut buf, key);
+    buf
+}
+
+/// The index entry of `key`.
+pub fn index_key(key: &[u8]) -> Bytes {
+    encoded(INDEX, key, 0).freeze()
+}
+
+/// The entry of `key`'s version written at `revision`.
+pub fn revision_key(key: &[u8], revision: i64) -> Bytes {
+    let mut buf = encoded(REVS, key, 8);
+    buf.put_u64(!(revision as u64));
+    buf.freeze()
+}
+
+/// All versions of `key`, newest first, from `revision` down (`revision = i64::MAX`: all).
+pub fn versions_of(key: &[u8], at_or_below: i64) -> KeyRange {
+    let start = revision_key(key, at_or_below);
+    let mut end = encoded(REVS, key, 0);
+    // The terminator's last byte + 1: past every entry of this key, before any other key.
+    let last = end.len() - 1;
+    end[last] = TERMINATOR + 1;
+    KeyRange::new(start, Some(end.freeze()))
+}
+
+/// The engine range covering the entries of every user key in `[start, end)` in `region`;
+/// `end = None` is unbounded.
+pub fn region_range(region: u8, start: &[u8], end: Option<&[u8]>) -> KeyRange {
+    let start = encoded(region, start, 0).freeze();
+    let end = match end {
+        Some(end) => encoded(region, end, 0).freeze(),
+        None => Bytes::copy_from_slice(&[region + 1]),
+    };
+    KeyRange::new(start, Some(end))
+}
+
+/// Splits a region entry into (user key, rest after the terminator).
+pub fn decode(entry: &[u8]) -> Option<(Bytes, &[u8])> {
+    let body = entry.get(1..)?;
+    let mut key = Vec::with_capacity(body.len());
+    let mut i = 0;
+    while i < body.len() {
+        let b = body[i];
+        if b == 0 {
+            match body.get(i + 1) {
+                Some(&ESCAPE) => key.push(0),
+                Some(&TERMINATOR) => return Some((Bytes::from(key), &body[i + 2..])),
+                _ => return None,
+            }
+            i += 2;
+        } else {
+            key.push(b);
+            i += 1;
+        }
+    }
+    None
+}
+
+/// Splits a `REVS` entry into (user key, revision).
+pub fn decode_revision_key(entry: &[u8]) -> Option<(Bytes, i64)> {
+    let (key, rest) = decode(entry)?;
+    let rev: [u8; 8] = rest.try_into().ok()?;
+    Some((key, !u64::from_be_bytes(rev) as i64))
+}
+
+/// The encoded prefix shared by all of `key`'s `REVS` entries (to tell a key's entries apart
+/// without decoding them).
+pub fn revision_prefix(key: &[u8]) -> Bytes {
+    encoded(REVS, key, 0).freeze()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoding_preserves_byte_order_and_is_prefix_free() {
+        let keys: Vec<&[u8]> = vec![
+            b"",
+            b"\0",
+            b"\0\0",
+            b"\0\x01",
+            b"a",
+            b"a\0",
+            b"a\0b",
+            b"a\x01",
+            b"ab",
+            b"b",
+            b"\xff",
+            b"\xff\xff",
+        ];
+        for w in keys.windows(2) {
+            assert!(w[0] < w[1]);
+            let (a, b) = (index_key(w[0]), index_key(w[1]));
+            assert!(a < b, "{:?} !< {:?}", w[0], w[1]);
+            assert!(!b.starts_with(&a), "{a:?} is a prefix of {b:?}");
+            // every version of the smaller key sorts before every version of the larger one
+            assert!(revision_key(w[0], 1) < revision_key(w[1], i64::MAX));
+        }
+        for k in keys {
+            assert_eq!(decode(&index_key(k)).unwrap().0, k);
+            assert_eq!(
+                decode_revision_key(&revision_key(k, 42)).unwrap(),
+                (Bytes::copy_from_slice(k), 42)
+            );
+        }
+    }
+
+    #[test]
+    fn newer_revisions_sort_first() {
+        assert!(revision_key(b"k", 10) < revision_key(b"k", 9));
+        let versions = versions_of(b"k", 9);
+        assert!(versions.contains(&revision_key(b"k", 9)));
+        assert!(versions.contains(&revision_key(b"k", 1)));
+        assert!(!versions.contains(&revision_key(b"k", 10)));
+        assert!(!versions.contains(&revision_key(b"k\0", 1)));
+        assert!(!versions.contains(&revision_key(b"j", 1)));
+    }
+
+    #[test]
+    fn region_ranges_match_user_ranges() {
+        let r = region_range(REVS, b"a", Some(b"b"));
+        assert!(r.contains(&revision_key(b"a", 5)));
+        assert!(r.contains(&revision_key(b"a\0", 5)));
+        assert!(r.contains(&revision_key(b"az", 5)));
+        assert!(!r.contains(&revision_key(b"b", 5)));
+        let all = region_range(REVS, b"a", None);
+        assert!(all.contains(&revision_key(b"\xff\xff", 1)));
+        assert!(!all.contains(&index_key(b"z")));
+    }
+}

@@ -1,0 +1,81 @@
+//! Versions written by the batch being assembled, not yet in the engine.
+//!
+//! Group commit evaluates many requests before one durable write; each request must see the
+//! effects of the ones before it. The overlay holds those pending versions so that reads during
+//! evaluation see `engine snapshot + overlay`, exactly the state the batch will commit.
+
+use super::record::Version;
+use bytes::Bytes;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+
+/// Pending versions of one key, oldest first, and the key's `INDEX` value before the batch.
+#[derive(Debug, Clone)]
+pub struct PendingKey {
+    pub base_index: Option<Bytes>,
+    pub versions: Vec<Version>,
+}
+
+#[derive(Debug, Default)]
+pub struct Overlay {
+    keys: BTreeMap<Bytes, PendingKey>,
+}
+
+impl Overlay {
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The newest pending version of `key` at or below `revision`.
+    pub fn version_at(&self, key: &[u8], revision: i64) -> Option<&Version> {
+        self.keys
+            .get(key)?
+            .versions
+            .iter()
+            .rev()
+            .find(|v| v.mod_revision() <= revision)
+    }
+
+    pub fn contains(&self, key: &[u8]) -> bool {
+        self.keys.contains_key(key)
+    }
+
+    /// Pending keys in `[start, end)` (`end = None`: unbounded).
+    pub fn keys_in<'a>(
+        &'a self,
+        start: &'a [u8],
+        end: Option<&'a [u8]>,
+    ) -> impl Iterator<Item = (&'a Bytes, &'a PendingKey)> + 'a {
+        let upper = match end {
+            Some(end) if end <= start => Bound::Excluded(start),
+            Some(end) => Bound::Excluded(end),
+            None => Bound::Unbounded,
+        };
+        self.keys.range::<[u8], _>((Bound::Included(start), upper))
+    }
+
+    pub fn intersects(&self, start: &[u8], end: Option<&[u8]>) -> bool {
+        self.keys_in(start, end).next().is_some()
+    }
+
+    /// Records `version` for its key; `base_index` is the key's `INDEX` value in the engine,
+    /// needed the first time the key enters the overlay. A second version at the same revision
+    /// replaces the first (a txn deleting a key twice).
+    pub fn push(&mut self, key: Bytes, base_index: Option<Bytes>, version: Version) {
+        let entry = self.keys.entry(key).or_insert_with(|| PendingKey {
+            base_index,
+            versions: Vec::new(),
+        });
+        if let Some(last) = entry.versions.last_mut()
+            && last.mod_revision() == version.mod_revision()
+        {
+            *last = version;
+            return;
+        }
+        entry.versions.push(version);
+    }
+
+    pub fn into_keys(self) -> BTreeMap<Bytes, PendingKey> {
+        self.keys
+    }
+}

@@ -1,0 +1,254 @@
+//! Reading etcd's keyspace at a revision.
+//!
+//! A [`View`] is an engine snapshot plus (for the writer) the overlay of pending versions.
+//! Visibility never hangs on the snapshot alone: every read names a revision and filters by the
+//! revisions encoded in the keys, so a batch that reached the engine but is not yet acknowledged
+//! (its revision is above the published one) stays invisible.
+
+use super::keys::{self, INDEX, REVS};
+use super::overlay::Overlay;
+use super::record::{Version, decode_index};
+use crate::engine::{EngineError, EngineResult, Entry, Snapshot};
+use bytes::Bytes;
+use etcdpb::mvccpb::KeyValue;
+use std::collections::BTreeMap;
+
+/// Entries fetched per engine scan while walking a range.
+const PAGE: usize = 512;
+
+fn corrupt(entry: &[u8]) -> EngineError {
+    EngineError::Storage(format!("malformed entry {entry:?}"))
+}
+
+/// The user-key bounds of a read: `end = None` is unbounded.
+#[derive(Debug, Clone, Copy)]
+pub struct Bounds<'a> {
+    pub start: &'a [u8],
+    pub end: Option<&'a [u8]>,
+}
+
+impl Bounds<'_> {
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start && self.end.is_none_or(|end| key < end)
+    }
+}
+
+pub struct View<'a, S> {
+    pub snapshot: &'a S,
+    pub overlay: Option<&'a Overlay>,
+}
+
+impl<'a, S: Snapshot> View<'a, S> {
+    pub fn new(snapshot: &'a S) -> Self {
+        View {
+            snapshot,
+            overlay: None,
+        }
+    }
+
+    pub fn with_overlay(snapshot: &'a S, overlay: &'a Overlay) -> Self {
+        View {
+            snapshot,
+            overlay: Some(overlay),
+        }
+    }
+
+    /// `key`'s newest version at or below `revision` (a tombstone included).
+    pub async fn version_at(&self, key: &[u8], revision: i64) -> EngineResult<Option<Version>> {
+        if let Some(v) = self.overlay.and_then(|o| o.version_at(key, revision)) {
+            return Ok(Some(v.clone()));
+        }
+        self.engine_version_at(key, revision).await
+    }
+
+    async fn engine_version_at(&self, key: &[u8], revision: i64) -> EngineResult<Option<Version>> {
+        let range = keys::versions_of(key, revision);
+        let found = self.snapshot.scan(&range, 1, false).await?;
+        match found.into_iter().next() {
+            Some(entry) => decode_version(entry).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The live key-values of `bounds` at `revision`, in key order (descending when
+    /// `reverse`), at most `limit` of them (`None`: all).
+    pub async fn scan(
+        &self,
+        bounds: Bounds<'_>,
+        revision: i64,
+        limit: Option<usize>,
+        reverse: bool,
+    ) -> EngineResult<Vec<KeyValue>> {
+        if let Some(overlay) = self.overlay
+            && overlay.intersects(bounds.start, bounds.end)
+        {
+            let merged = self.merged(overlay, bounds, revision).await?;
+            let iter = merged.into_values();
+            let limit = limit.unwrap_or(usize::MAX);
+            return Ok(if reverse {
+                iter.rev().take(limit).collect()
+            } else {
+                iter.take(limit).collect()
+            });
+        }
+        let mut out = Vec::new();
+        let limit = limit.unwrap_or(usize::MAX);
+        self.walk(bounds, revision, reverse, |version| {
+            if let Version::Put(kv) = version {
+                out.push(kv);
+            }
+            out.len() < limit
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// How many keys of `bounds` are live at `revision`. `latest` is the newest revision any
+    /// reader may see; at that revision the small `INDEX` entries are counted instead of
+    /// walking every version.
+    pub async fn count(
+        &self,
+        bounds: Bounds<'_>,
+        revision: i64,
+        latest: i64,
+    ) -> EngineResult<usize> {
+        if let Some(overlay) = self.overlay
+            && overlay.intersects(bounds.start, bounds.end)
+        {
+            return Ok(self.merged(overlay, bounds, revision).await?.len());
+        }
+        if revision < latest {
+            let mut n = 0;
+            self.walk(bounds, revision, false, |version| {
+                n += version.live().is_some() as usize;
+                true
+            })
+            .await?;
+            return Ok(n);
+        }
+        let mut n = 0;
+        let mut range = keys::region_range(INDEX, bounds.start, bounds.end);
+        loop {
+            let page = self.snapshot.scan(&range, PAGE, false).await?;
+            for (k, v) in &page {
+                let (mod_revision, live) = decode_index(v).ok_or_else(|| corrupt(k))?;
+                if mod_revision <= revision {
+                    n += live as usize;
+                } else {
+                    // Written by a batch not yet visible: ask the versions.
+                    let (key, _) = keys::decode(k).ok_or_else(|| corrupt(k))?;
+                    let v = self.engine_version_at(&key, revision).await?;
+                    n += v.is_some_and(|v| v.live().is_some()) as usize;
+                }
+            }
+            match page.last() {
+                Some((last, _)) if page.len() == PAGE => range.start = successor(last),
+                _ => return Ok(n),
+            }
+        }
+    }
+
+    /// Engine state of `bounds` at `revision` with the overlay applied on top.
+    async fn merged(
+        &self,
+        overlay: &Overlay,
+        bounds: Bounds<'_>,
+        revision: i64,
+    ) -> EngineResult<BTreeMap<Bytes, KeyValue>> {
+        let mut merged = BTreeMap::new();
+        self.walk(bounds, revision, false, |version| {
+            if let Version::Put(kv) = version {
+                merged.insert(kv.key.clone(), kv);
+            }
+            true
+        })
+        .await?;
+        for (key, _) in overlay.keys_in(bounds.start, bounds.end) {
+            match overlay.version_at(key, revision) {
+                Some(Version::Put(kv)) => {
+                    merged.insert(key.clone(), kv.clone());
+                }
+                Some(Version::Tombstone { .. }) => {
+                    merged.remove(key);
+                }
+                None => {}
+            }
+        }
+        Ok(merged)
+    }
+
+    /// Visits each key of `bounds` that has a version at or below `revision`, with that version,
+    /// in key order (descending when `reverse`); stops when `visit` returns false.
+    async fn walk(
+        &self,
+        bounds: Bounds<'_>,
+        revision: i64,
+        reverse: bool,
+        mut visit: impl FnMut(Version) -> bool + Send,
+    ) -> EngineResult<()> {
+        if let Some(end) = bounds.end
+            && end <= bounds.start
+        {
+            return Ok(());
+        }
+        let mut range = keys::region_range(REVS, bounds.start, bounds.end);
+        // Forward, a key's entries come newest first: the first one at or below `revision` is
+        // the one, the rest of that key is skipped. Reverse, they come oldest first: the last
+        // one at or below `revision` before the key changes is the one.
+        let mut current: Option<Bytes> = None;
+        let mut candidate: Option<Version> = None;
+        loop {
+            let page = self.snapshot.scan(&range, PAGE, reverse).await?;
+            for entry in &page {
+                let (key, rev) =
+                    keys::decode_revision_key(&entry.0).ok_or_else(|| corrupt(&entry.0))?;
+                let same_key = current.as_ref() == Some(&key);
+                if reverse {
+                    if !same_key {
+                        if let Some(version) = candidate.take()
+                            && !visit(version)
+                        {
+                            return Ok(());
+                        }
+                        current = Some(key);
+                    }
+                    if rev <= revision {
+                        candidate = Some(decode_version(entry.clone())?);
+                    }
+                } else if !same_key && rev <= revision {
+                    current = Some(key);
+                    if !visit(decode_version(entry.clone())?) {
+                        return Ok(());
+                    }
+                }
+            }
+            match page.last() {
+                Some((last, _)) if page.len() == PAGE => {
+                    if reverse {
+                        range.end = Some(last.clone());
+                    } else {
+                        range.start = successor(last);
+                    }
+                }
+                _ => break,
+            }
+        }
+        if let Some(version) = candidate.take() {
+            visit(version);
+        }
+        Ok(())
+    }
+}
+
+fn decode_version((k, v): Entry) -> EngineResult<Version> {
+    let (key, rev) = keys::decode_revision_key(&k).ok_or_else(|| corrupt(&k))?;
+    Version::decode(key, rev, v).ok_or_else(|| corrupt(&k))
+}
+
+/// The smallest key greater than `key`.
+fn successor(key: &[u8]) -> Bytes {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    Bytes::from(next)
+}

@@ -1,0 +1,114 @@
+//! Background removal of compacted history.
+//!
+//! Compact(rev) itself only records the compacted revision (reads below it fail at once, as in
+//! etcd). This task then walks the versions in bounded pages and hands each page's removals to
+//! the writer, so that writes are never blocked for longer than one ordinary batch.
+
+use super::Shared;
+use super::writer::{CompactStep, Job, Op};
+use crate::engine::{Engine, EngineResult, Snapshot};
+use crate::mvcc::Version;
+use crate::mvcc::keys::{self, REVS};
+use bytes::Bytes;
+use std::sync::Arc;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// Versions examined per step.
+const PAGE: usize = 1024;
+
+pub(super) async fn run<E: Engine>(
+    shared: Arc<Shared<E>>,
+    writer: mpsc::WeakSender<Job>,
+    mut target: watch::Receiver<i64>,
+    mut swept: i64,
+) {
+    loop {
+        let goal = *target.borrow_and_update();
+        if goal > swept {
+            match sweep(&shared, &writer, goal).await {
+                Ok(true) => swept = goal,
+                Ok(false) => return, // the store is shutting down
+                Err(err) => {
+                    tracing::warn!(%err, goal, "compaction sweep failed; retrying on next compaction");
+                }
+            }
+        }
+        if target.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Removes every version that no read at or above `goal` can see. Returns false if the writer
+/// is gone.
+async fn sweep<E: Engine>(
+    shared: &Shared<E>,
+    writer: &mpsc::WeakSender<Job>,
+    goal: i64,
+) -> EngineResult<bool> {
+    let snapshot = shared.engine.snapshot().await?;
+    let mut range = keys::region_range(REVS, b"", None);
+    // The key being walked, and whether its newest version at or below `goal` was seen.
+    let mut current: Option<Bytes> = None;
+    let mut kept = false;
+    loop {
+        let page = snapshot.scan(&range, PAGE, false).await?;
+        let mut step = CompactStep::default();
+        for (k, v) in &page {
+            let Some((key, rev)) = keys::decode_revision_key(k) else {
+                continue;
+            };
+            if current.as_ref() != Some(&key) {
+                current = Some(key.clone());
+                kept = false;
+            }
+            if rev > goal {
+                continue;
+            }
+            if kept {
+                step.versions.push(k.clone());
+            } else {
+                kept = true;
+                if let Some(Version::Tombstone { .. }) =
+                    Version::decode(key.clone(), rev, v.clone())
+                {
+                    step.tombstones.push((key, rev));
+                }
+            }
+        }
+        let last_page = page.len() < PAGE;
+        if last_page {
+            step.done = Some(goal);
+        }
+        let idle = step.versions.is_empty() && step.tombstones.is_empty() && !last_page;
+        if !idle && !send(writer, step).await {
+            return Ok(false);
+        }
+        match page.last() {
+            Some((last, _)) if !last_page => {
+                let mut next = last.to_vec();
+                next.push(0);
+                range.start = Bytes::from(next);
+            }
+            _ => return Ok(true),
+        }
+    }
+}
+
+async fn send(writer: &mpsc::WeakSender<Job>, step: CompactStep) -> bool {
+    let Some(writer) = writer.upgrade() else {
+        return false;
+    };
+    let (reply, rx) = oneshot::channel();
+    if writer
+        .send(Job {
+            op: Op::CompactStep(step),
+            reply,
+        })
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    matches!(rx.await, Ok(Ok(_)))
+}

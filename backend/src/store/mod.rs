@@ -1,0 +1,225 @@
+//! The store: etcd's KV operations over an engine.
+//!
+//! Reads run concurrently on engine snapshots at the published revision. Writes go to one
+//! writer task, which evaluates queued requests one after another (each sees the ones before it)
+//! and commits them together as one durable, compare-and-swap-guarded engine batch: group
+//! commit. Only after that batch is durable is its last revision published to readers and are
+//! the requests answered.
+
+mod compactor;
+mod writer;
+
+pub use writer::{CommitListener, CommittedRevision};
+
+use crate::engine::{Engine, Snapshot};
+use crate::kv::{Apply, KvError, KvResult, LeaseLookup, NoLeases, ReadRevisions, validate};
+use crate::mvcc::View;
+use crate::mvcc::keys;
+use crate::mvcc::overlay::Overlay;
+use crate::mvcc::record::decode_counter;
+use etcdpb::etcdserverpb::{
+    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
+};
+use prost::Message;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use tokio::sync::{mpsc, oneshot};
+use writer::{Job, Op, Reply};
+
+/// etcd's default `--max-request-bytes`: 1.5 MiB.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+
+/// Bytes etcd adds around a request when it proposes it to raft (its `InternalRaftRequest`
+/// header); counted so that the size limit cuts where etcd's does.
+const PROPOSAL_OVERHEAD: usize = 16;
+
+/// How the store is wired into the rest of the server.
+#[derive(Clone)]
+pub struct StoreOptions {
+    /// Most requests one engine batch carries.
+    pub max_batch: usize,
+    /// Answers whether a lease named by a Put exists.
+    pub leases: Arc<dyn LeaseLookup>,
+    /// Told about every committed revision, in order (the watch event log).
+    pub listener: Option<Arc<dyn CommitListener>>,
+    /// Writes whose encoding is larger are refused (etcd's `--max-request-bytes`).
+    pub max_request_bytes: usize,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            max_batch: 1024,
+            leases: Arc::new(NoLeases),
+            listener: None,
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+        }
+    }
+}
+
+/// State shared by readers, the writer and the compactor.
+struct Shared<E> {
+    engine: E,
+    /// The newest revision whose batch is durable: what readers see as "now".
+    revision: AtomicI64,
+    /// Reads below this revision fail as compacted (-1 before any compaction, as in etcd).
+    compacted: AtomicI64,
+}
+
+/// A handle to the store; cheap to clone.
+pub struct Store<E> {
+    shared: Arc<Shared<E>>,
+    writer: mpsc::Sender<Job>,
+    max_request_bytes: usize,
+}
+
+impl<E> Clone for Store<E> {
+    fn clone(&self) -> Self {
+        Store {
+            shared: self.shared.clone(),
+            writer: self.writer.clone(),
+            max_request_bytes: self.max_request_bytes,
+        }
+    }
+}
+
+impl<E: Engine> Store<E> {
+    /// Opens the store on `engine`, recovering the durable revision counters, and starts the
+    /// writer and compactor tasks on the current tokio runtime.
+    pub async fn open(engine: E, options: StoreOptions) -> KvResult<Self> {
+        let snapshot = engine.snapshot().await?;
+        let counter = |value: Option<bytes::Bytes>| value.as_deref().and_then(decode_counter);
+        let revision = counter(snapshot.get(&keys::meta_revision()).await?).unwrap_or(1);
+        let compacted = counter(snapshot.get(&keys::meta_compacted()).await?).unwrap_or(-1);
+        let swept = counter(snapshot.get(&keys::meta_compaction_done()).await?).unwrap_or(-1);
+        drop(snapshot);
+        let shared = Arc::new(Shared {
+            engine,
+            revision: AtomicI64::new(revision),
+            compacted: AtomicI64::new(compacted),
+        });
+        let (writer_tx, writer_rx) = mpsc::channel(options.max_batch.max(1) * 4);
+        let (compact_tx, compact_rx) = tokio::sync::watch::channel(compacted);
+        tokio::spawn(compactor::run(
+            shared.clone(),
+            writer_tx.downgrade(),
+            compact_rx,
+            swept,
+        ));
+        let max_request_bytes = options.max_request_bytes;
+        tokio::spawn(writer::run(shared.clone(), writer_rx, options, compact_tx));
+        tracing::info!(revision, compacted, "store opened");
+        Ok(Store {
+            shared,
+            writer: writer_tx,
+            max_request_bytes,
+        })
+    }
+
+    /// The newest revision visible to readers.
+    pub fn revision(&self) -> i64 {
+        self.shared.revision.load(Ordering::Acquire)
+    }
+
+    /// The compacted revision (-1 before the first compaction).
+    pub fn compacted(&self) -> i64 {
+        self.shared.compacted.load(Ordering::Acquire)
+    }
+
+    pub fn engine(&self) -> &E {
+        &self.shared.engine
+    }
+
+    /// The published revision and a snapshot that contains it (taken in that order, so the
+    /// snapshot holds every batch up to the revision).
+    async fn snapshot(&self) -> KvResult<(ReadRevisions, E::Snapshot)> {
+        let current = self.revision();
+        let compacted = self.compacted();
+        let snapshot = self.shared.engine.snapshot().await?;
+        let revs = ReadRevisions {
+            current,
+            compacted,
+            published: current,
+        };
+        Ok((revs, snapshot))
+    }
+
+    pub async fn range(&self, req: &RangeRequest) -> KvResult<RangeResponse> {
+        validate::check_range(req)?;
+        let (revs, snapshot) = self.snapshot().await?;
+        crate::kv::range::range(&View::new(&snapshot), req, revs).await
+    }
+
+    pub async fn put(&self, req: PutRequest) -> KvResult<PutResponse> {
+        validate::check_put(&req)?;
+        self.check_size(&req)?;
+        match self.submit(Op::Put(req)).await? {
+            Reply::Put(resp) => Ok(resp),
+            _ => Err(KvError::Stopped),
+        }
+    }
+
+    pub async fn delete_range(&self, req: DeleteRangeRequest) -> KvResult<DeleteRangeResponse> {
+        validate::check_delete(&req)?;
+        self.check_size(&req)?;
+        match self.submit(Op::DeleteRange(req)).await? {
+            Reply::DeleteRange(resp) => Ok(resp),
+            _ => Err(KvError::Stopped),
+        }
+    }
+
+    pub async fn txn(&self, req: TxnRequest) -> KvResult<TxnResponse> {
+        validate::check_txn(&req)?;
+        self.check_size(&req)?;
+        if validate::is_read_only(&req) {
+            return self.read_only_txn(&req).await;
+        }
+        match self.submit(Op::Txn(req)).await? {
+            Reply::Txn(resp) => Ok(resp),
+            _ => Err(KvError::Stopped),
+        }
+    }
+
+    /// A txn that cannot write is evaluated on a snapshot, like a Range.
+    async fn read_only_txn(&self, req: &TxnRequest) -> KvResult<TxnResponse> {
+        let (revs, snapshot) = self.snapshot().await?;
+        let mut overlay = Overlay::default();
+        let leases = NoLeases;
+        let mut apply = Apply {
+            snapshot: &snapshot,
+            overlay: &mut overlay,
+            begin: revs.current,
+            compacted: revs.compacted,
+            published: revs.published,
+            leases: &leases,
+            changed: false,
+            events: Vec::new(),
+        };
+        apply.txn(req).await
+    }
+
+    pub async fn compact(&self, req: CompactionRequest) -> KvResult<CompactionResponse> {
+        match self.submit(Op::Compact(req.revision)).await? {
+            Reply::Compact(resp) => Ok(resp),
+            _ => Err(KvError::Stopped),
+        }
+    }
+
+    /// Refuses writes over the size limit, after validation (etcd's order of checks).
+    fn check_size(&self, req: &impl Message) -> KvResult<()> {
+        if req.encoded_len() + PROPOSAL_OVERHEAD > self.max_request_bytes {
+            return Err(KvError::RequestTooLarge);
+        }
+        Ok(())
+    }
+
+    async fn submit(&self, op: Op) -> KvResult<Reply> {
+        let (reply, rx) = oneshot::channel();
+        self.writer
+            .send(Job { op, reply })
+            .await
+            .map_err(|_| KvError::Stopped)?;
+        rx.await.map_err(|_| KvError::Stopped)?
+    }
+}

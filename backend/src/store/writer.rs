@@ -1,0 +1,259 @@
+//! The single writer: group commit of queued requests into one durable engine batch.
+
+use super::Shared;
+use crate::engine::{Engine, EngineError, WriteBatch};
+use crate::kv::{Apply, KvError, KvResult, revision_entry};
+use crate::mvcc::keys;
+use crate::mvcc::overlay::Overlay;
+use crate::mvcc::record::{encode_counter, encode_index};
+use crate::mvcc::{Version, View};
+use crate::store::StoreOptions;
+use bytes::Bytes;
+use etcdpb::etcdserverpb::{
+    CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
+    ResponseHeader, TxnRequest, TxnResponse,
+};
+use etcdpb::mvccpb::Event;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// The events of one committed revision, in the order its ops ran.
+#[derive(Debug, Clone)]
+pub struct CommittedRevision {
+    pub revision: i64,
+    pub events: Vec<Event>,
+}
+
+/// Receives every committed revision exactly once, in revision order, after it is durable and
+/// published to readers.
+pub trait CommitListener: Send + Sync {
+    fn committed(&self, revisions: Vec<CommittedRevision>);
+}
+
+/// Physical removal of compacted history, handed to the writer so that it is ordered with the
+/// writes it could otherwise race with.
+#[derive(Debug, Default)]
+pub struct CompactStep {
+    /// `REVS` entries no read at or above the compacted revision can see.
+    pub versions: Vec<Bytes>,
+    /// Tombstones at or below the compacted revision: (user key, revision). Their `INDEX` entry
+    /// goes too if the tombstone is still the key's latest version.
+    pub tombstones: Vec<(Bytes, i64)>,
+    /// Set on the last step of a sweep: compaction is physically complete up to here.
+    pub done: Option<i64>,
+}
+
+pub enum Op {
+    Put(PutRequest),
+    DeleteRange(DeleteRangeRequest),
+    Txn(TxnRequest),
+    Compact(i64),
+    CompactStep(CompactStep),
+}
+
+pub enum Reply {
+    Put(PutResponse),
+    DeleteRange(DeleteRangeResponse),
+    Txn(TxnResponse),
+    Compact(CompactionResponse),
+    CompactStep,
+}
+
+pub struct Job {
+    pub op: Op,
+    pub reply: oneshot::Sender<KvResult<Reply>>,
+}
+
+/// What a batch changes besides the overlay's versions.
+#[derive(Default)]
+struct Extra {
+    compacted: Option<i64>,
+    swept: Option<i64>,
+    versions: Vec<Bytes>,
+    index_removals: Vec<(Bytes, i64)>,
+}
+
+pub(super) async fn run<E: Engine>(
+    shared: Arc<Shared<E>>,
+    mut rx: mpsc::Receiver<Job>,
+    options: StoreOptions,
+    compact_tx: watch::Sender<i64>,
+) {
+    let max_batch = options.max_batch.max(1);
+    let mut jobs = Vec::with_capacity(max_batch);
+    while rx.recv_many(&mut jobs, max_batch).await > 0 {
+        let batch = std::mem::take(&mut jobs);
+        if let Err(err) = commit(&shared, &options, &compact_tx, batch).await {
+            tracing::error!(%err, "write batch failed");
+        }
+    }
+}
+
+/// Evaluates `jobs` in order, commits their effects as one engine batch, then publishes and
+/// answers. On an engine failure every job of the batch fails and nothing is published.
+async fn commit<E: Engine>(
+    shared: &Shared<E>,
+    options: &StoreOptions,
+    compact_tx: &watch::Sender<i64>,
+    jobs: Vec<Job>,
+) -> Result<(), EngineError> {
+    let published = shared.revision.load(Ordering::Acquire);
+    let mut compacted = shared.compacted.load(Ordering::Acquire);
+    let snapshot = match shared.engine.snapshot().await {
+        Ok(s) => s,
+        Err(err) => return Err(fail_all(jobs, err)),
+    };
+    let mut overlay = Overlay::default();
+    let mut extra = Extra::default();
+    let mut revision = published;
+    let mut committed = Vec::new();
+    let mut replies = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        let mut apply = Apply {
+            snapshot: &snapshot,
+            overlay: &mut overlay,
+            begin: revision,
+            compacted,
+            published,
+            leases: options.leases.as_ref(),
+            changed: false,
+            events: Vec::new(),
+        };
+        let result = match job.op {
+            Op::Put(req) => apply.put(&req).await.map(Reply::Put),
+            Op::DeleteRange(req) => apply.delete_range(&req).await.map(Reply::DeleteRange),
+            Op::Txn(req) => apply.txn(&req).await.map(Reply::Txn),
+            Op::Compact(rev) => {
+                if rev <= compacted {
+                    Err(KvError::Compacted)
+                } else if rev > revision {
+                    Err(KvError::FutureRevision)
+                } else {
+                    compacted = rev;
+                    extra.compacted = Some(rev);
+                    Ok(Reply::Compact(CompactionResponse {
+                        header: Some(ResponseHeader {
+                            revision,
+                            ..Default::default()
+                        }),
+                    }))
+                }
+            }
+            Op::CompactStep(step) => {
+                match plan_removals(&View::new(&snapshot), &mut extra, step).await {
+                    Ok(()) => Ok(Reply::CompactStep),
+                    Err(err) => Err(KvError::Engine(err)),
+                }
+            }
+        };
+        if apply.changed && result.is_ok() {
+            revision += 1;
+            committed.push(CommittedRevision {
+                revision,
+                events: std::mem::take(&mut apply.events),
+            });
+        }
+        if let Err(KvError::Engine(err)) = result {
+            // The overlay may hold part of this request: the whole batch is void.
+            let mut all = vec![job.reply];
+            all.extend(replies.into_iter().map(|(reply, _)| reply));
+            for reply in all {
+                let _ = reply.send(Err(KvError::Engine(EngineError::Storage(err.to_string()))));
+            }
+            return Err(err);
+        }
+        replies.push((job.reply, result));
+    }
+
+    let batch = build_batch(overlay, &extra, published, revision);
+    if !batch.is_empty()
+        && let Err(err) = shared.engine.write(batch).await
+    {
+        for (reply, _) in replies {
+            let _ = reply.send(Err(KvError::Engine(EngineError::Storage(err.to_string()))));
+        }
+        return Err(err);
+    }
+    shared.revision.store(revision, Ordering::Release);
+    if let Some(rev) = extra.compacted {
+        shared.compacted.store(rev, Ordering::Release);
+        let _ = compact_tx.send(rev);
+    }
+    if let Some(listener) = &options.listener
+        && !committed.is_empty()
+    {
+        listener.committed(committed);
+    }
+    for (reply, result) in replies {
+        let _ = reply.send(result);
+    }
+    Ok(())
+}
+
+fn fail_all(jobs: Vec<Job>, err: EngineError) -> EngineError {
+    for job in jobs {
+        let _ = job
+            .reply
+            .send(Err(KvError::Engine(EngineError::Storage(err.to_string()))));
+    }
+    err
+}
+
+/// Decides what a compaction step removes, against the writer's current view.
+async fn plan_removals<S: crate::engine::Snapshot>(
+    view: &View<'_, S>,
+    extra: &mut Extra,
+    step: CompactStep,
+) -> Result<(), EngineError> {
+    extra.versions.extend(step.versions);
+    for (key, rev) in step.tombstones {
+        extra.versions.push(keys::revision_key(&key, rev));
+        let latest = view.version_at(&key, i64::MAX).await?;
+        if matches!(latest, Some(Version::Tombstone { mod_revision, .. }) if mod_revision == rev) {
+            extra.index_removals.push((key, rev));
+        }
+    }
+    if step.done.is_some() {
+        extra.swept = step.done;
+    }
+    Ok(())
+}
+
+fn build_batch(overlay: Overlay, extra: &Extra, published: i64, revision: i64) -> WriteBatch {
+    let mut batch = WriteBatch::default();
+    // Compaction's removals first: the overlay's writes of the same keys must win.
+    for version in &extra.versions {
+        batch.delete(version.clone());
+    }
+    for (key, rev) in &extra.index_removals {
+        if !overlay.contains(key) {
+            let index = keys::index_key(key);
+            batch.require(index.clone(), Some(encode_index(*rev, false)));
+            batch.delete(index);
+        }
+    }
+    for (key, pending) in overlay.into_keys() {
+        let index = keys::index_key(&key);
+        batch.require(index.clone(), pending.base_index);
+        let mut last = None;
+        for version in &pending.versions {
+            let (k, v) = revision_entry(version);
+            batch.put(k, v);
+            last = Some(version);
+        }
+        if let Some(last) = last {
+            batch.put(index, last.index_value());
+        }
+    }
+    if revision != published {
+        batch.put(keys::meta_revision(), encode_counter(revision));
+    }
+    if let Some(rev) = extra.compacted {
+        batch.put(keys::meta_compacted(), encode_counter(rev));
+    }
+    if let Some(rev) = extra.swept {
+        batch.put(keys::meta_compaction_done(), encode_counter(rev));
+    }
+    batch
+}

@@ -1,0 +1,50 @@
+//! The identity every response header carries.
+
+use etcdpb::etcdserverpb::ResponseHeader;
+
+/// cluster_id, member_id and raft_term as etcd fills them into every response header.
+///
+/// Engram has no raft: the ids are stable hashes of the member's name and advertised URLs (so
+/// they survive restarts and differ between members), and the term is 1 until leader election
+/// gives it a meaning.
+#[derive(Debug, Clone, Copy)]
+pub struct Identity {
+    pub cluster_id: u64,
+    pub member_id: u64,
+    pub raft_term: u64,
+}
+
+/// FNV-1a: stable across builds and Rust versions, unlike the std hasher.
+fn hash(parts: &[&str]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for part in parts {
+        for &b in part.as_bytes().iter().chain(&[0xff]) {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+    // Never 0: etcd clients treat 0 as "no member".
+    h | 1
+}
+
+impl Identity {
+    pub fn new(name: &str, advertise_urls: &[String]) -> Self {
+        let urls: Vec<&str> = advertise_urls.iter().map(String::as_str).collect();
+        Identity {
+            cluster_id: hash(&["engram-cluster", name]),
+            member_id: hash(&[&[name][..], &urls].concat()),
+            raft_term: 1,
+        }
+    }
+
+    /// Fills the identity into `header`; a header without a revision gets `revision`.
+    pub fn fill(&self, header: &mut Option<ResponseHeader>, revision: i64) {
+        let h = header.get_or_insert_with(Default::default);
+        h.cluster_id = self.cluster_id;
+        h.member_id = self.member_id;
+        h.raft_term = self.raft_term;
+        if h.revision == 0 {
+            h.revision = revision;
+        }
+    }
+}

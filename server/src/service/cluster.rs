@@ -1,0 +1,90 @@
+//! The Cluster service: Engram's members as etcd clients expect to list them.
+
+use crate::header::Identity;
+use etcdpb::etcdserverpb::{
+    Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
+    MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
+    MemberUpdateRequest, MemberUpdateResponse, cluster_server::Cluster,
+};
+use std::sync::Arc;
+use tonic::{Request, Response, Status};
+
+pub struct ClusterService {
+    identity: Identity,
+    name: String,
+    client_urls: Vec<String>,
+    revision: Arc<dyn Fn() -> i64 + Send + Sync>,
+}
+
+impl ClusterService {
+    pub fn new(
+        identity: Identity,
+        name: String,
+        client_urls: Vec<String>,
+        revision: Arc<dyn Fn() -> i64 + Send + Sync>,
+    ) -> Self {
+        ClusterService {
+            identity,
+            name,
+            client_urls,
+            revision,
+        }
+    }
+}
+
+/// Engram members are not raft peers: they join through the storage engine, so etcd's
+/// membership changes have nothing to change.
+fn membership_is_not_raft() -> Status {
+    Status::unimplemented(
+        "engram: members are stateless and join through the storage engine; \
+         etcd membership changes do not apply",
+    )
+}
+
+#[tonic::async_trait]
+impl Cluster for ClusterService {
+    async fn member_add(
+        &self,
+        _req: Request<MemberAddRequest>,
+    ) -> Result<Response<MemberAddResponse>, Status> {
+        Err(membership_is_not_raft())
+    }
+
+    async fn member_remove(
+        &self,
+        _req: Request<MemberRemoveRequest>,
+    ) -> Result<Response<MemberRemoveResponse>, Status> {
+        Err(membership_is_not_raft())
+    }
+
+    async fn member_update(
+        &self,
+        _req: Request<MemberUpdateRequest>,
+    ) -> Result<Response<MemberUpdateResponse>, Status> {
+        Err(membership_is_not_raft())
+    }
+
+    async fn member_list(
+        &self,
+        _req: Request<MemberListRequest>,
+    ) -> Result<Response<MemberListResponse>, Status> {
+        let mut resp = MemberListResponse {
+            members: vec![Member {
+                id: self.identity.member_id,
+                name: self.name.clone(),
+                client_ur_ls: self.client_urls.clone(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        self.identity.fill(&mut resp.header, (self.revision)());
+        Ok(Response::new(resp))
+    }
+
+    async fn member_promote(
+        &self,
+        _req: Request<MemberPromoteRequest>,
+    ) -> Result<Response<MemberPromoteResponse>, Status> {
+        Err(membership_is_not_raft())
+    }
+}

@@ -1,0 +1,5 @@
+//! The etcd v3 gRPC services Engram answers.
+
+pub mod cluster;
+pub mod kv;
+pub mod maintenance;
