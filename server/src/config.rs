@@ -2,6 +2,7 @@
 
 use clap::{Parser, ValueEnum};
 use std::path::PathBuf;
+use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EngineKind {
@@ -49,6 +50,15 @@ pub struct Config {
     #[arg(long, default_value_t = 256)]
     pub cache_size_mb: usize,
 
+    /// How often an idle watcher created with progress_notify is told the current revision,
+    /// e.g. `5s` or `500ms` (etcd's default of 10 minutes stalls kube-apiserver watch caches).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub watch_progress_notify_interval: Duration,
+
+    /// Events kept in memory for watchers; older history is read back from the store.
+    #[arg(long, default_value_t = 100_000)]
+    pub watch_window_events: usize,
+
     /// Most write requests committed together in one durable engine batch.
     #[arg(long, default_value_t = 1024)]
     pub max_batch: usize,
@@ -61,5 +71,43 @@ impl Config {
         } else {
             self.advertise_client_urls.clone()
         }
+    }
+}
+
+/// Durations as etcd's flags take them: `500ms`, `5s`, `10m`, `1h`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(|| format!("{text:?}: missing unit (ms, s, m, h)"))?;
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?}: not a number"))?;
+    let seconds = match unit {
+        "ms" => value / 1000.0,
+        "s" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?}")),
+    };
+    if !(seconds > 0.0 && seconds.is_finite()) {
+        return Err(format!("{text:?}: must be positive"));
+    }
+    Ok(Duration::from_secs_f64(seconds))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_like_etcd_flags() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5s"), Ok(Duration::from_secs(5)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert!(parse_duration("5").is_err());
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("5x").is_err());
     }
 }

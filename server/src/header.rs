@@ -37,6 +37,16 @@ impl Identity {
         }
     }
 
+    /// A header with the identity and no revision.
+    pub fn header(&self) -> ResponseHeader {
+        ResponseHeader {
+            cluster_id: self.cluster_id,
+            member_id: self.member_id,
+            raft_term: self.raft_term,
+            revision: 0,
+        }
+    }
+
     /// Fills the identity into `header`; a header without a revision gets `revision`.
     pub fn fill(&self, header: &mut Option<ResponseHeader>, revision: i64) {
         let h = header.get_or_insert_with(Default::default);

@@ -2,6 +2,7 @@
 
 mod config;
 mod header;
+mod hub_listener;
 mod service;
 mod status;
 
@@ -11,8 +12,10 @@ use clap::Parser;
 use config::{Config, EngineKind};
 use etcdpb::etcdserverpb::{
     cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
+    watch_server::WatchServer,
 };
 use header::Identity;
+use hub_listener::HubListener;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -52,14 +55,22 @@ async fn run(config: Config) -> Result<(), BoxError> {
 }
 
 async fn serve<E: Engine>(config: Config, engine: E) -> Result<(), BoxError> {
+    let hub = Arc::new(HubListener::default());
     let options = StoreOptions {
         max_batch: config.max_batch,
         max_request_bytes: config.max_request_bytes,
+        listener: Some(hub.clone()),
         ..StoreOptions::default()
     };
     let store = Store::open(engine, options).await?;
+    let hub = hub.start(store.revision(), config.watch_window_events);
     let advertised = config.advertised_urls();
     let identity = Identity::new(&config.name, &advertised);
+    let watch_options = watch::StreamOptions {
+        progress_interval: config.watch_progress_notify_interval,
+        max_response_bytes: config.max_request_bytes,
+        header: identity.header(),
+    };
     let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
 
     let revision = {
@@ -72,6 +83,11 @@ async fn serve<E: Engine>(config: Config, engine: E) -> Result<(), BoxError> {
                 .max_decoding_message_size(max_message)
                 .max_encoding_message_size(usize::MAX),
         )
+        .add_service(WatchServer::new(service::watch::WatchService::new(
+            hub,
+            store.clone(),
+            watch_options,
+        )))
         .add_service(MaintenanceServer::new(
             service::maintenance::MaintenanceService::new(store.clone(), identity),
         ))

@@ -1,1 +1,17 @@
-//! The ordered event log and watcher fan-out (filled by the watch issue).
+//! The watch side of Engram: one ordered event log and the watchers that follow it.
+//!
+//! The store's writer hands every committed revision, in order, to the [`Hub`]: a bounded
+//! in-memory window of recent revisions (KubeBrain's single point that orders events). Each
+//! gRPC watch stream is served by one task ([`stream::serve`]) that owns that stream's watchers
+//! and is the only sender on it, so responses on a stream are totally ordered. A watcher reads
+//! forward from its next revision: from the window while it is there, from the store's history
+//! ([`HistorySource`]) when it is not, so falling behind costs latency, never events.
+
+pub mod hub;
+pub mod source;
+pub mod stream;
+mod watcher;
+
+pub use hub::Hub;
+pub use source::HistorySource;
+pub use stream::{StreamOptions, serve};

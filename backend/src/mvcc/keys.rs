@@ -8,6 +8,9 @@
 //! - `REVS` holds every version of every key, newest first: `enc(key) ++ !revision`, so the
 //!   latest version of a key is the first entry at or after `enc(key)`: one forward seek.
 //!
+//! - `LOG` lists what each revision changed, in op order: `revision ++ op index → user key`.
+//!   Watchers replay history from it without scanning unrelated keys.
+//!
 //! `enc` is an order-preserving, prefix-free escape of raw key bytes (`0x00` becomes
 //! `0x00 0xFF`, and `0x00 0x01` terminates), so user keys may contain any byte, byte ranges of
 //! user keys map to byte ranges of encoded keys, and no user key is a prefix of another's entries.
@@ -18,6 +21,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 pub const META: u8 = 0x01;
 pub const INDEX: u8 = 0x02;
 pub const REVS: u8 = 0x03;
+pub const LOG: u8 = 0x04;
 
 const ESCAPE: u8 = 0xFF;
 const TERMINATOR: u8 = 0x01;
@@ -87,6 +91,30 @@ pub fn region_range(region: u8, start: &[u8], end: Option<&[u8]>) -> KeyRange {
         None => Bytes::copy_from_slice(&[region + 1]),
     };
     KeyRange::new(start, Some(end))
+}
+
+/// The `LOG` entry of the `index`-th change of `revision`.
+pub fn log_key(revision: i64, index: u32) -> Bytes {
+    let mut buf = BytesMut::with_capacity(13);
+    buf.put_u8(LOG);
+    buf.put_u64(revision as u64);
+    buf.put_u32(index);
+    buf.freeze()
+}
+
+/// `LOG` entries of revisions in `[from, to)`.
+pub fn log_range(from: i64, to: i64) -> KeyRange {
+    KeyRange::new(log_key(from.max(0), 0), Some(log_key(to.max(0), 0)))
+}
+
+/// Splits a `LOG` entry key into (revision, op index).
+pub fn decode_log_key(entry: &[u8]) -> Option<(i64, u32)> {
+    if entry.len() != 13 || entry[0] != LOG {
+        return None;
+    }
+    let rev = u64::from_be_bytes(entry[1..9].try_into().ok()?) as i64;
+    let index = u32::from_be_bytes(entry[9..13].try_into().ok()?);
+    Some((rev, index))
 }
 
 /// Splits a region entry into (user key, rest after the terminator).

@@ -77,10 +77,7 @@ async fn sweep<E: Engine>(
             }
         }
         let last_page = page.len() < PAGE;
-        if last_page {
-            step.done = Some(goal);
-        }
-        let idle = step.versions.is_empty() && step.tombstones.is_empty() && !last_page;
+        let idle = step.versions.is_empty() && step.tombstones.is_empty();
         if !idle && !send(writer, step).await {
             return Ok(false);
         }
@@ -90,7 +87,29 @@ async fn sweep<E: Engine>(
                 next.push(0);
                 range.start = Bytes::from(next);
             }
-            _ => return Ok(true),
+            _ => break,
+        }
+    }
+    // The change log below the goal: no watch may start there any more.
+    let mut range = keys::log_range(0, goal);
+    loop {
+        let page = snapshot.scan(&range, PAGE, false).await?;
+        let last_page = page.len() < PAGE;
+        if let Some((last, _)) = page.last() {
+            let mut next = last.to_vec();
+            next.push(0);
+            range.start = Bytes::from(next);
+        }
+        let step = CompactStep {
+            log: page.into_iter().map(|(k, _)| k).collect(),
+            done: last_page.then_some(goal),
+            ..Default::default()
+        };
+        if !send(writer, step).await {
+            return Ok(false);
+        }
+        if last_page {
+            return Ok(true);
         }
     }
 }

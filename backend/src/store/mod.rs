@@ -7,6 +7,7 @@
 //! the requests answered.
 
 mod compactor;
+mod history;
 mod writer;
 
 pub use writer::{CommitListener, CommittedRevision};

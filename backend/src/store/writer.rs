@@ -37,6 +37,8 @@ pub trait CommitListener: Send + Sync {
 pub struct CompactStep {
     /// `REVS` entries no read at or above the compacted revision can see.
     pub versions: Vec<Bytes>,
+    /// `LOG` entries of revisions below the compacted one.
+    pub log: Vec<Bytes>,
     /// Tombstones at or below the compacted revision: (user key, revision). Their `INDEX` entry
     /// goes too if the tombstone is still the key's latest version.
     pub tombstones: Vec<(Bytes, i64)>,
@@ -166,7 +168,7 @@ async fn commit<E: Engine>(
         replies.push((job.reply, result));
     }
 
-    let batch = build_batch(overlay, &extra, published, revision);
+    let batch = build_batch(overlay, &extra, &committed, published, revision);
     if !batch.is_empty()
         && let Err(err) = shared.engine.write(batch).await
     {
@@ -207,6 +209,7 @@ async fn plan_removals<S: crate::engine::Snapshot>(
     step: CompactStep,
 ) -> Result<(), EngineError> {
     extra.versions.extend(step.versions);
+    extra.versions.extend(step.log);
     for (key, rev) in step.tombstones {
         extra.versions.push(keys::revision_key(&key, rev));
         let latest = view.version_at(&key, i64::MAX).await?;
@@ -220,7 +223,13 @@ async fn plan_removals<S: crate::engine::Snapshot>(
     Ok(())
 }
 
-fn build_batch(overlay: Overlay, extra: &Extra, published: i64, revision: i64) -> WriteBatch {
+fn build_batch(
+    overlay: Overlay,
+    extra: &Extra,
+    committed: &[CommittedRevision],
+    published: i64,
+    revision: i64,
+) -> WriteBatch {
     let mut batch = WriteBatch::default();
     // Compaction's removals first: the overlay's writes of the same keys must win.
     for version in &extra.versions {
@@ -244,6 +253,13 @@ fn build_batch(overlay: Overlay, extra: &Extra, published: i64, revision: i64) -
         }
         if let Some(last) = last {
             batch.put(index, last.index_value());
+        }
+    }
+    for rev in committed {
+        for (index, event) in rev.events.iter().enumerate() {
+            if let Some(kv) = &event.kv {
+                batch.put(keys::log_key(rev.revision, index as u32), kv.key.clone());
+            }
         }
     }
     if revision != published {

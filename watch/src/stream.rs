@@ -1,0 +1,372 @@
+//! One gRPC watch stream: its watchers, and the one task that answers on it.
+
+use crate::hub::{Hub, Window};
+use crate::source::HistorySource;
+use crate::watcher::Watcher;
+use backend::CommittedRevision;
+use backend::kv::KvError;
+use etcdpb::etcdserverpb::{
+    ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse, watch_request::RequestUnion,
+};
+use etcdpb::mvccpb::Event;
+use futures::{Stream, StreamExt};
+use prost::Message;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Revisions served to one watcher per round, so that one far-behind watcher does not hold up
+/// the others on its stream for long.
+const REVISIONS_PER_ROUND: usize = 1024;
+/// Events read from the store per round when catching up from history.
+const HISTORY_EVENTS_PER_ROUND: usize = 4096;
+
+#[derive(Clone)]
+pub struct StreamOptions {
+    /// How often idle, caught-up watchers created with progress_notify hear the revision.
+    pub progress_interval: Duration,
+    /// Largest response a fragmenting watcher receives in one piece.
+    pub max_response_bytes: usize,
+    /// cluster_id, member_id and raft_term for every header.
+    pub header: ResponseHeader,
+}
+
+/// Why serving a stream stopped.
+enum Stop {
+    /// The client went away (or the outbound channel closed).
+    Closed,
+}
+
+struct Session<H> {
+    hub: Arc<Hub>,
+    history: H,
+    options: StreamOptions,
+    out: mpsc::Sender<WatchResponse>,
+    watchers: BTreeMap<i64, Watcher>,
+    next_id: i64,
+    progress_requested: bool,
+    /// The highest revision any header on this stream carried: headers never go back.
+    header_revision: i64,
+}
+
+/// Serves one watch stream until the client closes it: reads requests from `inbound`, writes
+/// every response to `out` in order.
+pub async fn serve<H, In>(
+    hub: Arc<Hub>,
+    history: H,
+    mut inbound: In,
+    out: mpsc::Sender<WatchResponse>,
+    options: StreamOptions,
+) where
+    H: HistorySource,
+    In: Stream<Item = WatchRequest> + Unpin + Send,
+{
+    let mut latest = hub.subscribe();
+    let mut ticker = tokio::time::interval(options.progress_interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticker.reset();
+    let header_revision = hub.latest();
+    let mut session = Session {
+        hub,
+        history,
+        options,
+        out,
+        watchers: BTreeMap::new(),
+        next_id: 0,
+        progress_requested: false,
+        header_revision,
+    };
+    loop {
+        let behind = match session.deliver().await {
+            Ok(behind) => behind,
+            Err(Stop::Closed) => return,
+        };
+        if session.answer_progress_request().await.is_err() {
+            return;
+        }
+        if behind {
+            // More to send: take requests that are already waiting, then go on.
+            match futures::FutureExt::now_or_never(inbound.next()) {
+                Some(Some(req)) if session.handle(req).await.is_err() => return,
+                Some(None) => return,
+                _ => {}
+            }
+            tokio::task::yield_now().await;
+            continue;
+        }
+        tokio::select! {
+            req = inbound.next() => match req {
+                Some(req) => if session.handle(req).await.is_err() { return },
+                None => return,
+            },
+            changed = latest.changed() => if changed.is_err() { return },
+            _ = ticker.tick() => if session.progress_tick().await.is_err() { return },
+        }
+    }
+}
+
+impl<H: HistorySource> Session<H> {
+    fn header(&mut self, revision: i64) -> Option<ResponseHeader> {
+        self.header_revision = self.header_revision.max(revision);
+        Some(ResponseHeader {
+            revision: self.header_revision,
+            ..self.options.header
+        })
+    }
+
+    async fn send(&mut self, resp: WatchResponse) -> Result<(), Stop> {
+        self.out.send(resp).await.map_err(|_| Stop::Closed)
+    }
+
+    async fn handle(&mut self, req: WatchRequest) -> Result<(), Stop> {
+        match req.request_union {
+            Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
+            Some(RequestUnion::CancelRequest(cancel)) => {
+                if self.watchers.remove(&cancel.watch_id).is_some() {
+                    let header = self.header(self.hub.latest());
+                    self.send(WatchResponse {
+                        header,
+                        watch_id: cancel.watch_id,
+                        canceled: true,
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+                Ok(())
+            }
+            Some(RequestUnion::ProgressRequest(_)) => {
+                self.progress_requested = true;
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    async fn create(&mut self, req: WatchCreateRequest) -> Result<(), Stop> {
+        let now = self.hub.latest();
+        let header = self.header(now);
+        let id = if req.watch_id != 0 {
+            if self.watchers.contains_key(&req.watch_id) {
+                return self
+                    .send(WatchResponse {
+                        header,
+                        watch_id: -1,
+                        created: true,
+                        canceled: true,
+                        cancel_reason: "mvcc: duplicate watch ID provided on the WatchStream"
+                            .to_string(),
+                        ..Default::default()
+                    })
+                    .await;
+            }
+            req.watch_id
+        } else {
+            while self.watchers.contains_key(&self.next_id) {
+                self.next_id += 1;
+            }
+            self.next_id
+        };
+        let start = if req.start_revision == 0 {
+            now + 1
+        } else {
+            req.start_revision
+        };
+        match Watcher::new(id, &req, start) {
+            Ok(watcher) => {
+                if req.watch_id == 0 {
+                    self.next_id += 1;
+                }
+                self.watchers.insert(id, watcher);
+                self.send(WatchResponse {
+                    header,
+                    watch_id: id,
+                    created: true,
+                    ..Default::default()
+                })
+                .await
+            }
+            Err(err) => {
+                self.send(WatchResponse {
+                    header,
+                    watch_id: -1,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: err.reason().to_string(),
+                    ..Default::default()
+                })
+                .await
+            }
+        }
+    }
+
+    /// Serves every watcher up to the log's latest revision, a bounded amount each. Returns
+    /// whether some watcher is still behind.
+    async fn deliver(&mut self) -> Result<bool, Stop> {
+        let latest = self.hub.latest();
+        let ids: Vec<i64> = self
+            .watchers
+            .iter()
+            .filter(|(_, w)| w.next_revision <= latest)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut behind = false;
+        for id in ids {
+            behind |= self.deliver_to(id, latest).await?;
+        }
+        Ok(behind)
+    }
+
+    async fn deliver_to(&mut self, id: i64, latest: i64) -> Result<bool, Stop> {
+        let Some(from) = self.watchers.get(&id).map(|w| w.next_revision) else {
+            return Ok(false);
+        };
+        if from < self.history.compacted() {
+            return self.cancel_compacted(id).await.map(|_| false);
+        }
+        let (revisions, through) = match self.hub.read(from, REVISIONS_PER_ROUND) {
+            Window::Revisions(revs) => {
+                let through = revs.last().map_or(from - 1, |r| r.revision);
+                (revs, through)
+            }
+            Window::Evicted { oldest } => {
+                match self
+                    .history
+                    .history(from, oldest - 1, HISTORY_EVENTS_PER_ROUND)
+                    .await
+                {
+                    Ok((revs, through)) => (revs.into_iter().map(Arc::new).collect(), through),
+                    Err(KvError::Compacted) => {
+                        return self.cancel_compacted(id).await.map(|_| false);
+                    }
+                    Err(err) => {
+                        tracing::warn!(%err, watch_id = id, "reading watch history failed; will retry");
+                        return Ok(true);
+                    }
+                }
+            }
+        };
+        if through < from {
+            return Ok(false);
+        }
+        let Some(watcher) = self.watchers.get_mut(&id) else {
+            return Ok(false);
+        };
+        let events: Vec<Event> = revisions
+            .iter()
+            .flat_map(|rev: &Arc<CommittedRevision>| rev.events.iter())
+            .filter_map(|e| watcher.accept(e))
+            .collect();
+        watcher.next_revision = through + 1;
+        let fragment = watcher.fragment;
+        if !events.is_empty() {
+            watcher.sent_since_tick = true;
+            let header = self.header(latest);
+            self.send_events(id, header, events, fragment).await?;
+        }
+        Ok(through < latest)
+    }
+
+    /// etcd's answer to a watcher whose next revision was compacted away.
+    async fn cancel_compacted(&mut self, id: i64) -> Result<(), Stop> {
+        self.watchers.remove(&id);
+        let header = self.header(self.hub.latest());
+        let compact_revision = self.history.compacted();
+        self.send(WatchResponse {
+            header,
+            watch_id: id,
+            canceled: true,
+            compact_revision,
+            ..Default::default()
+        })
+        .await
+    }
+
+    async fn send_events(
+        &mut self,
+        id: i64,
+        header: Option<ResponseHeader>,
+        events: Vec<Event>,
+        fragment: bool,
+    ) -> Result<(), Stop> {
+        let whole = WatchResponse {
+            header,
+            watch_id: id,
+            events,
+            ..Default::default()
+        };
+        if !fragment || whole.encoded_len() <= self.options.max_response_bytes {
+            return self.send(whole).await;
+        }
+        // Split into pieces under the limit; every piece but the last says `fragment`.
+        let limit = self.options.max_response_bytes;
+        let mut pieces: Vec<Vec<Event>> = vec![Vec::new()];
+        let mut size = 0;
+        for event in whole.events {
+            let len = event.encoded_len() + 8;
+            if size + len > limit && pieces.last().is_some_and(|p| !p.is_empty()) {
+                pieces.push(Vec::new());
+                size = 0;
+            }
+            size += len;
+            if let Some(piece) = pieces.last_mut() {
+                piece.push(event);
+            }
+        }
+        let count = pieces.len();
+        for (i, events) in pieces.into_iter().enumerate() {
+            self.send(WatchResponse {
+                header: whole.header,
+                watch_id: id,
+                events,
+                fragment: i + 1 < count,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// A requested progress notification goes out once every watcher has been sent everything
+    /// up to the revision it names.
+    async fn answer_progress_request(&mut self) -> Result<(), Stop> {
+        if !self.progress_requested {
+            return Ok(());
+        }
+        let latest = self.hub.latest();
+        if self.watchers.values().any(|w| w.next_revision <= latest) {
+            return Ok(());
+        }
+        self.progress_requested = false;
+        let header = self.header(latest);
+        self.send(WatchResponse {
+            header,
+            watch_id: -1,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// Periodic progress for caught-up watchers that asked for it and got no events since the
+    /// last tick.
+    async fn progress_tick(&mut self) -> Result<(), Stop> {
+        let latest = self.hub.latest();
+        let mut due = Vec::new();
+        for w in self.watchers.values_mut() {
+            if w.progress_notify && !w.sent_since_tick && w.next_revision > latest {
+                due.push(w.id);
+            }
+            w.sent_since_tick = false;
+        }
+        for id in due {
+            let header = self.header(latest);
+            self.send(WatchResponse {
+                header,
+                watch_id: id,
+                ..Default::default()
+            })
+            .await?;
+        }
+        Ok(())
+    }
+}

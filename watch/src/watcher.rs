@@ -1,0 +1,96 @@
+//! One watcher: what it watches and how far it has been served.
+
+use bytes::Bytes;
+use etcdpb::etcdserverpb::{WatchCreateRequest, watch_create_request::FilterType};
+use etcdpb::mvccpb::{Event, event::EventType};
+
+pub struct Watcher {
+    pub id: i64,
+    key: Bytes,
+    /// `None`: the key alone; `Some(empty)`: every key from `key` on; else `[key, end)`.
+    end: Option<Bytes>,
+    no_put: bool,
+    no_delete: bool,
+    pub prev_kv: bool,
+    pub progress_notify: bool,
+    pub fragment: bool,
+    /// The next revision this watcher has not been served yet.
+    pub next_revision: i64,
+    /// Whether events were sent since the last progress tick (then no notification is due).
+    pub sent_since_tick: bool,
+}
+
+/// Why etcd refuses to create a watcher (its mvcc error texts).
+pub enum CreateError {
+    EmptyRange,
+}
+
+impl CreateError {
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CreateError::EmptyRange => "mvcc: watcher range is empty",
+        }
+    }
+}
+
+impl Watcher {
+    /// A watcher as etcd's watch server builds it from a create request: an empty key means
+    /// "\0" (the smallest key), a `"\0"` range end means "every key from `key` on".
+    pub fn new(id: i64, req: &WatchCreateRequest, next_revision: i64) -> Result<Self, CreateError> {
+        let key = if req.key.is_empty() {
+            Bytes::from_static(b"\0")
+        } else {
+            req.key.clone()
+        };
+        let end = match &req.range_end[..] {
+            [] => None,
+            [0] => Some(Bytes::new()),
+            _ => Some(req.range_end.clone()),
+        };
+        if let Some(end) = &end
+            && !end.is_empty()
+            && key >= *end
+        {
+            return Err(CreateError::EmptyRange);
+        }
+        let has = |f: FilterType| req.filters.contains(&(f as i32));
+        Ok(Watcher {
+            id,
+            key,
+            end,
+            no_put: has(FilterType::Noput),
+            no_delete: has(FilterType::Nodelete),
+            prev_kv: req.prev_kv,
+            progress_notify: req.progress_notify,
+            fragment: req.fragment,
+            next_revision,
+            sent_since_tick: false,
+        })
+    }
+
+    fn covers(&self, key: &[u8]) -> bool {
+        match &self.end {
+            None => key == &self.key[..],
+            Some(end) if end.is_empty() => key >= &self.key[..],
+            Some(end) => key >= &self.key[..] && key < &end[..],
+        }
+    }
+
+    /// The event as this watcher receives it, if it receives it at all.
+    pub fn accept(&self, event: &Event) -> Option<Event> {
+        let kv = event.kv.as_ref()?;
+        if !self.covers(&kv.key) {
+            return None;
+        }
+        let is_put = event.r#type == EventType::Put as i32;
+        if (is_put && self.no_put) || (!is_put && self.no_delete) {
+            return None;
+        }
+        let mut event = event.clone();
+        // etcd attaches prev_kv only when asked, and never to a create.
+        if !self.prev_kv || (is_put && kv.create_revision == kv.mod_revision) {
+            event.prev_kv = None;
+        }
+        Some(event)
+    }
+}
