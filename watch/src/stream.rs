@@ -87,10 +87,14 @@ pub async fn serve<H, In>(
         }
         if behind {
             // More to send: take requests that are already waiting, then go on.
-            match futures::FutureExt::now_or_never(inbound.next()) {
-                Some(Some(req)) if session.handle(req).await.is_err() => return,
-                Some(None) => return,
-                _ => {}
+            let waiting = futures::FutureExt::now_or_never(inbound.next());
+            let stop = match waiting {
+                Some(Some(req)) => session.handle(req).await.is_err(),
+                Some(None) => true,
+                None => false,
+            };
+            if stop {
+                return;
             }
             tokio::task::yield_now().await;
             continue;
