@@ -5,6 +5,7 @@
 
 pub mod engine;
 pub mod kv;
+pub mod lease;
 pub mod mvcc;
 pub mod store;
 

@@ -11,8 +11,8 @@ use backend::{Store, StoreOptions};
 use clap::Parser;
 use config::{Config, EngineKind};
 use etcdpb::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, maintenance_server::MaintenanceServer,
-    watch_server::WatchServer,
+    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
+    maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use header::Identity;
 use hub_listener::HubListener;
@@ -79,14 +79,22 @@ async fn serve<E: Engine>(config: Config, engine: E) -> Result<(), BoxError> {
     };
     let router = tonic::transport::Server::builder()
         .add_service(
-            KvServer::new(service::kv::KvService::new(store.clone(), identity))
-                .max_decoding_message_size(max_message)
-                .max_encoding_message_size(usize::MAX),
+            KvServer::new(service::kv::KvService::new(
+                store.clone(),
+                identity,
+                max_message,
+            ))
+            .max_decoding_message_size(max_message.saturating_mul(4).max(64 << 20))
+            .max_encoding_message_size(usize::MAX),
         )
         .add_service(WatchServer::new(service::watch::WatchService::new(
             hub,
             store.clone(),
             watch_options,
+        )))
+        .add_service(LeaseServer::new(service::lease::LeaseService::new(
+            store.clone(),
+            identity,
         )))
         .add_service(MaintenanceServer::new(
             service::maintenance::MaintenanceService::new(store.clone(), identity),

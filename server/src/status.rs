@@ -10,10 +10,13 @@ pub fn from_kv(err: KvError) -> Status {
         | KvError::DuplicateKey
         | KvError::TooManyOps
         | KvError::KeyNotFound
+        | KvError::InvalidSortOption
         | KvError::ValueProvided
         | KvError::LeaseProvided
         | KvError::RequestTooLarge => Code::InvalidArgument,
         KvError::LeaseNotFound => Code::NotFound,
+        KvError::LeaseExists => Code::FailedPrecondition,
+        KvError::LeaseTtlTooLarge => Code::OutOfRange,
         KvError::Compacted | KvError::FutureRevision => Code::OutOfRange,
         KvError::Stopped => Code::Unavailable,
         KvError::Engine(EngineError::ConditionFailed { .. }) => Code::Unavailable,

@@ -4,6 +4,7 @@
 use super::error::{KvError, KvResult};
 use super::range::{ReadRevisions, bounds, range};
 use crate::engine::Snapshot;
+use crate::lease::{LeaseTable, MAX_TTL, MIN_TTL};
 use crate::mvcc::keys;
 use crate::mvcc::overlay::Overlay;
 use crate::mvcc::{Version, View};
@@ -18,20 +19,6 @@ use etcdpb::mvccpb::{Event, KeyValue, event::EventType};
 use std::cmp::Ordering;
 use std::future::Future;
 use std::pin::Pin;
-
-/// Whether a lease exists; the lease service implements it, the KV layer only asks.
-pub trait LeaseLookup: Send + Sync {
-    fn exists(&self, id: i64) -> bool;
-}
-
-/// Without a lease service no lease exists.
-pub struct NoLeases;
-
-impl LeaseLookup for NoLeases {
-    fn exists(&self, _id: i64) -> bool {
-        false
-    }
-}
 
 fn header(revision: i64) -> Option<ResponseHeader> {
     Some(ResponseHeader {
@@ -49,7 +36,8 @@ pub struct Apply<'a, S> {
     pub compacted: i64,
     /// The newest revision in `snapshot` (everything above it is in `overlay`).
     pub published: i64,
-    pub leases: &'a dyn LeaseLookup,
+    /// Leases committed before this batch (the overlay holds the batch's own changes).
+    pub leases: &'a LeaseTable,
     /// Whether this request has written anything yet.
     pub changed: bool,
     /// The events of this request's revision, in op order.
@@ -76,13 +64,92 @@ impl<'a, S: Snapshot> Apply<'a, S> {
         self.begin + self.changed as i64
     }
 
+    /// Whether lease `id` exists as of this point of the batch.
+    pub fn lease_exists(&self, id: i64) -> bool {
+        match self.overlay.leases.get(&id) {
+            Some(granted) => granted.is_some(),
+            None => self.leases.exists(id),
+        }
+    }
+
+    /// LeaseGrant: records lease `id` (already chosen, non-zero) with etcd's TTL bounds.
+    /// Returns the TTL granted.
+    pub fn lease_grant(&mut self, id: i64, ttl: i64) -> KvResult<i64> {
+        if ttl > MAX_TTL {
+            return Err(KvError::LeaseTtlTooLarge);
+        }
+        if self.lease_exists(id) {
+            return Err(KvError::LeaseExists);
+        }
+        let ttl = ttl.max(MIN_TTL);
+        self.overlay.leases.insert(id, Some(ttl));
+        Ok(ttl)
+    }
+
+    /// LeaseRevoke (and expiry): deletes every key attached to the lease in this request's
+    /// one revision, in key order, then the lease.
+    pub async fn lease_revoke(&mut self, id: i64) -> KvResult<()> {
+        if !self.lease_exists(id) {
+            return Err(KvError::LeaseNotFound);
+        }
+        let mut attached = std::collections::BTreeSet::new();
+        let mut range = keys::lease_keys_of(id);
+        loop {
+            let page = self.snapshot.scan(&range, 1024, false).await?;
+            for (entry, _) in &page {
+                attached.insert(entry.slice(9..));
+            }
+            match page.last() {
+                Some((last, _)) if page.len() == 1024 => {
+                    let mut next = last.to_vec();
+                    next.push(0);
+                    range.start = bytes::Bytes::from(next);
+                }
+                _ => break,
+            }
+        }
+        for ((lease, key), attach) in self.overlay.lease_keys.range((id, bytes::Bytes::new())..) {
+            if *lease != id {
+                break;
+            }
+            if *attach {
+                attached.insert(key.clone());
+            } else {
+                attached.remove(key);
+            }
+        }
+        for key in attached {
+            let current = self.view().version_at(&key, self.revision()).await?;
+            match current.and_then(Version::into_live) {
+                Some(kv) if kv.lease == id => {
+                    self.delete_range(&DeleteRangeRequest {
+                        key,
+                        ..Default::default()
+                    })
+                    .await?;
+                }
+                _ => {
+                    self.overlay.lease_keys.insert((id, key), false);
+                }
+            }
+        }
+        self.overlay.leases.insert(id, None);
+        Ok(())
+    }
+
+    fn attach(&mut self, lease: i64, key: &bytes::Bytes, attach: bool) {
+        if lease != 0 {
+            self.overlay.lease_keys.insert((lease, key.clone()), attach);
+        }
+    }
+
     pub async fn range(&self, req: &RangeRequest) -> KvResult<RangeResponse> {
         range(&self.view(), req, self.read_revisions()).await
     }
 
     /// A top-level Put: etcd's lease and ignore_* checks, then the write.
     pub async fn put(&mut self, req: &PutRequest) -> KvResult<PutResponse> {
-        if req.lease != 0 && !self.leases.exists(req.lease) {
+        if req.lease != 0 && !self.lease_exists(req.lease) {
             return Err(KvError::LeaseNotFound);
         }
         self.apply_put(req).await
@@ -109,6 +176,12 @@ impl<'a, S: Snapshot> Apply<'a, S> {
                 _ => req.lease,
             },
         };
+        if let Some(p) = &prev
+            && p.lease != kv.lease
+        {
+            self.attach(p.lease, &kv.key, false);
+        }
+        self.attach(kv.lease, &kv.key, true);
         self.record(latest, Version::Put(kv.clone()));
         self.events.push(Event {
             r#type: EventType::Put as i32,
@@ -138,6 +211,7 @@ impl<'a, S: Snapshot> Apply<'a, S> {
                 key: prev.key.clone(),
                 mod_revision: rev,
             };
+            self.attach(prev.lease, &prev.key, false);
             self.record(latest, tombstone);
             self.events.push(Event {
                 r#type: EventType::Delete as i32,
@@ -239,7 +313,7 @@ impl<'a, S: Snapshot> Apply<'a, S> {
                                 return Err(KvError::KeyNotFound);
                             }
                         }
-                        if put.lease != 0 && !self.leases.exists(put.lease) {
+                        if put.lease != 0 && !self.lease_exists(put.lease) {
                             return Err(KvError::LeaseNotFound);
                         }
                     }

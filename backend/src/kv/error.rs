@@ -11,6 +11,8 @@ pub enum KvError {
     DuplicateKey,
     #[error("etcdserver: too many operations in txn request")]
     TooManyOps,
+    #[error("etcdserver: invalid sort option")]
+    InvalidSortOption,
     #[error("etcdserver: key not found")]
     KeyNotFound,
     #[error("etcdserver: value is provided")]
@@ -19,6 +21,10 @@ pub enum KvError {
     LeaseProvided,
     #[error("etcdserver: requested lease not found")]
     LeaseNotFound,
+    #[error("etcdserver: lease already exists")]
+    LeaseExists,
+    #[error("etcdserver: too large lease TTL")]
+    LeaseTtlTooLarge,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
     #[error("etcdserver: mvcc: required revision has been compacted")]

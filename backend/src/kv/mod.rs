@@ -6,7 +6,7 @@ mod error;
 pub mod range;
 pub mod validate;
 
+pub use apply::Apply;
 pub(crate) use apply::revision_entry;
-pub use apply::{Apply, LeaseLookup, NoLeases};
 pub use error::{KvError, KvResult};
 pub use range::ReadRevisions;

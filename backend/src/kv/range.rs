@@ -87,7 +87,7 @@ pub async fn range<S: Snapshot>(
     let reverse_by_key = order == SortOrder::Descend && target == SortTarget::Key && !filtered;
     let fetch_all = limit == 0 || ((order != SortOrder::None || filtered) && !reverse_by_key);
     let mut kvs = if fetch_all {
-        view.scan(bounds, rev, None, false).await?
+        view.scan(bounds, rev, None, reverse_by_key).await?
     } else {
         view.scan(bounds, rev, Some(limit + 1), reverse_by_key)
             .await?

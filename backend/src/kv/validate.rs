@@ -2,7 +2,9 @@
 
 use super::error::{KvError, KvResult};
 use etcdpb::etcdserverpb::{
-    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, request_op::Request,
+    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest,
+    range_request::{SortOrder, SortTarget},
+    request_op::Request,
 };
 use std::collections::HashSet;
 
@@ -12,6 +14,11 @@ pub const MAX_TXN_OPS: usize = 128;
 pub fn check_range(req: &RangeRequest) -> KvResult<()> {
     if req.key.is_empty() {
         return Err(KvError::EmptyKey);
+    }
+    if SortOrder::try_from(req.sort_order).is_err()
+        || SortTarget::try_from(req.sort_target).is_err()
+    {
+        return Err(KvError::InvalidSortOption);
     }
     Ok(())
 }
@@ -38,36 +45,37 @@ pub fn check_delete(req: &DeleteRangeRequest) -> KvResult<()> {
 
 /// etcd's `checkTxnRequest` followed by `checkIntervals` on both branches.
 pub fn check_txn(req: &TxnRequest) -> KvResult<()> {
-    check_txn_shape(req)?;
+    check_txn_shape(req, MAX_TXN_OPS)?;
     check_intervals(&req.success)?;
     check_intervals(&req.failure)?;
     Ok(())
 }
 
-fn check_txn_shape(req: &TxnRequest) -> KvResult<()> {
+/// A nested txn gets what its parent's widest part left of the budget, as in etcd.
+fn check_txn_shape(req: &TxnRequest, max_ops: usize) -> KvResult<()> {
     let ops = req
         .compare
         .len()
         .max(req.success.len())
         .max(req.failure.len());
-    if ops > MAX_TXN_OPS {
+    if ops > max_ops {
         return Err(KvError::TooManyOps);
     }
     if req.compare.iter().any(|c| c.key.is_empty()) {
         return Err(KvError::EmptyKey);
     }
     for op in req.success.iter().chain(&req.failure) {
-        check_op(op)?;
+        check_op(op, max_ops - ops)?;
     }
     Ok(())
 }
 
-fn check_op(op: &RequestOp) -> KvResult<()> {
+fn check_op(op: &RequestOp, max_ops: usize) -> KvResult<()> {
     match &op.request {
         Some(Request::RequestRange(r)) => check_range(r),
         Some(Request::RequestPut(r)) => check_put(r),
         Some(Request::RequestDeleteRange(r)) => check_delete(r),
-        Some(Request::RequestTxn(r)) => check_txn_shape(r),
+        Some(Request::RequestTxn(r)) => check_txn_shape(r, max_ops),
         // etcd answers an empty op with this error.
         None => Err(KvError::KeyNotFound),
     }

@@ -10,6 +10,8 @@
 //!
 //! - `LOG` lists what each revision changed, in op order: `revision ++ op index → user key`.
 //!   Watchers replay history from it without scanning unrelated keys.
+//! - `LEASE` holds each live lease's TTL (`id → ttl`), and `LEASE_KEYS` the keys attached to it
+//!   (`id ++ key → ""`), so revoking a lease finds its keys without scanning the keyspace.
 //!
 //! `enc` is an order-preserving, prefix-free escape of raw key bytes (`0x00` becomes
 //! `0x00 0xFF`, and `0x00 0x01` terminates), so user keys may contain any byte, byte ranges of
@@ -22,6 +24,8 @@ pub const META: u8 = 0x01;
 pub const INDEX: u8 = 0x02;
 pub const REVS: u8 = 0x03;
 pub const LOG: u8 = 0x04;
+pub const LEASE: u8 = 0x05;
+pub const LEASE_KEYS: u8 = 0x06;
 
 const ESCAPE: u8 = 0xFF;
 const TERMINATOR: u8 = 0x01;
@@ -105,6 +109,41 @@ pub fn log_key(revision: i64, index: u32) -> Bytes {
 /// `LOG` entries of revisions in `[from, to)`.
 pub fn log_range(from: i64, to: i64) -> KeyRange {
     KeyRange::new(log_key(from.max(0), 0), Some(log_key(to.max(0), 0)))
+}
+
+/// The record of lease `id`.
+pub fn lease_key(id: i64) -> Bytes {
+    let mut buf = BytesMut::with_capacity(9);
+    buf.put_u8(LEASE);
+    buf.put_i64(id);
+    buf.freeze()
+}
+
+/// Every lease record.
+pub fn lease_records() -> KeyRange {
+    KeyRange::new(
+        Bytes::from_static(&[LEASE]),
+        Some(Bytes::from_static(&[LEASE + 1])),
+    )
+}
+
+/// The entry saying `key` is attached to lease `id`.
+pub fn lease_key_entry(id: i64, key: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(9 + key.len());
+    buf.put_u8(LEASE_KEYS);
+    buf.put_i64(id);
+    buf.put_slice(key);
+    buf.freeze()
+}
+
+/// The entries of every key attached to lease `id`.
+pub fn lease_keys_of(id: i64) -> KeyRange {
+    let start = lease_key_entry(id, b"");
+    let end = match id.checked_add(1) {
+        Some(next) => lease_key_entry(next, b""),
+        None => Bytes::from_static(&[LEASE_KEYS + 1]),
+    };
+    KeyRange::new(start, Some(end))
 }
 
 /// Splits a `LOG` entry key into (revision, op index).

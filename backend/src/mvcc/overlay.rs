@@ -19,13 +19,13 @@ pub struct PendingKey {
 #[derive(Debug, Default)]
 pub struct Overlay {
     keys: BTreeMap<Bytes, PendingKey>,
+    /// Leases granted (`Some(ttl)`) or revoked (`None`) by the batch.
+    pub leases: BTreeMap<i64, Option<i64>>,
+    /// Keys attached to (`true`) or detached from (`false`) a lease by the batch.
+    pub lease_keys: BTreeMap<(i64, Bytes), bool>,
 }
 
 impl Overlay {
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty()
-    }
-
     /// The newest pending version of `key` at or below `revision`.
     pub fn version_at(&self, key: &[u8], revision: i64) -> Option<&Version> {
         self.keys
@@ -75,7 +75,12 @@ impl Overlay {
         entry.versions.push(version);
     }
 
-    pub fn into_keys(self) -> BTreeMap<Bytes, PendingKey> {
-        self.keys
+    /// Whether the batch touches nothing.
+    pub fn is_untouched(&self) -> bool {
+        self.keys.is_empty() && self.leases.is_empty() && self.lease_keys.is_empty()
+    }
+
+    pub fn keys(&self) -> &BTreeMap<Bytes, PendingKey> {
+        &self.keys
     }
 }

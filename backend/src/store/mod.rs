@@ -7,13 +7,15 @@
 //! the requests answered.
 
 mod compactor;
+mod expiry;
 mod history;
 mod writer;
 
 pub use writer::{CommitListener, CommittedRevision};
 
 use crate::engine::{Engine, Snapshot};
-use crate::kv::{Apply, KvError, KvResult, LeaseLookup, NoLeases, ReadRevisions, validate};
+use crate::kv::{Apply, KvError, KvResult, ReadRevisions, validate};
+use crate::lease::{LeaseInfo, LeaseTable};
 use crate::mvcc::View;
 use crate::mvcc::keys;
 use crate::mvcc::overlay::Overlay;
@@ -40,8 +42,6 @@ const PROPOSAL_OVERHEAD: usize = 16;
 pub struct StoreOptions {
     /// Most requests one engine batch carries.
     pub max_batch: usize,
-    /// Answers whether a lease named by a Put exists.
-    pub leases: Arc<dyn LeaseLookup>,
     /// Told about every committed revision, in order (the watch event log).
     pub listener: Option<Arc<dyn CommitListener>>,
     /// Writes whose encoding is larger are refused (etcd's `--max-request-bytes`).
@@ -52,7 +52,6 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             max_batch: 1024,
-            leases: Arc::new(NoLeases),
             listener: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
         }
@@ -66,6 +65,8 @@ struct Shared<E> {
     revision: AtomicI64,
     /// Reads below this revision fail as compacted (-1 before any compaction, as in etcd).
     compacted: AtomicI64,
+    /// Live leases and their deadlines.
+    leases: LeaseTable,
 }
 
 /// A handle to the store; cheap to clone.
@@ -94,11 +95,32 @@ impl<E: Engine> Store<E> {
         let revision = counter(snapshot.get(&keys::meta_revision()).await?).unwrap_or(1);
         let compacted = counter(snapshot.get(&keys::meta_compacted()).await?).unwrap_or(-1);
         let swept = counter(snapshot.get(&keys::meta_compaction_done()).await?).unwrap_or(-1);
+        let leases = LeaseTable::default();
+        let mut range = keys::lease_records();
+        loop {
+            let page = snapshot.scan(&range, 1024, false).await?;
+            for (k, v) in &page {
+                if let (Some(id), Some(ttl)) = (k.get(1..9), decode_counter(v)) {
+                    let id = i64::from_be_bytes(id.try_into().unwrap_or_default());
+                    leases.insert(id, ttl);
+                }
+            }
+            match page.last() {
+                Some((last, _)) if page.len() == 1024 => {
+                    let mut next = last.to_vec();
+                    next.push(0);
+                    range.start = bytes::Bytes::from(next);
+                }
+                _ => break,
+            }
+        }
         drop(snapshot);
+        let lease_count = leases.len();
         let shared = Arc::new(Shared {
             engine,
             revision: AtomicI64::new(revision),
             compacted: AtomicI64::new(compacted),
+            leases,
         });
         let (writer_tx, writer_rx) = mpsc::channel(options.max_batch.max(1) * 4);
         let (compact_tx, compact_rx) = tokio::sync::watch::channel(compacted);
@@ -109,8 +131,9 @@ impl<E: Engine> Store<E> {
             swept,
         ));
         let max_request_bytes = options.max_request_bytes;
+        tokio::spawn(expiry::run(shared.clone(), writer_tx.downgrade()));
         tokio::spawn(writer::run(shared.clone(), writer_rx, options, compact_tx));
-        tracing::info!(revision, compacted, "store opened");
+        tracing::info!(revision, compacted, leases = lease_count, "store opened");
         Ok(Store {
             shared,
             writer: writer_tx,
@@ -186,14 +209,13 @@ impl<E: Engine> Store<E> {
     async fn read_only_txn(&self, req: &TxnRequest) -> KvResult<TxnResponse> {
         let (revs, snapshot) = self.snapshot().await?;
         let mut overlay = Overlay::default();
-        let leases = NoLeases;
         let mut apply = Apply {
             snapshot: &snapshot,
             overlay: &mut overlay,
             begin: revs.current,
             compacted: revs.compacted,
             published: revs.published,
-            leases: &leases,
+            leases: &self.shared.leases,
             changed: false,
             events: Vec::new(),
         };
@@ -204,6 +226,57 @@ impl<E: Engine> Store<E> {
         match self.submit(Op::Compact(req.revision)).await? {
             Reply::Compact(resp) => Ok(resp),
             _ => Err(KvError::Stopped),
+        }
+    }
+
+    /// LeaseGrant of lease `id` (non-zero; the caller picks one when the client did not).
+    /// Returns the TTL granted.
+    pub async fn lease_grant(&self, id: i64, ttl: i64) -> KvResult<i64> {
+        match self.submit(Op::LeaseGrant { id, ttl }).await? {
+            Reply::LeaseGrant(ttl) => Ok(ttl),
+            _ => Err(KvError::Stopped),
+        }
+    }
+
+    /// LeaseRevoke: deletes the attached keys (one revision) and the lease. Returns the
+    /// revision after it.
+    pub async fn lease_revoke(&self, id: i64) -> KvResult<i64> {
+        match self.submit(Op::LeaseRevoke { id }).await? {
+            Reply::LeaseRevoke(revision) => Ok(revision),
+            _ => Err(KvError::Stopped),
+        }
+    }
+
+    /// Renews lease `id` for its full TTL; None if it does not exist.
+    pub fn lease_keep_alive(&self, id: i64) -> Option<i64> {
+        self.shared.leases.keep_alive(id)
+    }
+
+    pub fn lease(&self, id: i64) -> Option<LeaseInfo> {
+        self.shared.leases.get(id)
+    }
+
+    /// The ids of every live lease, ascending.
+    pub fn lease_ids(&self) -> Vec<i64> {
+        self.shared.leases.ids()
+    }
+
+    /// The keys attached to lease `id`, in key order.
+    pub async fn lease_keys(&self, id: i64) -> KvResult<Vec<bytes::Bytes>> {
+        let snapshot = self.shared.engine.snapshot().await?;
+        let mut out = Vec::new();
+        let mut range = keys::lease_keys_of(id);
+        loop {
+            let page = snapshot.scan(&range, 1024, false).await?;
+            out.extend(page.iter().map(|(k, _)| k.slice(9..)));
+            match page.last() {
+                Some((last, _)) if page.len() == 1024 => {
+                    let mut next = last.to_vec();
+                    next.push(0);
+                    range.start = bytes::Bytes::from(next);
+                }
+                _ => return Ok(out),
+            }
         }
     }
 

@@ -14,6 +14,7 @@ use etcdpb::etcdserverpb::{
     ResponseHeader, TxnRequest, TxnResponse,
 };
 use etcdpb::mvccpb::Event;
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -52,6 +53,8 @@ pub enum Op {
     Txn(TxnRequest),
     Compact(i64),
     CompactStep(CompactStep),
+    LeaseGrant { id: i64, ttl: i64 },
+    LeaseRevoke { id: i64 },
 }
 
 pub enum Reply {
@@ -60,6 +63,8 @@ pub enum Reply {
     Txn(TxnResponse),
     Compact(CompactionResponse),
     CompactStep,
+    LeaseGrant(i64),
+    LeaseRevoke(i64),
 }
 
 pub struct Job {
@@ -118,7 +123,7 @@ async fn commit<E: Engine>(
             begin: revision,
             compacted,
             published,
-            leases: options.leases.as_ref(),
+            leases: &shared.leases,
             changed: false,
             events: Vec::new(),
         };
@@ -142,6 +147,11 @@ async fn commit<E: Engine>(
                     }))
                 }
             }
+            Op::LeaseGrant { id, ttl } => apply.lease_grant(id, ttl).map(Reply::LeaseGrant),
+            Op::LeaseRevoke { id } => match apply.lease_revoke(id).await {
+                Ok(()) => Ok(Reply::LeaseRevoke(apply.revision())),
+                Err(err) => Err(err),
+            },
             Op::CompactStep(step) => {
                 match plan_removals(&View::new(&snapshot), &mut extra, step).await {
                     Ok(()) => Ok(Reply::CompactStep),
@@ -168,7 +178,15 @@ async fn commit<E: Engine>(
         replies.push((job.reply, result));
     }
 
-    let batch = build_batch(overlay, &extra, &committed, published, revision);
+    let lease_changes = std::mem::take(&mut overlay.leases);
+    let batch = build_batch(
+        overlay,
+        &lease_changes,
+        &extra,
+        &committed,
+        published,
+        revision,
+    );
     if !batch.is_empty()
         && let Err(err) = shared.engine.write(batch).await
     {
@@ -178,6 +196,12 @@ async fn commit<E: Engine>(
         return Err(err);
     }
     shared.revision.store(revision, Ordering::Release);
+    for (id, granted) in lease_changes {
+        match granted {
+            Some(ttl) => shared.leases.insert(id, ttl),
+            None => shared.leases.remove(id),
+        }
+    }
     if let Some(rev) = extra.compacted {
         shared.compacted.store(rev, Ordering::Release);
         let _ = compact_tx.send(rev);
@@ -225,6 +249,7 @@ async fn plan_removals<S: crate::engine::Snapshot>(
 
 fn build_batch(
     overlay: Overlay,
+    leases: &BTreeMap<i64, Option<i64>>,
     extra: &Extra,
     committed: &[CommittedRevision],
     published: i64,
@@ -242,9 +267,23 @@ fn build_batch(
             batch.delete(index);
         }
     }
-    for (key, pending) in overlay.into_keys() {
-        let index = keys::index_key(&key);
-        batch.require(index.clone(), pending.base_index);
+    for (id, granted) in leases {
+        match granted {
+            Some(ttl) => batch.put(keys::lease_key(*id), encode_counter(*ttl)),
+            None => batch.delete(keys::lease_key(*id)),
+        }
+    }
+    for ((id, key), attached) in &overlay.lease_keys {
+        let entry = keys::lease_key_entry(*id, key);
+        if *attached {
+            batch.put(entry, Bytes::new());
+        } else {
+            batch.delete(entry);
+        }
+    }
+    for (key, pending) in overlay.keys() {
+        let index = keys::index_key(key);
+        batch.require(index.clone(), pending.base_index.clone());
         let mut last = None;
         for version in &pending.versions {
             let (k, v) = revision_entry(version);
