@@ -7,6 +7,7 @@ pub mod engine;
 pub mod kv;
 pub mod lease;
 pub mod mvcc;
+pub mod snapshot;
 pub mod store;
 
 pub use store::{CommitListener, CommittedRevision, Store, StoreOptions};

@@ -1,7 +1,7 @@
 //! The store's contract, checked on every engine that runs here: revisions, group-commit
 //! atomicity under concurrent reads, compaction, and recovery of the revision counter.
 
-use backend::engine::{EmbeddedEngine, Engine, MemoryEngine};
+use backend::engine::{BTreeEngine, Engine, LsmEngine, MemoryEngine};
 use backend::kv::KvError;
 use backend::{Store, StoreOptions};
 use bytes::Bytes;
@@ -100,9 +100,9 @@ async fn revisions_on_memory_engine() {
 }
 
 #[tokio::test]
-async fn revisions_on_embedded_engine() {
+async fn revisions_on_btree_engine() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = EmbeddedEngine::open(dir.path(), 16 << 20).unwrap();
+    let engine = BTreeEngine::open(dir.path(), 16 << 20).unwrap();
     basic_revisions(Store::open(engine, StoreOptions::default()).await.unwrap()).await;
 }
 
@@ -126,7 +126,7 @@ fn write_group(group: usize, keys: usize, value: u64) -> TxnRequest {
 async fn atomic_batches_under_concurrent_reads<E: Engine>(store: Store<E>) {
     const GROUPS: usize = 4;
     const KEYS: usize = 8;
-    const WRITES: u64 = 60;
+    const WRITES: u64 = 80;
     let mut writers = Vec::new();
     for w in 0..8u64 {
         let store = store.clone();
@@ -145,7 +145,7 @@ async fn atomic_batches_under_concurrent_reads<E: Engine>(store: Store<E>) {
         let store = store.clone();
         readers.push(tokio::spawn(async move {
             let mut checked = 0;
-            for i in 0..400usize {
+            for i in 0..600usize {
                 let group = (r + i) % GROUPS;
                 let now = store.revision();
                 let at = if i % 3 == 0 {
@@ -194,13 +194,31 @@ async fn atomic_batches_under_concurrent_reads<E: Engine>(store: Store<E>) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn atomic_batches_on_embedded_engine() {
+async fn atomic_batches_on_btree_engine() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = EmbeddedEngine::open(dir.path(), 16 << 20).unwrap();
+    let engine = BTreeEngine::open(dir.path(), 16 << 20).unwrap();
     atomic_batches_under_concurrent_reads(
         Store::open(engine, StoreOptions::default()).await.unwrap(),
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn atomic_batches_on_lsm_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    // A tiny memtable: flushes happen all through the run, while readers hold snapshots.
+    let engine = LsmEngine::open_with_memtable(dir.path(), 16 << 20, Some(32 << 10)).unwrap();
+    atomic_batches_under_concurrent_reads(
+        Store::open(engine, StoreOptions::default()).await.unwrap(),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn revisions_on_lsm_engine() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = LsmEngine::open(dir.path(), 16 << 20).unwrap();
+    basic_revisions(Store::open(engine, StoreOptions::default()).await.unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -309,7 +327,7 @@ async fn compaction_keeps_what_later_reads_see_and_removes_the_rest() {
 async fn revision_counter_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
-        let engine = EmbeddedEngine::open(dir.path(), 16 << 20).unwrap();
+        let engine = BTreeEngine::open(dir.path(), 16 << 20).unwrap();
         let store = Store::open(engine, StoreOptions::default()).await.unwrap();
         for i in 0..10 {
             store.put(put(&format!("k{i}"), "v")).await.unwrap();
@@ -325,7 +343,7 @@ async fn revision_counter_survives_reopen() {
     }
     // The writer releases the database when its last handle is gone.
     let engine = loop {
-        match EmbeddedEngine::open(dir.path(), 16 << 20) {
+        match BTreeEngine::open(dir.path(), 16 << 20) {
             Ok(engine) => break engine,
             Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
         }

@@ -1,13 +1,15 @@
 //! Command-line flags, named like etcd's so that operators can carry their habits over.
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum EngineKind {
-    /// A redb database file in --data-dir (the default; durable).
-    Embedded,
+    /// An LSM tree (fjall) in --data-dir: the default, fastest for writes.
+    Lsm,
+    /// A copy-on-write B-tree file (redb) in --data-dir: fastest scans, slower writes.
+    Btree,
     /// Everything in memory, lost at exit (tests and experiments only).
     Memory,
 }
@@ -16,6 +18,9 @@ pub enum EngineKind {
 #[derive(Debug, Clone, Parser)]
 #[command(name = "engram", version, about, long_about = None)]
 pub struct Config {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Human-readable name of this member (shown by `etcdctl member list`).
     #[arg(long, default_value = "default")]
     pub name: String,
@@ -24,7 +29,9 @@ pub struct Config {
     #[arg(long, default_value = "default.engram")]
     pub data_dir: PathBuf,
 
-    /// Comma-separated URLs to serve clients on (http://host:port).
+    /// Comma-separated URLs to serve clients on: http://host:port, or https://host:port with
+    /// --cert-file and --key-file. Each port serves gRPC and the HTTP endpoints (/health,
+    /// /livez, /readyz, /version, /metrics).
     #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
     pub listen_client_urls: Vec<String>,
 
@@ -43,11 +50,11 @@ pub struct Config {
     pub log_level: String,
 
     /// Storage engine.
-    #[arg(long, value_enum, default_value = "embedded")]
+    #[arg(long, value_enum, default_value = "lsm")]
     pub engine: EngineKind,
 
-    /// Page cache of the embedded engine, in MiB.
-    #[arg(long, default_value_t = 256)]
+    /// Block/page cache of the embedded engine, in MiB.
+    #[arg(long, default_value_t = 128)]
     pub cache_size_mb: usize,
 
     /// How often an idle watcher created with progress_notify is told the current revision,
@@ -62,6 +69,55 @@ pub struct Config {
     /// Most write requests committed together in one durable engine batch.
     #[arg(long, default_value_t = 1024)]
     pub max_batch: usize,
+
+    /// Comma-separated URLs serving only the HTTP endpoints (/metrics, /health, /livez,
+    /// /readyz, /version); https:// ones use the client TLS settings.
+    #[arg(long, value_delimiter = ',')]
+    pub listen_metrics_urls: Vec<String>,
+
+    /// Path to the client server TLS certificate file (PEM; the chain, leaf first).
+    #[arg(long)]
+    pub cert_file: Option<PathBuf>,
+
+    /// Path to the client server TLS key file (PEM).
+    #[arg(long)]
+    pub key_file: Option<PathBuf>,
+
+    /// Path to the client server TLS trusted CA certificate file (PEM), used to verify client
+    /// certificates under --client-cert-auth.
+    #[arg(long)]
+    pub trusted_ca_file: Option<PathBuf>,
+
+    /// Refuse https clients that do not present a certificate signed by --trusted-ca-file.
+    #[arg(long)]
+    pub client_cert_auth: bool,
+
+    /// How long a connection may be idle before the server pings the client to check it is
+    /// still there (etcd's default: 2h).
+    #[arg(long, default_value = "2h", value_parser = parse_duration)]
+    pub grpc_keepalive_interval: Duration,
+
+    /// How long the server waits for the answer to its keepalive ping before closing the
+    /// connection (etcd's default: 20s). Clients may ping as often as they like.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    pub grpc_keepalive_timeout: Duration,
+}
+
+/// Tools besides serving.
+#[derive(Debug, Clone, Subcommand)]
+pub enum Command {
+    /// Turns a snapshot (from `etcdctl snapshot save` against Engram) into a new data
+    /// directory; then start `engram --data-dir DIR` on it.
+    Restore {
+        /// The snapshot file.
+        snapshot: PathBuf,
+        /// The data directory to create; it must not hold data yet.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// The engine of the new data directory.
+        #[arg(long, value_enum, default_value = "lsm")]
+        engine: EngineKind,
+    },
 }
 
 impl Config {

@@ -26,7 +26,8 @@ const HISTORY_EVENTS_PER_ROUND: usize = 4096;
 pub struct StreamOptions {
     /// How often idle, caught-up watchers created with progress_notify hear the revision.
     pub progress_interval: Duration,
-    /// Largest response a fragmenting watcher receives in one piece.
+    /// Size at which a fragmenting watcher's response is split (etcd: --max-request-bytes
+    /// plus 512 KiB of gRPC overhead).
     pub max_response_bytes: usize,
     /// cluster_id, member_id and raft_term for every header.
     pub header: ResponseHeader,
@@ -171,10 +172,13 @@ impl<H: HistorySource> Session<H> {
             }
             self.next_id
         };
-        let start = if req.start_revision == 0 {
-            now + 1
-        } else {
-            req.start_revision
+        // etcd: 0 means "after now"; a negative revision at or above the compacted one finds
+        // no history and starts after now too; below it, the watcher is canceled as compacted.
+        let compacted = self.history.compacted();
+        let start = match req.start_revision {
+            0 => now + 1,
+            r if r < 0 && r >= compacted => now + 1,
+            r => r,
         };
         match Watcher::new(id, &req, start) {
             Ok(watcher) => {
@@ -211,7 +215,7 @@ impl<H: HistorySource> Session<H> {
         let ids: Vec<i64> = self
             .watchers
             .iter()
-            .filter(|(_, w)| w.next_revision <= latest)
+            .filter(|(_, w)| w.behind(latest))
             .map(|(id, _)| *id)
             .collect();
         let mut behind = false;
@@ -253,13 +257,14 @@ impl<H: HistorySource> Session<H> {
         if through < from {
             return Ok(false);
         }
+        let compacted = self.history.compacted();
         let Some(watcher) = self.watchers.get_mut(&id) else {
             return Ok(false);
         };
         let events: Vec<Event> = revisions
             .iter()
             .flat_map(|rev: &Arc<CommittedRevision>| rev.events.iter())
-            .filter_map(|e| watcher.accept(e))
+            .filter_map(|e| watcher.accept(e, compacted))
             .collect();
         watcher.next_revision = through + 1;
         let fragment = watcher.fragment;
@@ -272,12 +277,19 @@ impl<H: HistorySource> Session<H> {
     }
 
     /// etcd's answer to a watcher whose next revision was compacted away.
+    /// etcd's answer to a watcher whose next revision was compacted away: a cancel with
+    /// header revision 0. The watcher stops, but its id stays taken on the stream until the
+    /// client cancels it, as in etcd.
     async fn cancel_compacted(&mut self, id: i64) -> Result<(), Stop> {
-        self.watchers.remove(&id);
-        let header = self.header(self.hub.latest());
+        if let Some(w) = self.watchers.get_mut(&id) {
+            w.compacted = true;
+        }
         let compact_revision = self.history.compacted();
         self.send(WatchResponse {
-            header,
+            header: Some(ResponseHeader {
+                revision: 0,
+                ..self.options.header
+            }),
             watch_id: id,
             canceled: true,
             compact_revision,
@@ -299,31 +311,38 @@ impl<H: HistorySource> Session<H> {
             events,
             ..Default::default()
         };
-        if !fragment || whole.encoded_len() <= self.options.max_response_bytes {
+        let limit = self.options.max_response_bytes;
+        if !fragment || whole.events.len() < 2 || whole.encoded_len() < limit {
             return self.send(whole).await;
         }
-        // Split into pieces under the limit; every piece but the last says `fragment`.
-        let limit = self.options.max_response_bytes;
-        let mut pieces: Vec<Vec<Event>> = vec![Vec::new()];
-        let mut size = 0;
-        for event in whole.events {
-            let len = event.encoded_len() + 8;
-            if size + len > limit && pieces.last().is_some_and(|p| !p.is_empty()) {
-                pieces.push(Vec::new());
-                size = 0;
-            }
-            size += len;
-            if let Some(piece) = pieces.last_mut() {
-                piece.push(event);
-            }
+        // etcd's split: fill a piece until it reaches the limit, then move its last event to
+        // the next piece (a piece always has at least one event); all but the last piece say
+        // `fragment`.
+        let base = WatchResponse {
+            header: whole.header,
+            watch_id: id,
+            fragment: true,
+            ..Default::default()
         }
-        let count = pieces.len();
-        for (i, events) in pieces.into_iter().enumerate() {
+        .encoded_len();
+        let mut events = whole.events.into_iter().peekable();
+        while events.peek().is_some() {
+            let mut piece = Vec::new();
+            let mut size = base;
+            while let Some(event) = events.peek() {
+                let len = event.encoded_len();
+                let grown = size + 1 + prost::encoding::encoded_len_varint(len as u64) + len;
+                if !piece.is_empty() && grown >= limit {
+                    break;
+                }
+                size = grown;
+                piece.extend(events.next());
+            }
             self.send(WatchResponse {
                 header: whole.header,
                 watch_id: id,
-                events,
-                fragment: i + 1 < count,
+                events: piece,
+                fragment: events.peek().is_some(),
                 ..Default::default()
             })
             .await?;
@@ -338,7 +357,7 @@ impl<H: HistorySource> Session<H> {
             return Ok(());
         }
         let latest = self.hub.latest();
-        if self.watchers.values().any(|w| w.next_revision <= latest) {
+        if self.watchers.values().any(|w| w.behind(latest)) {
             return Ok(());
         }
         self.progress_requested = false;
@@ -357,7 +376,7 @@ impl<H: HistorySource> Session<H> {
         let latest = self.hub.latest();
         let mut due = Vec::new();
         for w in self.watchers.values_mut() {
-            if w.progress_notify && !w.sent_since_tick && w.next_revision > latest {
+            if w.progress_notify && !w.sent_since_tick && !w.compacted && w.next_revision > latest {
                 due.push(w.id);
             }
             w.sent_since_tick = false;

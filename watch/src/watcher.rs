@@ -18,6 +18,8 @@ pub struct Watcher {
     pub next_revision: i64,
     /// Whether events were sent since the last progress tick (then no notification is due).
     pub sent_since_tick: bool,
+    /// Canceled because its history was compacted: receives nothing more, but keeps its id.
+    pub compacted: bool,
 }
 
 /// Why etcd refuses to create a watcher (its mvcc error texts).
@@ -65,6 +67,7 @@ impl Watcher {
             fragment: req.fragment,
             next_revision,
             sent_since_tick: false,
+            compacted: false,
         })
     }
 
@@ -76,8 +79,15 @@ impl Watcher {
         }
     }
 
-    /// The event as this watcher receives it, if it receives it at all.
-    pub fn accept(&self, event: &Event) -> Option<Event> {
+    /// Whether this watcher still waits for revisions up to `latest`.
+    pub fn behind(&self, latest: i64) -> bool {
+        !self.compacted && self.next_revision <= latest
+    }
+
+    /// The event as this watcher receives it, if it receives it at all. An event at the
+    /// compacted revision itself is seen as etcd shows it after compaction: its put without a
+    /// prev_kv (older versions are gone), its delete not at all (the tombstone is gone).
+    pub fn accept(&self, event: &Event, compacted: i64) -> Option<Event> {
         let kv = event.kv.as_ref()?;
         if !self.covers(&kv.key) {
             return None;
@@ -86,9 +96,13 @@ impl Watcher {
         if (is_put && self.no_put) || (!is_put && self.no_delete) {
             return None;
         }
+        let at_compacted = kv.mod_revision <= compacted;
+        if at_compacted && !is_put {
+            return None;
+        }
         let mut event = event.clone();
         // etcd attaches prev_kv only when asked, and never to a create.
-        if !self.prev_kv || (is_put && kv.create_revision == kv.mod_revision) {
+        if !self.prev_kv || (is_put && kv.create_revision == kv.mod_revision) || at_compacted {
             event.prev_kv = None;
         }
         Some(event)

@@ -6,10 +6,12 @@
 //! contract: every scan is bounded by a limit (a distributed engine pages anyway), and a write
 //! states the values it assumed instead of relying on a process-local lock.
 
-mod embedded;
+mod btree;
+mod lsm;
 mod memory;
 
-pub use embedded::EmbeddedEngine;
+pub use btree::BTreeEngine;
+pub use lsm::LsmEngine;
 pub use memory::MemoryEngine;
 
 use bytes::Bytes;

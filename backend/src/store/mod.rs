@@ -9,6 +9,7 @@
 mod compactor;
 mod expiry;
 mod history;
+mod maintenance;
 mod writer;
 
 pub use writer::{CommitListener, CommittedRevision};

@@ -105,6 +105,7 @@ async fn commit<E: Engine>(
     compact_tx: &watch::Sender<i64>,
     jobs: Vec<Job>,
 ) -> Result<(), EngineError> {
+    let started = std::time::Instant::now();
     let published = shared.revision.load(Ordering::Acquire);
     let mut compacted = shared.compacted.load(Ordering::Acquire);
     let snapshot = match shared.engine.snapshot().await {
@@ -178,6 +179,7 @@ async fn commit<E: Engine>(
         replies.push((job.reply, result));
     }
 
+    let evaluated = started.elapsed();
     let lease_changes = std::mem::take(&mut overlay.leases);
     let batch = build_batch(
         overlay,
@@ -195,6 +197,12 @@ async fn commit<E: Engine>(
         }
         return Err(err);
     }
+    tracing::trace!(
+        requests = replies.len(),
+        evaluate_us = evaluated.as_micros() as u64,
+        total_us = started.elapsed().as_micros() as u64,
+        "batch committed"
+    );
     shared.revision.store(revision, Ordering::Release);
     for (id, granted) in lease_changes {
         match granted {

@@ -1,6 +1,7 @@
 //! The Maintenance service: what kube-apiserver and etcdctl ask about the server.
 
 use crate::header::Identity;
+use crate::status::from_kv;
 use backend::Store;
 use backend::engine::Engine;
 use etcdpb::etcdserverpb::{
@@ -9,7 +10,13 @@ use etcdpb::etcdserverpb::{
     MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
     maintenance_server::Maintenance,
 };
+use futures::{Stream, StreamExt};
+use std::pin::Pin;
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
+
+/// Bytes per Snapshot message.
+const SNAPSHOT_CHUNK: usize = 64 * 1024;
 
 /// The etcd API version Engram reports. kube-apiserver enables consistent reads from its cache
 /// and WatchList only for a server of 3.5.13 or later.
@@ -57,31 +64,73 @@ impl<E: Engine> Maintenance for MaintenanceService<E> {
         Ok(Response::new(resp))
     }
 
+    /// A documented no-op: the embedded engine reuses the pages compaction frees (redb's own
+    /// compaction needs the database closed), so there is nothing to hand back on line.
     async fn defragment(
         &self,
         _req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        Err(not_yet("Defragment"))
+        let mut resp = DefragmentResponse::default();
+        self.identity.fill(&mut resp.header, self.store.revision());
+        Ok(Response::new(resp))
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        Err(not_yet("Hash"))
+        let hash = self.store.hash().await.map_err(from_kv)?;
+        let mut resp = HashResponse { header: None, hash };
+        self.identity.fill(&mut resp.header, self.store.revision());
+        Ok(Response::new(resp))
     }
 
     async fn hash_kv(
         &self,
-        _req: Request<HashKvRequest>,
+        req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        Err(not_yet("HashKV"))
+        let (hash, _revision, compact_revision) = self
+            .store
+            .hash_kv(req.into_inner().revision)
+            .await
+            .map_err(from_kv)?;
+        let mut resp = HashKvResponse {
+            header: None,
+            hash,
+            compact_revision,
+        };
+        self.identity.fill(&mut resp.header, self.store.revision());
+        Ok(Response::new(resp))
     }
 
-    type SnapshotStream = futures::stream::Empty<Result<SnapshotResponse, Status>>;
+    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
+    /// A consistent copy of the whole store in Engram's snapshot format; `engram restore`
+    /// turns it back into a data directory.
     async fn snapshot(
         &self,
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        Err(not_yet("Snapshot"))
+        let chunks = self.store.backup(SNAPSHOT_CHUNK).await.map_err(from_kv)?;
+        let estimate = self.store.engine().size_on_disk();
+        let identity = self.identity;
+        let revision = self.store.revision();
+        let mut sent = 0u64;
+        let out = ReceiverStream::new(chunks).map(move |chunk| {
+            let blob = chunk.map_err(|e| Status::unavailable(e.to_string()))?;
+            sent += blob.len() as u64;
+            let mut header = None;
+            identity.fill(&mut header, revision);
+            // The size is known only at the end: report an estimate that reaches 0 there.
+            let last = blob.len() < SNAPSHOT_CHUNK;
+            Ok(SnapshotResponse {
+                header,
+                remaining_bytes: if last {
+                    0
+                } else {
+                    estimate.saturating_sub(sent).max(1)
+                },
+                blob,
+            })
+        });
+        Ok(Response::new(Box::pin(out)))
     }
 
     async fn move_leader(

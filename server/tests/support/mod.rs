@@ -8,6 +8,7 @@
 
 pub mod canon;
 pub mod diff;
+pub mod watch;
 
 /// Declares one `#[tokio::test]` per differential scenario. Each scenario is an
 /// `async fn NAME(c: &mut Ctx)` in module `$module`; the test of the same name runs it
@@ -329,6 +330,8 @@ pub struct Engram {
     proc_: Proc,
     data_dir: PathBuf,
     logs: TempDir,
+    // Flags added to the harness's own (kept across `restart`).
+    extra_args: Vec<String>,
     // Keeps the data dir of `start()` alive; declared last so the process dies first.
     _owned: Option<TempDir>,
 }
@@ -340,35 +343,50 @@ impl Engram {
             .tempdir()
             .expect("create temp dir");
         let data_dir = owned.path().join("data");
-        let mut e = Engram::launch(data_dir, Some(owned));
+        let mut e = Engram::launch(data_dir, Some(owned), Vec::new());
+        e.proc_.wait_ready().await;
+        e
+    }
+
+    /// Like `start()` with `extra_args` after the harness's flags. The harness still waits
+    /// on (and `endpoint()` still names) its own plain http:// client URL; repeated list
+    /// flags such as `--listen-client-urls` add to it.
+    pub async fn start_with_args(extra_args: &[String]) -> Engram {
+        let owned = tempfile::Builder::new()
+            .prefix("engram-test-data-")
+            .tempdir()
+            .expect("create temp dir");
+        let data_dir = owned.path().join("data");
+        let mut e = Engram::launch(data_dir, Some(owned), extra_args.to_vec());
         e.proc_.wait_ready().await;
         e
     }
 
     pub async fn start_in(dir: &Path) -> Engram {
-        let mut e = Engram::launch(dir.to_path_buf(), None);
+        let mut e = Engram::launch(dir.to_path_buf(), None, Vec::new());
         e.proc_.wait_ready().await;
         e
     }
 
-    fn launch(data_dir: PathBuf, owned: Option<TempDir>) -> Engram {
+    fn launch(data_dir: PathBuf, owned: Option<TempDir>, extra_args: Vec<String>) -> Engram {
         let logs = tempfile::Builder::new()
             .prefix("engram-test-log-")
             .tempdir()
             .expect("create temp dir");
-        let proc_ = Engram::spawn(&data_dir, &logs.path().join("engram.log"));
+        let proc_ = Engram::spawn(&data_dir, &logs.path().join("engram.log"), &extra_args);
         Engram {
             proc_,
             data_dir,
             logs,
+            extra_args,
             _owned: owned,
         }
     }
 
-    fn spawn(data_dir: &Path, log: &Path) -> Proc {
+    fn spawn(data_dir: &Path, log: &Path, extra_args: &[String]) -> Proc {
         let port = free_port();
         let url = format!("http://127.0.0.1:{port}");
-        let args: Vec<String> = vec![
+        let mut args: Vec<String> = vec![
             "--name".into(),
             "harness".into(),
             "--data-dir".into(),
@@ -378,6 +396,7 @@ impl Engram {
             "--advertise-client-urls".into(),
             url,
         ];
+        args.extend_from_slice(extra_args);
         Proc::spawn("engram", &engram_bin(), &args, port, log)
     }
 
@@ -390,7 +409,11 @@ impl Engram {
     /// process listens on a new port: take `endpoint()`/`client()` again afterwards.
     pub async fn restart(&mut self) {
         self.proc_.kill();
-        self.proc_ = Engram::spawn(&self.data_dir, &self.logs.path().join("engram.log"));
+        self.proc_ = Engram::spawn(
+            &self.data_dir,
+            &self.logs.path().join("engram.log"),
+            &self.extra_args,
+        );
         self.proc_.wait_ready().await;
     }
 

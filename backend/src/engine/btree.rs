@@ -1,9 +1,9 @@
-//! The embedded engine: a single redb file in the data directory.
+//! The B-tree engine: a single redb file in the data directory (`--engine btree`).
 //!
-//! redb was chosen over fjall and RocksDB (see the README's design section for the numbers):
-//! its read transactions are true snapshots, a commit is durable (fsync) when it returns, and it
-//! builds in seconds from pure Rust. Its weakness, the cost of one fsync per commit, is exactly
-//! what Engram's group commit amortises: one engine batch carries many client writes.
+//! redb's read transactions are true snapshots, a commit is durable (fsync) when it returns,
+//! and its scans and point reads are the fastest measured here. Its cost is on writes: every
+//! commit rewrites one page per touched key, so random-key write batches are several times
+//! slower than on the LSM engine (see the README's design section for the numbers).
 
 use super::{Engine, EngineError, EngineResult, Entry, KeyRange, Mutation, Snapshot, WriteBatch};
 use bytes::Bytes;
@@ -24,12 +24,12 @@ fn storage<E: std::fmt::Display>(err: E) -> EngineError {
 
 /// The default engine, backed by a redb database file.
 #[derive(Clone)]
-pub struct EmbeddedEngine {
+pub struct BTreeEngine {
     db: Arc<Database>,
     path: PathBuf,
 }
 
-impl EmbeddedEngine {
+impl BTreeEngine {
     /// Opens (or creates) the database in `data_dir`, with a page cache of `cache_bytes`.
     pub fn open(data_dir: &Path, cache_bytes: usize) -> EngineResult<Self> {
         std::fs::create_dir_all(data_dir).map_err(storage)?;
@@ -42,7 +42,7 @@ impl EmbeddedEngine {
         let txn = db.begin_write().map_err(storage)?;
         txn.open_table(TABLE).map_err(storage)?;
         txn.commit().map_err(storage)?;
-        Ok(EmbeddedEngine {
+        Ok(BTreeEngine {
             db: Arc::new(db),
             path,
         })
@@ -81,11 +81,11 @@ impl EmbeddedEngine {
 }
 
 /// A redb read transaction: a consistent view that writers never disturb.
-pub struct EmbeddedSnapshot {
+pub struct BTreeSnapshot {
     table: ReadOnlyTable<&'static [u8], &'static [u8]>,
 }
 
-impl EmbeddedSnapshot {
+impl BTreeSnapshot {
     fn scan_blocking(
         &self,
         range: &KeyRange,
@@ -130,7 +130,7 @@ impl EmbeddedSnapshot {
     }
 }
 
-impl Snapshot for EmbeddedSnapshot {
+impl Snapshot for BTreeSnapshot {
     async fn get(&self, key: &[u8]) -> EngineResult<Option<Bytes>> {
         let value = self.table.get(key).map_err(storage)?;
         Ok(value.map(|v| Bytes::copy_from_slice(v.value())))
@@ -146,13 +146,13 @@ impl Snapshot for EmbeddedSnapshot {
     }
 }
 
-impl Engine for EmbeddedEngine {
-    type Snapshot = EmbeddedSnapshot;
+impl Engine for BTreeEngine {
+    type Snapshot = BTreeSnapshot;
 
-    async fn snapshot(&self) -> EngineResult<EmbeddedSnapshot> {
+    async fn snapshot(&self) -> EngineResult<BTreeSnapshot> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(TABLE).map_err(storage)?;
-        Ok(EmbeddedSnapshot { table })
+        Ok(BTreeSnapshot { table })
     }
 
     async fn write(&self, batch: WriteBatch) -> EngineResult<()> {

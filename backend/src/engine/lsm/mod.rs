@@ -1,0 +1,326 @@
+//! The LSM engine: fjall, a log-structured tree in the data directory.
+//!
+//! Engram's writes land at random places of the keyspace (one key per object, versions next
+//! to each other), which a copy-on-write B-tree pays for with one rewritten page per key and
+//! commit; an LSM tree appends them to its journal and sorts them later, in the background.
+//! Every batch is made durable with a journal fsync before `write` returns (fjall does not
+//! sync unless asked), and the compare-and-swap conditions are checked under the engine's own
+//! write lock, so no other batch can slip in between check and commit. Keys beyond fjall's
+//! 64 KiB limit are kept in buckets (see [`long_keys`]), invisibly to the store above.
+
+mod long_keys;
+
+use super::{Engine, EngineError, EngineResult, Entry, KeyRange, Mutation, Snapshot, WriteBatch};
+use bytes::Bytes;
+use fjall::{Database, Keyspace, KeyspaceCreateOptions, PersistMode, Readable};
+use long_keys::Bucket;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+
+/// Folder of the database inside the data directory.
+pub const LSM_DIR: &str = "lsm";
+
+fn storage<E: std::fmt::Display>(err: E) -> EngineError {
+    EngineError::Storage(err.to_string())
+}
+
+#[derive(Clone)]
+pub struct LsmEngine {
+    db: Database,
+    keyspace: Keyspace,
+    /// Serialises check-and-commit of batches.
+    write_lock: Arc<Mutex<()>>,
+}
+
+impl LsmEngine {
+    pub fn open(data_dir: &Path, cache_bytes: u64) -> EngineResult<Self> {
+        Self::open_with_memtable(data_dir, cache_bytes, None)
+    }
+
+    /// As [`LsmEngine::open`], with the memtable size fixed (tests use tiny memtables to make
+    /// flushes happen under load).
+    pub fn open_with_memtable(
+        data_dir: &Path,
+        cache_bytes: u64,
+        memtable_bytes: Option<u64>,
+    ) -> EngineResult<Self> {
+        std::fs::create_dir_all(data_dir).map_err(storage)?;
+        let db = Database::builder(data_dir.join(LSM_DIR))
+            .cache_size(cache_bytes)
+            .open()
+            .map_err(storage)?;
+        let options = || match memtable_bytes {
+            Some(bytes) => KeyspaceCreateOptions::default().max_memtable_size(bytes),
+            None => KeyspaceCreateOptions::default(),
+        };
+        let keyspace = db.keyspace("engram", options).map_err(storage)?;
+        Ok(LsmEngine {
+            db,
+            keyspace,
+            write_lock: Arc::new(Mutex::new(())),
+        })
+    }
+
+    /// The current value of `key`, long keys included (for conditions).
+    fn current(&self, key: &[u8]) -> EngineResult<Option<Bytes>> {
+        if !long_keys::is_long(key) {
+            let value = self.keyspace.get(key).map_err(storage)?;
+            return Ok(value.map(|v| Bytes::copy_from_slice(&v)));
+        }
+        let bucket = self.bucket(&long_keys::bucket_of(key))?;
+        Ok(bucket.0.get(key).cloned())
+    }
+
+    fn bucket(&self, stored: &[u8]) -> EngineResult<Bucket> {
+        match self.keyspace.get(stored).map_err(storage)? {
+            Some(value) => Bucket::decode(stored, &value)
+                .ok_or_else(|| EngineError::Storage("malformed long-key bucket".into())),
+            None => Ok(Bucket::default()),
+        }
+    }
+
+    fn write_blocking(&self, batch: WriteBatch) -> EngineResult<()> {
+        let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        for condition in &batch.conditions {
+            if self.current(&condition.key)?.as_deref() != condition.expected.as_deref() {
+                return Err(EngineError::ConditionFailed {
+                    key: condition.key.clone(),
+                });
+            }
+        }
+        let mut out = self.db.batch().durability(Some(PersistMode::SyncData));
+        // Long keys are applied to their buckets, which are written once at the end.
+        let mut buckets: BTreeMap<Vec<u8>, Bucket> = BTreeMap::new();
+        for mutation in batch.mutations {
+            let key = match &mutation {
+                Mutation::Put { key, .. } | Mutation::Delete { key } => key.clone(),
+            };
+            if long_keys::is_long(&key) {
+                let stored = long_keys::bucket_of(&key);
+                let bucket = match buckets.entry(stored) {
+                    std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::btree_map::Entry::Vacant(e) => {
+                        let bucket = self.bucket(e.key())?;
+                        e.insert(bucket)
+                    }
+                };
+                match mutation {
+                    Mutation::Put { value, .. } => bucket.0.insert(key, value),
+                    Mutation::Delete { .. } => bucket.0.remove(&key),
+                };
+                continue;
+            }
+            match mutation {
+                Mutation::Put { key, value } => out.insert(&self.keyspace, &key[..], &value[..]),
+                Mutation::Delete { key } => out.remove(&self.keyspace, &key[..]),
+            }
+        }
+        for (stored, bucket) in buckets {
+            if bucket.0.is_empty() {
+                out.remove(&self.keyspace, stored);
+            } else {
+                out.insert(&self.keyspace, stored, bucket.encode());
+            }
+        }
+        out.commit().map_err(storage)
+    }
+}
+
+/// A fjall snapshot: a sequence number below which everything is visible, and nothing above.
+pub struct LsmSnapshot {
+    snapshot: fjall::Snapshot,
+    keyspace: Keyspace,
+}
+
+impl Snapshot for LsmSnapshot {
+    async fn get(&self, key: &[u8]) -> EngineResult<Option<Bytes>> {
+        if long_keys::is_long(key) {
+            let stored = long_keys::bucket_of(key);
+            let Some(value) = self
+                .snapshot
+                .get(&self.keyspace, &stored)
+                .map_err(storage)?
+            else {
+                return Ok(None);
+            };
+            let bucket = Bucket::decode(&stored, &value)
+                .ok_or_else(|| EngineError::Storage("malformed long-key bucket".into()))?;
+            return Ok(bucket.0.get(key).cloned());
+        }
+        let value = self.snapshot.get(&self.keyspace, key).map_err(storage)?;
+        Ok(value.map(|v| Bytes::copy_from_slice(&v)))
+    }
+
+    async fn scan(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+        reverse: bool,
+    ) -> EngineResult<Vec<Entry>> {
+        if limit == 0 || range.end.as_ref().is_some_and(|end| *end <= range.start) {
+            return Ok(Vec::new());
+        }
+        // Long bounds become the bounds of their buckets; the buckets' keys are then filtered
+        // against the real range while they are expanded.
+        let lower = if long_keys::is_long(&range.start) {
+            long_keys::bucket_of(&range.start)
+        } else {
+            range.start.to_vec()
+        };
+        let upper = match &range.end {
+            Some(end) if long_keys::is_long(end) => Bound::Included(long_keys::bucket_of(end)),
+            Some(end) => Bound::Excluded(end.to_vec()),
+            None => Bound::Unbounded,
+        };
+        let iter = self
+            .snapshot
+            .range::<Vec<u8>, _>(&self.keyspace, (Bound::Included(lower), upper));
+        let mut out = Vec::with_capacity(limit.min(1024));
+        let mut push = |guard: fjall::Guard| -> EngineResult<bool> {
+            let (k, v) = guard.into_inner().map_err(storage)?;
+            if !long_keys::is_bucket(&k) {
+                out.push((Bytes::copy_from_slice(&k), Bytes::copy_from_slice(&v)));
+                return Ok(out.len() < limit);
+            }
+            let bucket = Bucket::decode(&k, &v)
+                .ok_or_else(|| EngineError::Storage("malformed long-key bucket".into()))?;
+            let inside = bucket.0.into_iter().filter(|(key, _)| range.contains(key));
+            let items: Vec<Entry> = if reverse {
+                inside.rev().collect()
+            } else {
+                inside.collect()
+            };
+            for item in items {
+                out.push(item);
+                if out.len() >= limit {
+                    return Ok(false);
+                }
+            }
+            Ok(true)
+        };
+        if reverse {
+            for guard in iter.rev() {
+                if !push(guard)? {
+                    break;
+                }
+            }
+        } else {
+            for guard in iter {
+                if !push(guard)? {
+                    break;
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+impl Engine for LsmEngine {
+    type Snapshot = LsmSnapshot;
+
+    async fn snapshot(&self) -> EngineResult<LsmSnapshot> {
+        Ok(LsmSnapshot {
+            snapshot: self.db.snapshot(),
+            keyspace: self.keyspace.clone(),
+        })
+    }
+
+    async fn write(&self, batch: WriteBatch) -> EngineResult<()> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || engine.write_blocking(batch))
+            .await
+            .map_err(storage)?
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        self.db.disk_space().unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(prefix: u8, len: usize, tail: &[u8]) -> Bytes {
+        let mut k = vec![prefix; len];
+        k.extend_from_slice(tail);
+        Bytes::from(k)
+    }
+
+    #[tokio::test]
+    async fn long_keys_behave_like_short_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = LsmEngine::open(dir.path(), 1 << 20).unwrap();
+        let long_a = key(b'a', 70_000, b"1");
+        let long_a2 = key(b'a', 70_000, b"2");
+        let short_a = key(b'a', 10, b"");
+        let short_b = key(b'b', 10, b"");
+        let mut batch = WriteBatch::default();
+        for k in [&long_a, &long_a2, &short_a, &short_b] {
+            batch.put(k.clone(), k.slice(..3));
+        }
+        batch.require(long_a.clone(), None);
+        engine.write(batch).await.unwrap();
+
+        let snap = engine.snapshot().await.unwrap();
+        assert_eq!(snap.get(&long_a2).await.unwrap(), Some(long_a2.slice(..3)));
+        let all = KeyRange::new(Bytes::new(), None);
+        let keys = |v: Vec<Entry>| v.into_iter().map(|(k, _)| k).collect::<Vec<_>>();
+        let forward = keys(snap.scan(&all, 10, false).await.unwrap());
+        assert_eq!(
+            forward,
+            vec![
+                short_a.clone(),
+                long_a.clone(),
+                long_a2.clone(),
+                short_b.clone()
+            ]
+        );
+        let backward = keys(snap.scan(&all, 10, true).await.unwrap());
+        assert_eq!(
+            backward,
+            vec![
+                short_b.clone(),
+                long_a2.clone(),
+                long_a.clone(),
+                short_a.clone()
+            ]
+        );
+        // Ranges that start or end inside a bucket, and limits inside it.
+        let from = KeyRange::new(long_a2.clone(), None);
+        assert_eq!(
+            keys(snap.scan(&from, 10, false).await.unwrap()),
+            vec![long_a2.clone(), short_b.clone()]
+        );
+        let until = KeyRange::new(Bytes::new(), Some(long_a2.clone()));
+        assert_eq!(
+            keys(snap.scan(&until, 10, false).await.unwrap()),
+            vec![short_a.clone(), long_a.clone()]
+        );
+        assert_eq!(
+            keys(snap.scan(&all, 2, false).await.unwrap()),
+            vec![short_a.clone(), long_a.clone()]
+        );
+
+        // Conditions and deletes on long keys.
+        let mut batch = WriteBatch::default();
+        batch.require(long_a.clone(), Some(Bytes::from_static(b"zzz")));
+        batch.delete(long_a.clone());
+        assert!(matches!(
+            engine.write(batch).await,
+            Err(EngineError::ConditionFailed { .. })
+        ));
+        let mut batch = WriteBatch::default();
+        batch.require(long_a.clone(), Some(long_a.slice(..3)));
+        batch.delete(long_a.clone());
+        batch.delete(long_a2.clone());
+        engine.write(batch).await.unwrap();
+        let snap = engine.snapshot().await.unwrap();
+        assert_eq!(
+            keys(snap.scan(&all, 10, false).await.unwrap()),
+            vec![short_a, short_b]
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! Command-line flags of `engram-bench`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, ValueEnum};
+
+/// What each measured operation does (see README.md for the exact requests).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WorkloadKind {
+    /// Put of random keys in a keyspace of --keys.
+    Put,
+    /// kube-apiserver's create: `If(mod_revision(key)==0) Then(Put)` on fresh keys.
+    Create,
+    /// kube-apiserver's update: CAS on mod_revision, retried with the rv of the Else(Get).
+    Update,
+    /// Linearizable Range of one key.
+    Get,
+    /// Serializable Range of one key.
+    GetSerializable,
+    /// Paginated prefix list (limit 500) over --keys objects, at the first page's revision.
+    List,
+    /// --watchers watchers over --streams streams on a prefix while --writers put.
+    Watch,
+    /// A kube-apiserver-like mix: pod gets, paginated pod lists, lease updates, event creates.
+    Kube,
+}
+
+impl WorkloadKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            WorkloadKind::Put => "put",
+            WorkloadKind::Create => "create",
+            WorkloadKind::Update => "update",
+            WorkloadKind::Get => "get",
+            WorkloadKind::GetSerializable => "get-serializable",
+            WorkloadKind::List => "list",
+            WorkloadKind::Watch => "watch",
+            WorkloadKind::Kube => "kube",
+        }
+    }
+}
+
+/// Load generator for etcd v3 servers (Engram, etcd).
+///
+/// Either runs a workload against --endpoints, or with --compare starts a fresh real
+/// etcd 3.5 and a fresh engram, runs the workload on each in turn and prints a table.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "engram-bench", version, about)]
+pub struct Args {
+    /// Comma-separated client URLs of the server to load (ignored with --compare).
+    #[arg(long, value_delimiter = ',', default_value = "http://127.0.0.1:2379")]
+    pub endpoints: Vec<String>,
+
+    #[arg(long, value_enum, default_value = "put")]
+    pub workload: WorkloadKind,
+
+    /// Concurrent in-flight requests (client tasks).
+    #[arg(long, default_value_t = 16)]
+    pub clients: usize,
+
+    /// gRPC channels (HTTP/2 connections); requests are spread over them round-robin.
+    #[arg(long, default_value_t = 1)]
+    pub conns: usize,
+
+    /// Size of each written value, in bytes.
+    #[arg(long, default_value_t = 1024)]
+    pub value_size: usize,
+
+    /// Size of the keyspace (put/get/update) or number of pre-populated objects (list, kube pods).
+    #[arg(long, default_value_t = 1000)]
+    pub keys: u64,
+
+    /// Measured operations to run (default 10000 unless --duration is given).
+    #[arg(long)]
+    pub ops: Option<u64>,
+
+    /// Run for this many seconds (with --ops too: whichever ends first).
+    #[arg(long)]
+    pub duration: Option<f64>,
+
+    /// Target rate in operations per second over all clients (default: as fast as possible).
+    #[arg(long)]
+    pub rate: Option<f64>,
+
+    /// Hard limit on one run's measured phase, in seconds.
+    #[arg(long, default_value_t = 600.0)]
+    pub max_duration: f64,
+
+    /// Per-request timeout, in seconds.
+    #[arg(long, default_value_t = 10.0)]
+    pub request_timeout: f64,
+
+    /// watch: number of watchers.
+    #[arg(long, default_value_t = 100)]
+    pub watchers: usize,
+
+    /// watch: number of gRPC watch streams the watchers are spread over.
+    #[arg(long, default_value_t = 10)]
+    pub streams: usize,
+
+    /// watch: number of concurrent writers (the default is --clients).
+    #[arg(long)]
+    pub writers: Option<usize>,
+
+    /// Write a JSON report to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+
+    /// Start a fresh etcd 3.5 and a fresh engram, run the workload on each, compare.
+    #[arg(long)]
+    pub compare: bool,
+
+    /// engram binary for --compare.
+    #[arg(long, default_value = "target/release/engram")]
+    pub engram_bin: PathBuf,
+
+    /// etcd 3.5 binary for --compare (default: <workspace>/.venv-etcd/..., then PATH).
+    #[arg(long, env = "ENGRAM_ETCD_BIN")]
+    pub etcd_bin: Option<PathBuf>,
+
+    /// Extra argument passed to the etcd started by --compare (repeatable),
+    /// e.g. --etcd-arg=--unsafe-no-fsync.
+    #[arg(long, allow_hyphen_values = true)]
+    pub etcd_arg: Vec<String>,
+
+    /// Extra argument passed to the engram started by --compare (repeatable).
+    #[arg(long, allow_hyphen_values = true)]
+    pub engram_arg: Vec<String>,
+
+    /// Only run on these systems with --compare (etcd, engram).
+    #[arg(long, value_delimiter = ',', default_values_t = [String::from("etcd"), String::from("engram")])]
+    pub systems: Vec<String>,
+}
+
+impl Args {
+    /// Validates flag combinations; returns a message for the user on error.
+    pub fn check(&mut self) -> Result<(), String> {
+        if self.clients == 0 || self.conns == 0 {
+            return Err("--clients and --conns must be at least 1".into());
+        }
+        if self.keys == 0 {
+            return Err("--keys must be at least 1".into());
+        }
+        if self.workload == WorkloadKind::Watch {
+            if self.watchers == 0 || self.streams == 0 {
+                return Err("--watchers and --streams must be at least 1".into());
+            }
+            if self.value_size < 8 {
+                return Err("watch needs --value-size >= 8 (the send timestamp)".into());
+            }
+        }
+        if let Some(r) = self.rate
+            && (!r.is_finite() || r <= 0.0)
+        {
+            return Err("--rate must be positive".into());
+        }
+        if let Some(d) = self.duration
+            && (!d.is_finite() || d <= 0.0)
+        {
+            return Err("--duration must be positive".into());
+        }
+        if !(self.max_duration.is_finite() && self.max_duration > 0.0) {
+            return Err("--max-duration must be positive".into());
+        }
+        for s in &self.systems {
+            if s != "etcd" && s != "engram" {
+                return Err(format!("--systems: unknown system {s:?} (etcd, engram)"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Number of measured operations (bounded even in --duration mode).
+    pub fn op_limit(&self) -> u64 {
+        match (self.ops, self.duration) {
+            (Some(n), _) => n,
+            (None, Some(_)) => u64::MAX,
+            (None, None) => 10_000,
+        }
+    }
+
+    /// Wall-clock limit of the measured phase.
+    pub fn time_limit(&self) -> Duration {
+        let d = self
+            .duration
+            .unwrap_or(f64::INFINITY)
+            .min(self.max_duration);
+        Duration::from_secs_f64(d)
+    }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs_f64(self.request_timeout.max(0.001))
+    }
+}

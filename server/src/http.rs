@@ -1,0 +1,194 @@
+//! etcd's HTTP endpoints, served on the client port next to gRPC (as etcd does) and on
+//! `--listen-metrics-urls`: `/health`, `/livez`, `/readyz`, `/version` and `/metrics`.
+
+use crate::metrics::{ETCD_CLUSTER_VERSION, Metrics};
+use crate::service::maintenance::ETCD_API_VERSION;
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use backend::Store;
+use backend::engine::Engine;
+use etcdpb::etcdserverpb::RangeRequest;
+use http::{StatusCode, Uri, header};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long the health check's read may take before the store is reported unhealthy.
+const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
+
+pub struct HttpState<E> {
+    store: Store<E>,
+    metrics: Arc<Metrics>,
+}
+
+impl<E> Clone for HttpState<E> {
+    fn clone(&self) -> Self {
+        HttpState {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// `router` (the gRPC services, or nothing) with the HTTP endpoints added.
+pub fn add_routes<E: Engine>(router: Router, store: Store<E>, metrics: Arc<Metrics>) -> Router {
+    let http = Router::new()
+        .route("/health", get(health::<E>))
+        .route("/livez", get(livez::<E>))
+        .route("/readyz", get(readyz::<E>))
+        .route("/version", get(version))
+        .route("/metrics", get(metrics_text::<E>))
+        .with_state(HttpState { store, metrics });
+    // The fallback replaces tonic's, which answers every unknown path with gRPC's Unimplemented.
+    router.merge(http).fallback(not_found)
+}
+
+/// Unknown paths: gRPC's `Unimplemented` to gRPC clients, 404 to the others.
+async fn not_found(headers: http::HeaderMap) -> Response {
+    let grpc = headers
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+    if grpc {
+        tonic::Status::unimplemented("")
+            .into_http::<axum::body::Body>()
+            .into_response()
+    } else {
+        text(StatusCode::NOT_FOUND, "404 page not found\n".to_string())
+    }
+}
+
+/// Whether the store can serve a read in time: etcd's `/health` check, a Range of one key.
+async fn check_read<E: Engine>(store: &Store<E>) -> Result<(), String> {
+    let req = RangeRequest {
+        key: bytes::Bytes::from_static(b"health"),
+        limit: 1,
+        keys_only: true,
+        serializable: true,
+        ..Default::default()
+    };
+    match tokio::time::timeout(HEALTH_TIMEOUT, store.range(&req)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(err)) => Err(format!("RANGE ERROR:{err}")),
+        Err(_) => Err("RANGE ERROR:context deadline exceeded".to_string()),
+    }
+}
+
+fn json(status: StatusCode, body: String) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn text(status: StatusCode, body: String) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        body,
+    )
+        .into_response()
+}
+
+async fn health<E: Engine>(State(state): State<HttpState<E>>) -> Response {
+    match check_read(&state.store).await {
+        Ok(()) => {
+            state.metrics.health_success.inc();
+            json(
+                StatusCode::OK,
+                r#"{"health":"true","reason":""}"#.to_string(),
+            )
+        }
+        Err(reason) => {
+            state.metrics.health_failures.inc();
+            tracing::warn!(%reason, "/health failed");
+            let body = json_string(&reason);
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(r#"{{"health":"false","reason":{body}}}"#),
+            )
+        }
+    }
+}
+
+/// etcd 3.6's `/livez` and `/readyz` (Kubernetes' healthz format): `ok`, or the failed checks
+/// and 503. `?verbose` lists every check.
+async fn probe<E: Engine>(
+    store: &Store<E>,
+    uri: &Uri,
+    what: &str,
+    checks: &[&'static str],
+) -> Response {
+    let verbose = uri.query().is_some_and(|q| {
+        q.split('&')
+            .any(|p| p == "verbose" || p.starts_with("verbose="))
+    });
+    let result = check_read(store).await;
+    let mut body = String::new();
+    for check in checks {
+        match (&result, *check) {
+            (Err(reason), "serializable_read" | "linearizable_read") => {
+                body.push_str(&format!("[-]{check} failed: {reason}\n"));
+            }
+            _ if verbose || result.is_err() => body.push_str(&format!("[+]{check} ok\n")),
+            _ => {}
+        }
+    }
+    match result {
+        Ok(()) => {
+            body.push_str("ok");
+            text(StatusCode::OK, body)
+        }
+        Err(_) => {
+            body.push_str(&format!("{what} check failed"));
+            text(StatusCode::SERVICE_UNAVAILABLE, body)
+        }
+    }
+}
+
+async fn livez<E: Engine>(State(state): State<HttpState<E>>, uri: Uri) -> Response {
+    probe(&state.store, &uri, "livez", &["serializable_read"]).await
+}
+
+async fn readyz<E: Engine>(State(state): State<HttpState<E>>, uri: Uri) -> Response {
+    // No corruption check or alarm exists yet: data_corruption always passes.
+    let checks = ["data_corruption", "serializable_read", "linearizable_read"];
+    probe(&state.store, &uri, "readyz", &checks).await
+}
+
+async fn version() -> Response {
+    json(
+        StatusCode::OK,
+        format!(r#"{{"etcdserver":"{ETCD_API_VERSION}","etcdcluster":"{ETCD_CLUSTER_VERSION}"}}"#),
+    )
+}
+
+async fn metrics_text<E: Engine>(State(state): State<HttpState<E>>) -> Response {
+    state.metrics.observe_store(&state.store);
+    let (body, content_type) = state.metrics.encode();
+    (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
+}
+
+/// `text` as a JSON string literal.
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::json_string;
+
+    #[test]
+    fn reasons_are_json_strings() {
+        assert_eq!(json_string(r#"a "b"\c"#), r#""a \"b\"\\c""#);
+        assert_eq!(json_string("x\ny"), r#""x\u000ay""#);
+    }
+}

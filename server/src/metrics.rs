@@ -1,0 +1,385 @@
+//! Prometheus metrics, named as etcd names them where etcd has the metric, so that existing
+//! dashboards and alerts keep working.
+//!
+//! Gauges that mirror the store's state are refreshed when `/metrics` is scraped; per-RPC
+//! counters and latencies come from [`GrpcMetricsLayer`], a tower layer on the gRPC server that
+//! records what go-grpc-prometheus records for etcd (`grpc_server_*`).
+
+use crate::service::maintenance::ETCD_API_VERSION;
+use backend::Store;
+use backend::engine::Engine;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+use tower::{Layer, Service};
+
+/// The cluster version etcd 3.5 reports (`etcd_cluster_version`, `/version`'s etcdcluster).
+pub const ETCD_CLUSTER_VERSION: &str = "3.5.0";
+
+pub struct Metrics {
+    registry: Registry,
+    db_total_size: IntGauge,
+    db_total_size_in_use: IntGauge,
+    current_revision: IntGauge,
+    compact_revision: IntGauge,
+    leases: IntGauge,
+    pub health_success: IntCounter,
+    pub health_failures: IntCounter,
+    grpc_started: IntCounterVec,
+    grpc_handled: IntCounterVec,
+    grpc_handling_seconds: HistogramVec,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            let g = IntGauge::new(name, help)?;
+            registry.register(Box::new(g.clone()))?;
+            Ok(g)
+        };
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            let c = IntCounter::new(name, help)?;
+            registry.register(Box::new(c.clone()))?;
+            Ok(c)
+        };
+        // A single member is always its own leader.
+        gauge(
+            "etcd_server_has_leader",
+            "Whether or not a leader exists. 1 is existence, 0 is not.",
+        )?
+        .set(1);
+        gauge(
+            "etcd_server_is_leader",
+            "Whether or not this member is a leader. 1 if is, 0 otherwise.",
+        )?
+        .set(1);
+        gauge(
+            "etcd_server_leader_changes_seen_total",
+            "The number of leader changes seen.",
+        )?;
+        let version = IntGaugeVec::new(
+            Opts::new(
+                "etcd_server_version",
+                "Which version is running. 1 for 'server_version' label with current version.",
+            ),
+            &["server_version"],
+        )?;
+        registry.register(Box::new(version.clone()))?;
+        version.with_label_values(&[ETCD_API_VERSION]).set(1);
+        let cluster = IntGaugeVec::new(
+            Opts::new(
+                "etcd_cluster_version",
+                "Which version is running. 1 for 'cluster_version' label with current cluster version",
+            ),
+            &["cluster_version"],
+        )?;
+        registry.register(Box::new(cluster.clone()))?;
+        let major_minor = ETCD_CLUSTER_VERSION
+            .rsplit_once('.')
+            .map_or(ETCD_CLUSTER_VERSION, |(mm, _)| mm);
+        cluster.with_label_values(&[major_minor]).set(1);
+
+        let grpc_started = IntCounterVec::new(
+            Opts::new(
+                "grpc_server_started_total",
+                "Total number of RPCs started on the server.",
+            ),
+            &["grpc_type", "grpc_service", "grpc_method"],
+        )?;
+        registry.register(Box::new(grpc_started.clone()))?;
+        let grpc_handled = IntCounterVec::new(
+            Opts::new(
+                "grpc_server_handled_total",
+                "Total number of RPCs completed on the server, regardless of success or failure.",
+            ),
+            &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
+        )?;
+        registry.register(Box::new(grpc_handled.clone()))?;
+        let grpc_handling_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "grpc_server_handling_seconds",
+                "Histogram of response latency (seconds) of gRPC that had been application-level \
+                 handled by the server.",
+            ),
+            &["grpc_type", "grpc_service", "grpc_method"],
+        )?;
+        registry.register(Box::new(grpc_handling_seconds.clone()))?;
+
+        Ok(Metrics {
+            db_total_size: gauge(
+                "etcd_mvcc_db_total_size_in_bytes",
+                "Total size of the underlying database physically allocated in bytes.",
+            )?,
+            db_total_size_in_use: gauge(
+                "etcd_mvcc_db_total_size_in_use_in_bytes",
+                "Total size of the underlying database logically in use in bytes.",
+            )?,
+            current_revision: gauge(
+                "etcd_debugging_mvcc_current_revision",
+                "The current revision of store.",
+            )?,
+            compact_revision: gauge(
+                "etcd_debugging_mvcc_compact_revision",
+                "The revision of the last compaction in store.",
+            )?,
+            // etcd has no gauge of live leases (only granted/revoked counters).
+            leases: gauge("engram_lease_active", "Number of leases currently granted.")?,
+            health_success: counter(
+                "etcd_server_health_success",
+                "The total number of successful health checks",
+            )?,
+            health_failures: counter(
+                "etcd_server_health_failures",
+                "The total number of failed health checks",
+            )?,
+            grpc_started,
+            grpc_handled,
+            grpc_handling_seconds,
+            registry,
+        })
+    }
+
+    /// Copies the store's state into the gauges that mirror it.
+    pub fn observe_store<E: Engine>(&self, store: &Store<E>) {
+        let size = i64::try_from(store.engine().size_on_disk()).unwrap_or(i64::MAX);
+        self.db_total_size.set(size);
+        self.db_total_size_in_use.set(size);
+        self.current_revision.set(store.revision());
+        self.compact_revision.set(store.compacted().max(0));
+        self.leases
+            .set(i64::try_from(store.lease_ids().len()).unwrap_or(i64::MAX));
+    }
+
+    /// Every metric in Prometheus' text exposition format, with its content type.
+    pub fn encode(&self) -> (String, String) {
+        let encoder = TextEncoder::new();
+        let mut text = String::new();
+        if let Err(err) = encoder.encode_utf8(&self.registry.gather(), &mut text) {
+            tracing::warn!(%err, "encoding metrics");
+        }
+        (text, encoder.format_type().to_string())
+    }
+}
+
+/// Counts and times every gRPC call the server handles, as go-grpc-prometheus does for etcd.
+#[derive(Clone)]
+pub struct GrpcMetricsLayer {
+    metrics: Arc<Metrics>,
+}
+
+impl GrpcMetricsLayer {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        GrpcMetricsLayer { metrics }
+    }
+}
+
+impl<S> Layer<S> for GrpcMetricsLayer {
+    type Service = GrpcMetrics<S>;
+
+    fn layer(&self, inner: S) -> GrpcMetrics<S> {
+        GrpcMetrics {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct GrpcMetrics<S> {
+    inner: S,
+    metrics: Arc<Metrics>,
+}
+
+type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for GrpcMetrics<S>
+where
+    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<MeteredBody<ResBody>>;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
+        let call = Call::start(&req, &self.metrics);
+        let response = self.inner.call(req);
+        Box::pin(async move {
+            let response = response.await?;
+            let call = match call {
+                // A call that fails before its first message answers with its status in the
+                // headers ("trailers-only"); the others carry it in the trailers.
+                Some(mut call) => match response.headers().get("grpc-status") {
+                    Some(code) => {
+                        call.finish(code.as_bytes());
+                        None
+                    }
+                    None => Some(call),
+                },
+                None => None,
+            };
+            Ok(response.map(|inner| MeteredBody { inner, call }))
+        })
+    }
+}
+
+/// One gRPC call in flight; records itself as handled when its status is known, or as
+/// `Canceled` if the response is dropped first (the client went away).
+struct Call {
+    metrics: Arc<Metrics>,
+    labels: [String; 3],
+    start: Instant,
+    done: bool,
+}
+
+impl Call {
+    fn start<B>(req: &http::Request<B>, metrics: &Arc<Metrics>) -> Option<Call> {
+        let grpc = req
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if !grpc {
+            return None;
+        }
+        let (service, method) = req.uri().path().trim_start_matches('/').split_once('/')?;
+        let kind = match (service, method) {
+            ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => {
+                "bidi_stream"
+            }
+            ("etcdserverpb.Maintenance", "Snapshot") => "server_stream",
+            _ => "unary",
+        };
+        let labels = [kind.to_string(), service.to_string(), method.to_string()];
+        metrics.grpc_started.with_label_values(&labels).inc();
+        Some(Call {
+            metrics: metrics.clone(),
+            labels,
+            start: Instant::now(),
+            done: false,
+        })
+    }
+
+    fn finish(&mut self, status: &[u8]) {
+        if std::mem::replace(&mut self.done, true) {
+            return;
+        }
+        let code = std::str::from_utf8(status)
+            .ok()
+            .and_then(|s| s.trim().parse::<i32>().ok())
+            .map_or("Unknown", code_name);
+        let [kind, service, method] = &self.labels;
+        self.metrics
+            .grpc_handled
+            .with_label_values(&[kind.as_str(), service, method, code])
+            .inc();
+        self.metrics
+            .grpc_handling_seconds
+            .with_label_values(&self.labels)
+            .observe(self.start.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for Call {
+    fn drop(&mut self) {
+        self.finish(b"1");
+    }
+}
+
+/// gRPC-go's names of the status codes (`codes.Code.String()`), as etcd's metrics label them.
+fn code_name(code: i32) -> &'static str {
+    match code {
+        0 => "OK",
+        1 => "Canceled",
+        2 => "Unknown",
+        3 => "InvalidArgument",
+        4 => "DeadlineExceeded",
+        5 => "NotFound",
+        6 => "AlreadyExists",
+        7 => "PermissionDenied",
+        8 => "ResourceExhausted",
+        9 => "FailedPrecondition",
+        10 => "Aborted",
+        11 => "OutOfRange",
+        12 => "Unimplemented",
+        13 => "Internal",
+        14 => "Unavailable",
+        15 => "DataLoss",
+        16 => "Unauthenticated",
+        _ => "Unknown",
+    }
+}
+
+/// A response body that records its call once the trailers bring the gRPC status.
+pub struct MeteredBody<B> {
+    inner: B,
+    call: Option<Call>,
+}
+
+impl<B> Body for MeteredBody<B>
+where
+    B: Body<Data = Bytes> + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        let this = &mut *self;
+        let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &frame
+            && let Some(trailers) = frame.trailers_ref()
+            && let Some(mut call) = this.call.take()
+        {
+            let status = trailers
+                .get("grpc-status")
+                .map_or(&b"2"[..], |v| v.as_bytes());
+            call.finish(status);
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_etcd_names() {
+        let metrics = Metrics::new().expect("metrics");
+        let (text, content_type) = metrics.encode();
+        assert!(content_type.starts_with("text/plain"));
+        for name in [
+            "etcd_server_has_leader 1",
+            "etcd_server_is_leader 1",
+            "etcd_server_version{server_version=\"3.5.13\"} 1",
+            "etcd_cluster_version{cluster_version=\"3.5\"} 1",
+            "etcd_mvcc_db_total_size_in_bytes",
+            "etcd_debugging_mvcc_current_revision",
+        ] {
+            assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,125 @@
+//! TLS for `https://` listeners, configured by etcd's flags: `--cert-file`, `--key-file`,
+//! `--trusted-ca-file` and `--client-cert-auth`.
+//!
+//! Engram terminates TLS itself (rustls with the ring provider, through tokio-rustls, the
+//! crate tonic's `tls-ring` feature uses) rather than through tonic's `ServerTlsConfig`, because
+//! tonic only offers ALPN `h2`: like etcd, Engram also serves HTTP/1.1 (`/health`, `/metrics`)
+//! on the client port, so it offers both `h2` and `http/1.1`.
+
+use crate::BoxError;
+use crate::config::Config;
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio_rustls::rustls::server::WebPkiClientVerifier;
+use tokio_rustls::rustls::{RootCertStore, ServerConfig, crypto};
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// How long a client has to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshaken connections waiting for the server to take them.
+const ACCEPT_BACKLOG: usize = 128;
+
+/// The server's TLS settings from the flags, or `None` when no certificate is configured.
+pub fn server_config(config: &Config) -> Result<Option<Arc<ServerConfig>>, BoxError> {
+    let (cert_file, key_file) = match (&config.cert_file, &config.key_file) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => {
+            if config.client_cert_auth {
+                return Err("--client-cert-auth needs --cert-file and --key-file".into());
+            }
+            return Ok(None);
+        }
+        _ => return Err("--cert-file and --key-file must be given together".into()),
+    };
+    let certs = read_certs(cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| format!("--key-file {}: {e}", key_file.display()))?;
+    let provider = Arc::new(crypto::ring::default_provider());
+    let builder = ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = if config.client_cert_auth {
+        let ca_file = config
+            .trusted_ca_file
+            .as_ref()
+            .ok_or("--client-cert-auth needs --trusted-ca-file")?;
+        let mut roots = RootCertStore::empty();
+        for cert in read_certs(ca_file)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("--trusted-ca-file {}: {e}", ca_file.display()))?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|e| format!("--trusted-ca-file {}: {e}", ca_file.display()))?;
+        builder.with_client_cert_verifier(verifier)
+    } else {
+        // As etcd: without --client-cert-auth, client certificates are not asked for.
+        builder.with_no_client_auth()
+    };
+    let mut server = builder
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("--cert-file/--key-file: {e}"))?;
+    server.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Some(Arc::new(server)))
+}
+
+fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, BoxError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| format!("{}: {e}", path.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("{}: no PEM certificate", path.display()).into());
+    }
+    Ok(certs)
+}
+
+/// The TLS connections of `listener`, handshaken concurrently so that a slow or hostile client
+/// cannot hold up the others. Connections whose handshake fails (no certificate or one from an
+/// untrusted CA under --client-cert-auth, plain HTTP on an https port…) are closed and logged.
+/// Dropping the stream stops accepting and closes the listening socket.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    let acceptor = TlsAcceptor::from(config);
+    let (tx, rx) = mpsc::channel(ACCEPT_BACKLOG);
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                _ = tx.closed() => return,
+                accepted = listener.accept() => accepted,
+            };
+            let (tcp, peer) = match accepted {
+                Ok(conn) => conn,
+                Err(err) => {
+                    tracing::warn!(%err, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                    Ok(Ok(stream)) => {
+                        let _ = tx.send(Ok(stream)).await;
+                    }
+                    Ok(Err(err)) => tracing::info!(%peer, %err, "TLS handshake refused"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    ReceiverStream::new(rx)
+}
