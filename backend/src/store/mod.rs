@@ -133,7 +133,18 @@ impl<E: Engine> Store<E> {
         ));
         let max_request_bytes = options.max_request_bytes;
         tokio::spawn(expiry::run(shared.clone(), writer_tx.downgrade()));
-        tokio::spawn(writer::run(shared.clone(), writer_rx, options, compact_tx));
+        let writer = tokio::spawn(writer::run(shared.clone(), writer_rx, options, compact_tx));
+        // Without its writer the store would keep serving reads while every write hangs: a
+        // silent outage. A writer that panicked takes the process down, so that a supervisor
+        // restarts it on the durable state.
+        tokio::spawn(async move {
+            if let Err(err) = writer.await
+                && err.is_panic()
+            {
+                tracing::error!("the store's writer panicked; aborting");
+                std::process::abort();
+            }
+        });
         tracing::info!(revision, compacted, leases = lease_count, "store opened");
         Ok(Store {
             shared,
