@@ -54,7 +54,7 @@ pub struct Config {
     pub engine: EngineKind,
 
     /// Block/page cache of the embedded engine, in MiB.
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = 64)]
     pub cache_size_mb: usize,
 
     /// How often an idle watcher created with progress_notify is told the current revision,
@@ -63,7 +63,7 @@ pub struct Config {
     pub watch_progress_notify_interval: Duration,
 
     /// Events kept in memory for watchers; older history is read back from the store.
-    #[arg(long, default_value_t = 100_000)]
+    #[arg(long, default_value_t = 16_384)]
     pub watch_window_events: usize,
 
     /// Most write requests committed together in one durable engine batch.

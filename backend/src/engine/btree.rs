@@ -131,6 +131,32 @@ impl BTreeSnapshot {
 }
 
 impl Snapshot for BTreeSnapshot {
+    async fn visit<F>(&self, range: &KeyRange, limit: usize, mut visit: F) -> EngineResult<usize>
+    where
+        F: FnMut(&[u8], &[u8]) -> bool + Send,
+    {
+        if limit == 0 || range.end.as_ref().is_some_and(|end| *end <= range.start) {
+            return Ok(0);
+        }
+        let upper = match &range.end {
+            Some(end) => Bound::Excluded(&end[..]),
+            None => Bound::Unbounded,
+        };
+        let iter = self
+            .table
+            .range::<&[u8]>((Bound::Included(&range.start[..]), upper))
+            .map_err(storage)?;
+        let mut shown = 0;
+        for item in iter {
+            let (k, v) = item.map_err(storage)?;
+            shown += 1;
+            if !visit(k.value(), v.value()) || shown >= limit {
+                break;
+            }
+        }
+        Ok(shown)
+    }
+
     async fn get(&self, key: &[u8]) -> EngineResult<Option<Bytes>> {
         let value = self.table.get(key).map_err(storage)?;
         Ok(value.map(|v| Bytes::copy_from_slice(v.value())))

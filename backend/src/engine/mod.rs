@@ -111,6 +111,31 @@ pub trait Snapshot: Send + Sync + 'static {
         limit: usize,
         reverse: bool,
     ) -> impl Future<Output = EngineResult<Vec<Entry>>> + Send;
+
+    /// Shows up to `limit` entries of `range`, in key order, to `visit` without copying them,
+    /// until it returns false. Returns how many it showed. (Counting a range this way costs no
+    /// allocation per entry; engines that can lend their bytes override it.)
+    fn visit<F>(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+        mut visit: F,
+    ) -> impl Future<Output = EngineResult<usize>> + Send
+    where
+        F: FnMut(&[u8], &[u8]) -> bool + Send,
+    {
+        async move {
+            let entries = self.scan(range, limit, false).await?;
+            let mut shown = 0;
+            for (k, v) in &entries {
+                shown += 1;
+                if !visit(k, v) {
+                    break;
+                }
+            }
+            Ok(shown)
+        }
+    }
 }
 
 /// A transactional, ordered key-value engine.

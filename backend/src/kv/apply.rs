@@ -48,7 +48,7 @@ type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 impl<'a, S: Snapshot> Apply<'a, S> {
     fn view(&self) -> View<'_, S> {
-        View::with_overlay(self.snapshot, self.overlay)
+        View::with_overlay(self.snapshot, self.overlay, self.published)
     }
 
     /// etcd reads inside a write txn at `begin`, or `begin + 1` once the txn has written.

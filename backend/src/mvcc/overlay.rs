@@ -6,8 +6,9 @@
 
 use super::record::Version;
 use bytes::Bytes;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
+use std::sync::Mutex;
 
 /// Pending versions of one key, oldest first, and the key's `INDEX` value before the batch.
 #[derive(Debug, Clone)]
@@ -23,6 +24,9 @@ pub struct Overlay {
     pub leases: BTreeMap<i64, Option<i64>>,
     /// Keys attached to (`true`) or detached from (`false`) a lease by the batch.
     pub lease_keys: BTreeMap<(i64, Bytes), bool>,
+    /// Each key's newest version in the engine snapshot, once looked up (compares, puts and
+    /// the Get of a failed CAS often ask for the same key).
+    engine_latest: Mutex<HashMap<Bytes, Option<Version>>>,
 }
 
 impl Overlay {
@@ -73,6 +77,16 @@ impl Overlay {
             return;
         }
         entry.versions.push(version);
+    }
+
+    pub fn cached_latest(&self, key: &[u8]) -> Option<Option<Version>> {
+        let cache = self.engine_latest.lock().unwrap_or_else(|p| p.into_inner());
+        cache.get(key).cloned()
+    }
+
+    pub fn cache_latest(&self, key: &[u8], version: Option<Version>) {
+        let mut cache = self.engine_latest.lock().unwrap_or_else(|p| p.into_inner());
+        cache.insert(Bytes::copy_from_slice(key), version);
     }
 
     /// Whether the batch touches nothing.

@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 
 /// Entries fetched per engine scan while walking a range.
 const PAGE: usize = 512;
+/// Index entries counted per engine visit.
+const COUNT_PAGE: usize = 8192;
 
 fn corrupt(entry: &[u8]) -> EngineError {
     EngineError::Storage(format!("malformed entry {entry:?}"))
@@ -31,11 +33,22 @@ impl Bounds<'_> {
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start && self.end.is_none_or(|end| key < end)
     }
+
+    /// Whether the bounds hold exactly one key: `[key, key ++ "\0")`.
+    pub fn is_single_key(&self) -> bool {
+        self.end.is_some_and(|end| {
+            end.len() == self.start.len() + 1 && end.ends_with(&[0]) && end.starts_with(self.start)
+        })
+    }
 }
 
 pub struct View<'a, S> {
     pub snapshot: &'a S,
     pub overlay: Option<&'a Overlay>,
+    /// The revision the snapshot was published at: a key's newest version at or below it is
+    /// its newest version for every later revision too (later ones are in the overlay), so
+    /// those lookups are answered once per batch from the overlay's cache.
+    published: i64,
 }
 
 impl<'a, S: Snapshot> View<'a, S> {
@@ -43,22 +56,36 @@ impl<'a, S: Snapshot> View<'a, S> {
         View {
             snapshot,
             overlay: None,
+            published: i64::MAX,
         }
     }
 
-    pub fn with_overlay(snapshot: &'a S, overlay: &'a Overlay) -> Self {
+    /// A view of `snapshot`, published at `published`, with the pending versions of `overlay`.
+    pub fn with_overlay(snapshot: &'a S, overlay: &'a Overlay, published: i64) -> Self {
         View {
             snapshot,
             overlay: Some(overlay),
+            published,
         }
     }
 
     /// `key`'s newest version at or below `revision` (a tombstone included).
     pub async fn version_at(&self, key: &[u8], revision: i64) -> EngineResult<Option<Version>> {
-        if let Some(v) = self.overlay.and_then(|o| o.version_at(key, revision)) {
+        let Some(overlay) = self.overlay else {
+            return self.engine_version_at(key, revision).await;
+        };
+        if let Some(v) = overlay.version_at(key, revision) {
             return Ok(Some(v.clone()));
         }
-        self.engine_version_at(key, revision).await
+        if revision < self.published {
+            return self.engine_version_at(key, revision).await;
+        }
+        if let Some(hit) = overlay.cached_latest(key) {
+            return Ok(hit);
+        }
+        let latest = self.engine_version_at(key, self.published).await?;
+        overlay.cache_latest(key, latest.clone());
+        Ok(latest)
     }
 
     async fn engine_version_at(&self, key: &[u8], revision: i64) -> EngineResult<Option<Version>> {
@@ -79,6 +106,11 @@ impl<'a, S: Snapshot> View<'a, S> {
         limit: Option<usize>,
         reverse: bool,
     ) -> EngineResult<Vec<KeyValue>> {
+        if bounds.is_single_key() {
+            // One seek (or a cache hit), instead of a range walk.
+            let version = self.version_at(bounds.start, revision).await?;
+            return Ok(version.and_then(Version::into_live).into_iter().collect());
+        }
         if let Some(overlay) = self.overlay
             && overlay.intersects(bounds.start, bounds.end)
         {
@@ -128,23 +160,38 @@ impl<'a, S: Snapshot> View<'a, S> {
         }
         let mut n = 0;
         let mut range = keys::region_range(INDEX, bounds.start, bounds.end);
+        let mut last = Vec::new();
         loop {
-            let page = self.snapshot.scan(&range, PAGE, false).await?;
-            for (k, v) in &page {
-                let (mod_revision, live) = decode_index(v).ok_or_else(|| corrupt(k))?;
-                if mod_revision <= revision {
-                    n += live as usize;
-                } else {
-                    // Written by a batch not yet visible: ask the versions.
-                    let (key, _) = keys::decode(k).ok_or_else(|| corrupt(k))?;
-                    let v = self.engine_version_at(&key, revision).await?;
-                    n += v.is_some_and(|v| v.live().is_some()) as usize;
-                }
+            // Keys written by a batch not yet visible are asked again from their versions.
+            let mut unsettled = Vec::new();
+            let mut malformed = false;
+            let shown = self
+                .snapshot
+                .visit(&range, COUNT_PAGE, |k, v| {
+                    last.clear();
+                    last.extend_from_slice(k);
+                    match decode_index(v) {
+                        Some((mod_revision, live)) if mod_revision <= revision => {
+                            n += live as usize
+                        }
+                        Some(_) => unsettled.push(Bytes::copy_from_slice(k)),
+                        None => malformed = true,
+                    }
+                    !malformed
+                })
+                .await?;
+            if malformed {
+                return Err(corrupt(&last));
             }
-            match page.last() {
-                Some((last, _)) if page.len() == PAGE => range.start = successor(last),
-                _ => return Ok(n),
+            for k in unsettled {
+                let (key, _) = keys::decode(&k).ok_or_else(|| corrupt(&k))?;
+                let v = self.engine_version_at(&key, revision).await?;
+                n += v.is_some_and(|v| v.live().is_some()) as usize;
             }
+            if shown < COUNT_PAGE {
+                return Ok(n);
+            }
+            range.start = successor(&last);
         }
     }
 

@@ -135,6 +135,13 @@ pub struct LsmSnapshot {
 }
 
 impl Snapshot for LsmSnapshot {
+    async fn visit<F>(&self, range: &KeyRange, limit: usize, mut visit: F) -> EngineResult<usize>
+    where
+        F: FnMut(&[u8], &[u8]) -> bool + Send,
+    {
+        self.visit_blocking(range, limit, &mut visit)
+    }
+
     async fn get(&self, key: &[u8]) -> EngineResult<Option<Bytes>> {
         if long_keys::is_long(key) {
             let stored = long_keys::bucket_of(key);
@@ -214,6 +221,53 @@ impl Snapshot for LsmSnapshot {
             }
         }
         Ok(out)
+    }
+}
+
+impl LsmSnapshot {
+    fn visit_blocking(
+        &self,
+        range: &KeyRange,
+        limit: usize,
+        visit: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> EngineResult<usize> {
+        // Buckets of long keys are rare; a range touching one takes the copying path.
+        let mut shown = 0;
+        if limit == 0 || range.end.as_ref().is_some_and(|end| *end <= range.start) {
+            return Ok(0);
+        }
+        let upper = match &range.end {
+            Some(end) if long_keys::is_long(end) => Bound::Included(long_keys::bucket_of(end)),
+            Some(end) => Bound::Excluded(end.to_vec()),
+            None => Bound::Unbounded,
+        };
+        let lower = if long_keys::is_long(&range.start) {
+            long_keys::bucket_of(&range.start)
+        } else {
+            range.start.to_vec()
+        };
+        let iter = self
+            .snapshot
+            .range::<Vec<u8>, _>(&self.keyspace, (Bound::Included(lower), upper));
+        for guard in iter {
+            let (k, v) = guard.into_inner().map_err(storage)?;
+            if long_keys::is_bucket(&k) {
+                let bucket = Bucket::decode(&k, &v)
+                    .ok_or_else(|| EngineError::Storage("malformed long-key bucket".into()))?;
+                for (key, value) in bucket.0.iter().filter(|(key, _)| range.contains(key)) {
+                    shown += 1;
+                    if !visit(key, value) || shown >= limit {
+                        return Ok(shown);
+                    }
+                }
+                continue;
+            }
+            shown += 1;
+            if !visit(&k, &v) || shown >= limit {
+                break;
+            }
+        }
+        Ok(shown)
     }
 }
 
