@@ -66,6 +66,15 @@ pub struct Config {
     #[arg(long, default_value_t = 16_384)]
     pub watch_window_events: usize,
 
+    /// Raise the NOSPACE alarm when the store is larger than this many bytes (etcd's flag;
+    /// 0, the default, sets no quota: Engram's size is bounded by its disk, not by a quota).
+    #[arg(long, default_value_t = 0)]
+    pub quota_backend_bytes: u64,
+
+    /// Raise the NOSPACE alarm when the data directory's filesystem has less free space.
+    #[arg(long, default_value_t = 256 << 20)]
+    pub space_alarm_min_free_bytes: u64,
+
     /// Most write requests committed together in one durable engine batch.
     #[arg(long, default_value_t = 1024)]
     pub max_batch: usize,

@@ -6,6 +6,7 @@ mod http;
 mod hub_listener;
 mod metrics;
 mod service;
+mod space;
 mod status;
 mod tls;
 
@@ -120,6 +121,15 @@ async fn serve<E: Engine>(config: Config, engine: E) -> Result<(), BoxError> {
     };
     let store = Store::open(engine, options).await?;
     let hub = hub.start(store.revision(), config.watch_window_events);
+    tokio::spawn(space::watch(
+        store.clone(),
+        space::SpaceLimits {
+            quota_bytes: config.quota_backend_bytes,
+            min_free_bytes: config.space_alarm_min_free_bytes,
+            data_dir: config.data_dir.clone(),
+            interval: std::time::Duration::from_secs(1),
+        },
+    ));
     let advertised = config.advertised_urls();
     let identity = Identity::new(&config.name, &advertised);
     let watch_options = watch::StreamOptions {

@@ -25,6 +25,8 @@ pub enum KvError {
     LeaseExists,
     #[error("etcdserver: too large lease TTL")]
     LeaseTtlTooLarge,
+    #[error("etcdserver: mvcc: database space exceeded")]
+    NoSpace,
     #[error("etcdserver: request is too large")]
     RequestTooLarge,
     #[error("etcdserver: mvcc: required revision has been compacted")]

@@ -68,6 +68,10 @@ struct Shared<E> {
     compacted: AtomicI64,
     /// Live leases and their deadlines.
     leases: LeaseTable,
+    /// The NOSPACE alarm: while raised, nothing that adds data is accepted (etcd's capped
+    /// applier): Put, a Txn with a Put on any path, LeaseGrant. Reads, deletes and
+    /// compaction go on, so an operator can make room.
+    no_space: std::sync::atomic::AtomicBool,
 }
 
 /// A handle to the store; cheap to clone.
@@ -122,6 +126,7 @@ impl<E: Engine> Store<E> {
             revision: AtomicI64::new(revision),
             compacted: AtomicI64::new(compacted),
             leases,
+            no_space: Default::default(),
         });
         let (writer_tx, writer_rx) = mpsc::channel(options.max_batch.max(1) * 4);
         let (compact_tx, compact_rx) = tokio::sync::watch::channel(compacted);
@@ -187,8 +192,25 @@ impl<E: Engine> Store<E> {
         crate::kv::range::range(&View::new(&snapshot), req, revs).await
     }
 
+    /// Raises or clears the NOSPACE alarm.
+    pub fn set_no_space(&self, raised: bool) {
+        self.shared.no_space.store(raised, Ordering::Release);
+    }
+
+    pub fn no_space(&self) -> bool {
+        self.shared.no_space.load(Ordering::Acquire)
+    }
+
+    fn check_space(&self) -> KvResult<()> {
+        if self.no_space() {
+            return Err(KvError::NoSpace);
+        }
+        Ok(())
+    }
+
     pub async fn put(&self, req: PutRequest) -> KvResult<PutResponse> {
         validate::check_put(&req)?;
+        self.check_space()?;
         self.check_size(&req)?;
         match self.submit(Op::Put(req)).await? {
             Reply::Put(resp) => Ok(resp),
@@ -207,6 +229,9 @@ impl<E: Engine> Store<E> {
 
     pub async fn txn(&self, req: TxnRequest) -> KvResult<TxnResponse> {
         validate::check_txn(&req)?;
+        if validate::has_put(&req) {
+            self.check_space()?;
+        }
         self.check_size(&req)?;
         if validate::is_read_only(&req) {
             return self.read_only_txn(&req).await;
@@ -244,6 +269,7 @@ impl<E: Engine> Store<E> {
     /// LeaseGrant of lease `id` (non-zero; the caller picks one when the client did not).
     /// Returns the TTL granted.
     pub async fn lease_grant(&self, id: i64, ttl: i64) -> KvResult<i64> {
+        self.check_space()?;
         match self.submit(Op::LeaseGrant { id, ttl }).await? {
             Reply::LeaseGrant(ttl) => Ok(ttl),
             _ => Err(KvError::Stopped),

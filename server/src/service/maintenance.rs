@@ -5,10 +5,10 @@ use crate::status::from_kv;
 use backend::Store;
 use backend::engine::Engine;
 use etcdpb::etcdserverpb::{
-    AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse, DowngradeRequest,
-    DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse, MoveLeaderRequest,
-    MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest, StatusResponse,
-    maintenance_server::Maintenance,
+    AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
+    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse, alarm_request::AlarmAction, maintenance_server::Maintenance,
 };
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
@@ -57,9 +57,39 @@ impl<E: Engine> Maintenance for MaintenanceService<E> {
         Ok(Response::new(resp))
     }
 
-    /// No alarm is raised yet: the space alarm comes with the maintenance work.
-    async fn alarm(&self, _req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
-        let mut resp = AlarmResponse::default();
+    /// The NOSPACE alarm is the one alarm Engram raises (see `space.rs`); GET lists it,
+    /// ACTIVATE raises it, DEACTIVATE clears it (writes are refused while it is raised).
+    async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        let req = req.into_inner();
+        let member = AlarmMember {
+            member_id: self.identity.member_id,
+            alarm: AlarmType::Nospace as i32,
+        };
+        let concerns_us = (req.member_id == 0 || req.member_id == self.identity.member_id)
+            && (req.alarm == AlarmType::None as i32 || req.alarm == AlarmType::Nospace as i32);
+        let alarms = match AlarmAction::try_from(req.action) {
+            Ok(AlarmAction::Get) => {
+                if concerns_us && self.store.no_space() {
+                    vec![member]
+                } else {
+                    Vec::new()
+                }
+            }
+            Ok(AlarmAction::Activate) if req.alarm == AlarmType::Nospace as i32 => {
+                self.store.set_no_space(true);
+                vec![member]
+            }
+            Ok(AlarmAction::Deactivate) if req.alarm == AlarmType::Nospace as i32 => {
+                let was = self.store.no_space();
+                self.store.set_no_space(false);
+                if was { vec![member] } else { Vec::new() }
+            }
+            _ => Vec::new(),
+        };
+        let mut resp = AlarmResponse {
+            header: None,
+            alarms,
+        };
         self.identity.fill(&mut resp.header, self.store.revision());
         Ok(Response::new(resp))
     }
