@@ -15,8 +15,8 @@ use backend::{Store, StoreOptions};
 use clap::Parser;
 use config::{Command, Config, EngineKind};
 use etcdpb::etcdserverpb::{
-    cluster_server::ClusterServer, kv_server::KvServer, lease_server::LeaseServer,
-    maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
 };
 use futures::StreamExt;
 use header::Identity;
@@ -178,10 +178,13 @@ async fn serve<E: Engine>(config: Config, engine: E) -> Result<(), BoxError> {
                 identity,
                 config.name.clone(),
                 advertised,
-                revision,
+                revision.clone(),
             ))
             .max_encoding_message_size(MAX_SEND_BYTES),
-        );
+        )
+        .add_service(AuthServer::new(service::auth::AuthService::new(
+            identity, revision,
+        )));
 
     let metrics = Arc::new(Metrics::new()?);
     // Like etcd, each client port serves gRPC and the HTTP endpoints.

@@ -1,5 +1,6 @@
 //! The etcd v3 gRPC services Engram answers.
 
+pub mod auth;
 pub mod cluster;
 pub mod kv;
 pub mod lease;
