@@ -167,7 +167,9 @@ impl<E: Engine> Maintenance for MaintenanceService<E> {
         &self,
         _req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(not_yet("MoveLeader"))
+        Err(Status::unimplemented(
+            "engram: MoveLeader needs the multi-member brain cluster; a single member is its own leader",
+        ))
     }
 
     async fn downgrade(
