@@ -70,11 +70,7 @@ pub async fn dump<S: Snapshot>(
             }
         }
         match page.last() {
-            Some((last, _)) if page.len() == PAGE => {
-                let mut next = last.to_vec();
-                next.push(0);
-                range.start = Bytes::from(next);
-            }
+            Some((last, _)) if page.len() == PAGE => range.start = crate::engine::next_key(last),
             _ => break,
         }
     }

@@ -113,17 +113,9 @@ impl BTreeSnapshot {
             ));
             Ok(out.len() < limit)
         };
-        if reverse {
-            for item in iter.rev() {
-                if !push(item)? {
-                    break;
-                }
-            }
-        } else {
-            for item in iter {
-                if !push(item)? {
-                    break;
-                }
+        for item in super::in_order(iter, reverse) {
+            if !push(item)? {
+                break;
             }
         }
         Ok(out)

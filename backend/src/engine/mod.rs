@@ -99,6 +99,47 @@ impl KeyRange {
     }
 }
 
+/// The smallest key greater than `key`: where the next page of a scan starts.
+pub fn next_key(key: &[u8]) -> Bytes {
+    let mut next = Vec::with_capacity(key.len() + 1);
+    next.extend_from_slice(key);
+    next.push(0);
+    Bytes::from(next)
+}
+
+/// `iter` forward, or backward when `reverse` (engines' scans go either way).
+pub(crate) fn in_order<'a, I>(iter: I, reverse: bool) -> Box<dyn Iterator<Item = I::Item> + 'a>
+where
+    I: DoubleEndedIterator + 'a,
+{
+    if reverse {
+        Box::new(iter.rev())
+    } else {
+        Box::new(iter)
+    }
+}
+
+/// Calls `visit` with each page of up to `page` entries of `range`, in key order, until the
+/// range is exhausted or `visit` returns false. Ranges are read in bounded pages so that a
+/// distributed engine never serves one unbounded scan.
+pub async fn for_each_page<S: Snapshot>(
+    snapshot: &S,
+    mut range: KeyRange,
+    page: usize,
+    mut visit: impl FnMut(&[Entry]) -> bool + Send,
+) -> EngineResult<()> {
+    loop {
+        let entries = snapshot.scan(&range, page, false).await?;
+        if !visit(&entries) {
+            return Ok(());
+        }
+        match entries.last() {
+            Some((last, _)) if entries.len() == page => range.start = next_key(last),
+            _ => return Ok(()),
+        }
+    }
+}
+
 /// A consistent, read-only view of the engine at one moment.
 pub trait Snapshot: Send + Sync + 'static {
     /// The value of `key`, if present.

@@ -3,7 +3,7 @@
 
 use super::error::{KvError, KvResult};
 use super::range::{ReadRevisions, bounds, range};
-use crate::engine::Snapshot;
+use crate::engine::{Snapshot, for_each_page};
 use crate::lease::{LeaseTable, MAX_TTL, MIN_TTL};
 use crate::mvcc::keys;
 use crate::mvcc::overlay::Overlay;
@@ -93,21 +93,11 @@ impl<'a, S: Snapshot> Apply<'a, S> {
             return Err(KvError::LeaseNotFound);
         }
         let mut attached = std::collections::BTreeSet::new();
-        let mut range = keys::lease_keys_of(id);
-        loop {
-            let page = self.snapshot.scan(&range, 1024, false).await?;
-            for (entry, _) in &page {
-                attached.insert(entry.slice(9..));
-            }
-            match page.last() {
-                Some((last, _)) if page.len() == 1024 => {
-                    let mut next = last.to_vec();
-                    next.push(0);
-                    range.start = bytes::Bytes::from(next);
-                }
-                _ => break,
-            }
-        }
+        for_each_page(self.snapshot, keys::lease_keys_of(id), 1024, |page| {
+            attached.extend(page.iter().map(|(entry, _)| entry.slice(9..)));
+            true
+        })
+        .await?;
         for ((lease, key), attach) in self.overlay.lease_keys.range((id, bytes::Bytes::new())..) {
             if *lease != id {
                 break;

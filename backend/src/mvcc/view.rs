@@ -8,7 +8,7 @@
 use super::keys::{self, INDEX, REVS};
 use super::overlay::Overlay;
 use super::record::{Version, decode_index};
-use crate::engine::{EngineError, EngineResult, Entry, Snapshot};
+use crate::engine::{EngineError, EngineResult, Entry, Snapshot, next_key};
 use bytes::Bytes;
 use etcdpb::mvccpb::KeyValue;
 use std::collections::BTreeMap;
@@ -191,7 +191,7 @@ impl<'a, S: Snapshot> View<'a, S> {
             if shown < COUNT_PAGE {
                 return Ok(n);
             }
-            range.start = successor(&last);
+            range.start = next_key(&last);
         }
     }
 
@@ -274,7 +274,7 @@ impl<'a, S: Snapshot> View<'a, S> {
                     if reverse {
                         range.end = Some(last.clone());
                     } else {
-                        range.start = successor(last);
+                        range.start = next_key(last);
                     }
                 }
                 _ => break,
@@ -290,12 +290,4 @@ impl<'a, S: Snapshot> View<'a, S> {
 fn decode_version((k, v): Entry) -> EngineResult<Version> {
     let (key, rev) = keys::decode_revision_key(&k).ok_or_else(|| corrupt(&k))?;
     Version::decode(key, rev, v).ok_or_else(|| corrupt(&k))
-}
-
-/// The smallest key greater than `key`.
-fn successor(key: &[u8]) -> Bytes {
-    let mut next = Vec::with_capacity(key.len() + 1);
-    next.extend_from_slice(key);
-    next.push(0);
-    Bytes::from(next)
 }

@@ -82,11 +82,7 @@ async fn sweep<E: Engine>(
             return Ok(false);
         }
         match page.last() {
-            Some((last, _)) if !last_page => {
-                let mut next = last.to_vec();
-                next.push(0);
-                range.start = Bytes::from(next);
-            }
+            Some((last, _)) if !last_page => range.start = crate::engine::next_key(last),
             _ => break,
         }
     }
@@ -96,9 +92,7 @@ async fn sweep<E: Engine>(
         let page = snapshot.scan(&range, PAGE, false).await?;
         let last_page = page.len() < PAGE;
         if let Some((last, _)) = page.last() {
-            let mut next = last.to_vec();
-            next.push(0);
-            range.start = Bytes::from(next);
+            range.start = crate::engine::next_key(last);
         }
         let step = CompactStep {
             log: page.into_iter().map(|(k, _)| k).collect(),

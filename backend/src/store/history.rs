@@ -55,11 +55,7 @@ impl<E: Engine> Store<E> {
                 }
             }
             match page.last() {
-                Some((last, _)) if full => {
-                    let mut next = last.to_vec();
-                    next.push(0);
-                    range.start = bytes::Bytes::from(next);
-                }
+                Some((last, _)) if full => range.start = crate::engine::next_key(last),
                 _ => return Ok((out, to)),
             }
         }

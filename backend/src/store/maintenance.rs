@@ -1,7 +1,7 @@
 //! What operators ask of the store: consistency hashes and backups.
 
 use super::Store;
-use crate::engine::{Engine, EngineError, Snapshot};
+use crate::engine::{Engine, EngineError, KeyRange, for_each_page};
 use crate::kv::KvResult;
 use crate::mvcc::keys::{self, REVS};
 use bytes::Bytes;
@@ -16,10 +16,9 @@ impl<E: Engine> Store<E> {
         let (revs, snapshot) = self.snapshot().await?;
         let revision = revs.resolve(revision)?;
         let mut crc = crc32fast::Hasher::new();
-        let mut range = keys::region_range(REVS, b"", None);
-        loop {
-            let page = snapshot.scan(&range, 1024, false).await?;
-            for (k, v) in &page {
+        let versions = keys::region_range(REVS, b"", None);
+        for_each_page(&snapshot, versions, 1024, |page| {
+            for (k, v) in page {
                 if let Some((_, rev)) = keys::decode_revision_key(k)
                     && rev > revs.compacted
                     && rev <= revision
@@ -28,11 +27,9 @@ impl<E: Engine> Store<E> {
                     crc.update(v);
                 }
             }
-            match page.last() {
-                Some((last, _)) if page.len() == 1024 => range.start = next_key(last),
-                _ => break,
-            }
-        }
+            true
+        })
+        .await?;
         Ok((crc.finalize(), revision, revs.compacted))
     }
 
@@ -40,18 +37,16 @@ impl<E: Engine> Store<E> {
     pub async fn hash(&self) -> KvResult<u32> {
         let snapshot = self.shared.engine.snapshot().await?;
         let mut crc = crc32fast::Hasher::new();
-        let mut range = crate::engine::KeyRange::new(Bytes::new(), None);
-        loop {
-            let page = snapshot.scan(&range, 1024, false).await?;
-            for (k, v) in &page {
+        let everything = KeyRange::new(Bytes::new(), None);
+        for_each_page(&snapshot, everything, 1024, |page| {
+            for (k, v) in page {
                 crc.update(k);
                 crc.update(v);
             }
-            match page.last() {
-                Some((last, _)) if page.len() == 1024 => range.start = next_key(last),
-                _ => return Ok(crc.finalize()),
-            }
-        }
+            true
+        })
+        .await?;
+        Ok(crc.finalize())
     }
 
     /// A consistent backup stream of the whole store (see [`crate::snapshot`]), in chunks of
@@ -65,10 +60,4 @@ impl<E: Engine> Store<E> {
         tokio::spawn(crate::snapshot::dump(snapshot, chunk, tx));
         Ok(rx)
     }
-}
-
-fn next_key(last: &[u8]) -> Bytes {
-    let mut next = last.to_vec();
-    next.push(0);
-    Bytes::from(next)
 }

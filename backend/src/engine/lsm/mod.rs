@@ -207,17 +207,9 @@ impl Snapshot for LsmSnapshot {
             }
             Ok(true)
         };
-        if reverse {
-            for guard in iter.rev() {
-                if !push(guard)? {
-                    break;
-                }
-            }
-        } else {
-            for guard in iter {
-                if !push(guard)? {
-                    break;
-                }
+        for guard in crate::engine::in_order(iter, reverse) {
+            if !push(guard)? {
+                break;
             }
         }
         Ok(out)
