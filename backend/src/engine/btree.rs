@@ -32,6 +32,7 @@ pub struct BTreeEngine {
 impl BTreeEngine {
     /// Opens (or creates) the database in `data_dir`, with a page cache of `cache_bytes`.
     pub fn open(data_dir: &Path, cache_bytes: usize) -> EngineResult<Self> {
+        super::check_no_other_engine(data_dir, super::lsm::LSM_DIR, "lsm")?;
         std::fs::create_dir_all(data_dir).map_err(storage)?;
         let path = data_dir.join(DB_FILE);
         let db = Database::builder()

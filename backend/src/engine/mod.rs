@@ -99,6 +99,22 @@ impl KeyRange {
     }
 }
 
+/// Refuses to open `data_dir` with one engine when it holds another engine's data: starting
+/// with the wrong `--engine` must not look like an empty store.
+pub(crate) fn check_no_other_engine(
+    data_dir: &std::path::Path,
+    other: &str,
+    flag: &str,
+) -> EngineResult<()> {
+    if data_dir.join(other).exists() {
+        return Err(EngineError::Storage(format!(
+            "{} holds data of another engine ({other}); start with --engine {flag}",
+            data_dir.display()
+        )));
+    }
+    Ok(())
+}
+
 /// The smallest key greater than `key`: where the next page of a scan starts.
 pub fn next_key(key: &[u8]) -> Bytes {
     let mut next = Vec::with_capacity(key.len() + 1);

@@ -46,6 +46,7 @@ impl LsmEngine {
         cache_bytes: u64,
         memtable_bytes: Option<u64>,
     ) -> EngineResult<Self> {
+        super::check_no_other_engine(data_dir, super::btree::DB_FILE, "btree")?;
         std::fs::create_dir_all(data_dir).map_err(storage)?;
         let db = Database::builder(data_dir.join(LSM_DIR))
             .cache_size(cache_bytes)
@@ -293,6 +294,14 @@ mod tests {
         let mut k = vec![prefix; len];
         k.extend_from_slice(tail);
         Bytes::from(k)
+    }
+
+    #[test]
+    fn a_data_dir_of_the_other_engine_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(crate::engine::BTreeEngine::open(dir.path(), 1 << 20).unwrap());
+        let err = LsmEngine::open(dir.path(), 1 << 20).err().unwrap();
+        assert!(err.to_string().contains("--engine btree"), "{err}");
     }
 
     #[tokio::test]
