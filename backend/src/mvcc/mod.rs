@@ -4,6 +4,7 @@
 //! compaction) so that any read names a revision and sees the keyspace exactly as it was after
 //! that revision. See [`keys`] for the layout.
 
+pub mod count_cache;
 pub mod keys;
 pub mod overlay;
 pub mod record;

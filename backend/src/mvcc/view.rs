@@ -5,6 +5,7 @@
 //! revisions encoded in the keys, so a batch that reached the engine but is not yet acknowledged
 //! (its revision is above the published one) stays invisible.
 
+use super::count_cache::CountCache;
 use super::keys::{self, INDEX, REVS};
 use super::overlay::Overlay;
 use super::record::{Version, decode_index};
@@ -49,6 +50,8 @@ pub struct View<'a, S> {
     /// its newest version for every later revision too (later ones are in the overlay), so
     /// those lookups are answered once per batch from the overlay's cache.
     published: i64,
+    /// Counts of paginated lists (readers only).
+    counts: Option<&'a CountCache>,
 }
 
 impl<'a, S: Snapshot> View<'a, S> {
@@ -57,7 +60,14 @@ impl<'a, S: Snapshot> View<'a, S> {
             snapshot,
             overlay: None,
             published: i64::MAX,
+            counts: None,
         }
+    }
+
+    /// Lets counts reuse those of earlier pages of the same list.
+    pub fn with_count_cache(mut self, counts: &'a CountCache) -> Self {
+        self.counts = Some(counts);
+        self
     }
 
     /// A view of `snapshot`, published at `published`, with the pending versions of `overlay`.
@@ -66,6 +76,7 @@ impl<'a, S: Snapshot> View<'a, S> {
             snapshot,
             overlay: Some(overlay),
             published,
+            counts: None,
         }
     }
 
@@ -139,6 +150,29 @@ impl<'a, S: Snapshot> View<'a, S> {
     /// reader may see; at that revision the small `INDEX` entries are counted instead of
     /// walking every version.
     pub async fn count(
+        &self,
+        bounds: Bounds<'_>,
+        revision: i64,
+        latest: i64,
+    ) -> EngineResult<usize> {
+        let Some(cache) = self.counts else {
+            return self.count_uncached(bounds, revision, latest).await;
+        };
+        let count = match cache.before(bounds.start, bounds.end, revision) {
+            Some((known_start, known)) => {
+                let gap = Bounds {
+                    start: &known_start,
+                    end: Some(bounds.start),
+                };
+                known.saturating_sub(self.count_uncached(gap, revision, latest).await?)
+            }
+            None => self.count_uncached(bounds, revision, latest).await?,
+        };
+        cache.remember(bounds.start, bounds.end, revision, count);
+        Ok(count)
+    }
+
+    async fn count_uncached(
         &self,
         bounds: Bounds<'_>,
         revision: i64,
