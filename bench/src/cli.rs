@@ -128,9 +128,29 @@ pub struct Args {
     #[arg(long, allow_hyphen_values = true)]
     pub engram_arg: Vec<String>,
 
-    /// Only run on these systems with --compare (etcd, engram).
+    /// Only run on these systems with --compare or --scale (etcd, engram).
     #[arg(long, value_delimiter = ',', default_values_t = [String::from("etcd"), String::from("engram")])]
     pub systems: Vec<String>,
+
+    /// Draw the results as an SVG chart into this file: bars of ops/s and p99 per
+    /// system (single run, --compare), or lines against stored keys (--scale).
+    #[arg(long)]
+    pub chart: Option<PathBuf>,
+
+    /// Measure write throughput and p99 as the store grows: on a fresh server of each
+    /// system, preload --value-size values up to each --scale-steps count, then run a
+    /// `create` workload of --ops operations (--workload is ignored).
+    #[arg(long)]
+    pub scale: bool,
+
+    /// --scale: store sizes (keys) to measure at, ascending. etcd steps that would pass
+    /// its backend quota (2 GiB by default) are skipped.
+    #[arg(long, value_delimiter = ',', default_values_t = [100_000u64, 200_000, 400_000])]
+    pub scale_steps: Vec<u64>,
+
+    /// --scale: concurrent preload requests (each a Txn of up to 128 puts).
+    #[arg(long, default_value_t = 32)]
+    pub preload_clients: usize,
 }
 
 impl Args {
@@ -162,6 +182,20 @@ impl Args {
         }
         if !(self.max_duration.is_finite() && self.max_duration > 0.0) {
             return Err("--max-duration must be positive".into());
+        }
+        if self.scale {
+            if self.compare {
+                return Err("--scale and --compare are separate modes".into());
+            }
+            self.scale_steps.sort_unstable();
+            self.scale_steps.dedup();
+            if self.scale_steps.is_empty() || self.scale_steps[0] == 0 {
+                return Err("--scale-steps must be positive key counts".into());
+            }
+            if self.preload_clients == 0 {
+                return Err("--preload-clients must be at least 1".into());
+            }
+            self.workload = WorkloadKind::Create;
         }
         for s in &self.systems {
             if s != "etcd" && s != "engram" {

@@ -1,8 +1,10 @@
 //! `engram-bench`: load generator for etcd v3 servers, and `--compare` mode that runs
 //! the same workload on a fresh real etcd 3.5 and a fresh engram.
 
+mod chart;
 mod cli;
 mod report;
+mod scale;
 mod servers;
 mod stats;
 mod workloads;
@@ -54,6 +56,18 @@ fn main() -> ExitCode {
 }
 
 async fn main_async(args: &Args) -> Result<()> {
+    if args.scale {
+        let systems = scale::run(args, STARTUP_TIMEOUT).await?;
+        print!("{}", scale::tables(args, &systems));
+        if let Some(path) = &args.json {
+            report::write_text(path, &scale::to_json(args, &systems))?;
+        }
+        if let Some(path) = &args.chart {
+            chart::write(path, &scale::chart_svg(args, &systems)?)?;
+            eprintln!("engram-bench: chart written to {}", path.display());
+        }
+        return Ok(());
+    }
     let reports = if args.compare {
         compare(args).await?
     } else {
@@ -71,6 +85,11 @@ async fn main_async(args: &Args) -> Result<()> {
     if let Some(path) = &args.json {
         report::write_json(path, args, &reports)?;
     }
+    if let Some(path) = &args.chart {
+        let bars: Vec<chart::Bar> = reports.iter().map(chart::Bar::from_report).collect();
+        chart::write(path, &chart::bars_svg(&report::describe(args), &bars)?)?;
+        eprintln!("engram-bench: chart written to {}", path.display());
+    }
     Ok(())
 }
 
@@ -79,22 +98,8 @@ async fn main_async(args: &Args) -> Result<()> {
 async fn compare(args: &Args) -> Result<Vec<SystemReport>> {
     let mut out = Vec::new();
     for name in &args.systems {
-        let system = if name == "etcd" {
-            System::Etcd
-        } else {
-            System::Engram
-        };
-        let mut server = match system {
-            System::Etcd => {
-                let bin = servers::find_etcd(args.etcd_bin.as_deref())?;
-                Server::start_etcd(&bin, &args.etcd_arg)?
-            }
-            System::Engram => {
-                let bin = servers::find_engram(&args.engram_bin)?;
-                Server::start_engram(&bin, &args.engram_arg)?
-            }
-        };
-        server.wait_ready(STARTUP_TIMEOUT).await?;
+        let system = System::from_name(name);
+        let mut server = Server::start(system, args, STARTUP_TIMEOUT).await?;
         eprintln!(
             "engram-bench: {} {} at {} (data {}): preparing {}",
             system.name(),

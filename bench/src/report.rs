@@ -75,14 +75,40 @@ pub fn describe(args: &Args) -> String {
     s
 }
 
-fn ratio(a: Option<f64>, b: Option<f64>) -> String {
+/// Aligns rows of cells: the first column left-aligned, the others right-aligned.
+pub fn render(lines: &[Vec<String>]) -> String {
+    let cols = lines.iter().map(Vec::len).max().unwrap_or(0);
+    let widths: Vec<usize> = (0..cols)
+        .map(|c| {
+            lines
+                .iter()
+                .map(|l| l.get(c).map_or(0, |s| s.chars().count()))
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for l in lines {
+        for (c, cell) in l.iter().enumerate() {
+            if c == 0 {
+                let _ = write!(out, "{cell:<w$}", w = widths[c]);
+            } else {
+                let _ = write!(out, "  {cell:>w$}", w = widths[c]);
+            }
+        }
+        out.push('\n');
+    }
+    out
+}
+
+pub fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
         _ => "-".into(),
     }
 }
 
-fn num(v: Option<f64>, prec: usize) -> String {
+pub fn num(v: Option<f64>, prec: usize) -> String {
     v.map_or_else(|| "-".into(), |v| format!("{v:.prec$}"))
 }
 
@@ -125,23 +151,11 @@ pub fn table(args: &Args, systems: &[SystemReport]) -> String {
         }
         lines.push(line);
     }
-    let widths: Vec<usize> = (0..lines[0].len())
-        .map(|c| lines.iter().map(|l| l[c].len()).max().unwrap_or(0))
-        .collect();
     let mut out = format!("{}\n", describe(args));
     if args.workload == crate::cli::WorkloadKind::Watch {
         out.push_str("(ops = puts; latencies = put-sent -> event-received, per watcher)\n");
     }
-    for l in &lines {
-        for (c, cell) in l.iter().enumerate() {
-            if c == 0 {
-                let _ = write!(out, "{cell:<w$}", w = widths[c]);
-            } else {
-                let _ = write!(out, "  {cell:>w$}", w = widths[c]);
-            }
-        }
-        out.push('\n');
-    }
+    out.push_str(&render(&lines));
     for s in systems {
         let _ = writeln!(out, "errors {}: {}", s.system, s.errors_text());
         if !s.run.stats.counters.is_empty() {
@@ -203,6 +217,11 @@ pub fn to_json(args: &Args, systems: &[SystemReport]) -> Value {
 }
 
 pub fn write_json(path: &Path, args: &Args, systems: &[SystemReport]) -> Result<()> {
-    let text = serde_json::to_string_pretty(&to_json(args, systems))?;
+    write_text(path, &to_json(args, systems))
+}
+
+/// Writes `v` as pretty-printed JSON.
+pub fn write_text(path: &Path, v: &Value) -> Result<()> {
+    let text = serde_json::to_string_pretty(v)?;
     std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))
 }

@@ -15,6 +15,8 @@ use etcdpb::etcdserverpb::StatusRequest;
 use etcdpb::etcdserverpb::maintenance_client::MaintenanceClient;
 use tempfile::TempDir;
 
+use crate::cli::Args;
+
 /// Which server implementation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum System {
@@ -23,6 +25,15 @@ pub enum System {
 }
 
 impl System {
+    /// "etcd" or "engram" (anything else is taken as engram; `Args::check` rejects it).
+    pub fn from_name(name: &str) -> System {
+        if name == "etcd" {
+            System::Etcd
+        } else {
+            System::Engram
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             System::Etcd => "etcd",
@@ -92,6 +103,22 @@ impl Server {
         ];
         args.extend(extra.iter().cloned());
         Server::spawn(System::Etcd, bin, &args, client, dir)
+    }
+
+    /// Starts a fresh server of `system` as the flags say, and waits until it answers.
+    pub async fn start(system: System, args: &Args, timeout: Duration) -> Result<Server> {
+        let mut server = match system {
+            System::Etcd => {
+                let bin = find_etcd(args.etcd_bin.as_deref())?;
+                Server::start_etcd(&bin, &args.etcd_arg)?
+            }
+            System::Engram => {
+                let bin = find_engram(&args.engram_bin)?;
+                Server::start_engram(&bin, &args.engram_arg)?
+            }
+        };
+        server.wait_ready(timeout).await?;
+        Ok(server)
     }
 
     /// Starts engram on a fresh data dir (plus `extra` flags).
