@@ -161,8 +161,7 @@ async fn version() -> Response {
 }
 
 async fn metrics_text<E: Engine>(State(state): State<HttpState<E>>) -> Response {
-    state.metrics.observe_store(&state.store);
-    let (body, content_type) = state.metrics.encode();
+    let (body, content_type) = state.metrics.scrape(&state.store).await;
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 

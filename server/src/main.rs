@@ -178,7 +178,6 @@ async fn serve<E: Engine>(config: Config, engine: E) -> Result<(), BoxError> {
                 identity,
                 config.name.clone(),
                 advertised,
-                revision.clone(),
             ))
             .max_encoding_message_size(MAX_SEND_BYTES),
         )

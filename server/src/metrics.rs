@@ -1,15 +1,20 @@
 //! Prometheus metrics, named as etcd names them where etcd has the metric, so that existing
 //! dashboards and alerts keep working.
 //!
-//! Gauges that mirror the store's state are refreshed when `/metrics` is scraped; per-RPC
-//! counters and latencies come from [`GrpcMetricsLayer`], a tower layer on the gRPC server that
-//! records what go-grpc-prometheus records for etcd (`grpc_server_*`).
+//! Gauges that mirror the store's state are refreshed when `/metrics` is scraped, and the
+//! store's own counters and histograms (`Store::stats`, plain atomics in the backend) and the
+//! watch gauges (`watch::stats`) are read then too; per-RPC counters and latencies come from
+//! [`GrpcMetricsLayer`], a tower layer on the gRPC server that records what go-grpc-prometheus
+//! records for etcd (`grpc_server_*`).
 
 use crate::service::maintenance::ETCD_API_VERSION;
 use backend::Store;
 use backend::engine::Engine;
+use backend::store::stats::HistogramSnapshot;
 use bytes::Bytes;
+use etcdpb::etcdserverpb::RangeRequest;
 use http_body::{Body, Frame, SizeHint};
+use prometheus::proto::{self, MetricFamily, MetricType};
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
@@ -31,6 +36,9 @@ pub struct Metrics {
     current_revision: IntGauge,
     compact_revision: IntGauge,
     leases: IntGauge,
+    keys: IntGauge,
+    watch_streams: IntGauge,
+    watchers: IntGauge,
     pub health_success: IntCounter,
     pub health_failures: IntCounter,
     grpc_started: IntCounterVec,
@@ -133,6 +141,15 @@ impl Metrics {
             )?,
             // etcd has no gauge of live leases (only granted/revoked counters).
             leases: gauge("engram_lease_active", "Number of leases currently granted.")?,
+            keys: gauge("etcd_debugging_mvcc_keys_total", "Total number of keys.")?,
+            watch_streams: gauge(
+                "etcd_debugging_mvcc_watch_stream_total",
+                "Total number of watch streams.",
+            )?,
+            watchers: gauge(
+                "etcd_debugging_mvcc_watcher_total",
+                "Total number of watchers.",
+            )?,
             health_success: counter(
                 "etcd_server_health_success",
                 "The total number of successful health checks",
@@ -149,7 +166,7 @@ impl Metrics {
     }
 
     /// Copies the store's state into the gauges that mirror it.
-    pub fn observe_store<E: Engine>(&self, store: &Store<E>) {
+    fn observe_store<E: Engine>(&self, store: &Store<E>) {
         let size = i64::try_from(store.engine().size_on_disk()).unwrap_or(i64::MAX);
         self.db_total_size.set(size);
         self.db_total_size_in_use.set(size);
@@ -159,15 +176,115 @@ impl Metrics {
             .set(i64::try_from(store.lease_ids().len()).unwrap_or(i64::MAX));
     }
 
-    /// Every metric in Prometheus' text exposition format, with its content type.
-    pub fn encode(&self) -> (String, String) {
+    /// What `/metrics` answers: the store's state read now, and every metric.
+    pub async fn scrape<E: Engine>(&self, store: &Store<E>) -> (String, String) {
+        self.observe_store(store);
+        // Live keys: a count-only Range over the whole keyspace. Fine at today's sizes; a
+        // counter kept by the writer would make it O(1).
+        let all = RangeRequest {
+            key: Bytes::from_static(b"\0"),
+            range_end: Bytes::from_static(b"\0"),
+            count_only: true,
+            serializable: true,
+            ..Default::default()
+        };
+        match store.range(&all).await {
+            Ok(resp) => self.keys.set(resp.count),
+            Err(err) => tracing::warn!(%err, "counting keys for /metrics"),
+        }
+        self.watch_streams.set(watch::stats::streams());
+        self.watchers.set(watch::stats::watchers());
+        self.encode_with(store_families(store.stats()))
+    }
+
+    /// Every metric, with `extra` families, in Prometheus' text exposition format, and its
+    /// content type.
+    fn encode_with(&self, extra: Vec<MetricFamily>) -> (String, String) {
         let encoder = TextEncoder::new();
+        let mut families = self.registry.gather();
+        families.extend(extra);
+        families.sort_by(|a, b| a.name().cmp(b.name()));
         let mut text = String::new();
-        if let Err(err) = encoder.encode_utf8(&self.registry.gather(), &mut text) {
+        if let Err(err) = encoder.encode_utf8(&families, &mut text) {
             tracing::warn!(%err, "encoding metrics");
         }
         (text, encoder.format_type().to_string())
     }
+}
+
+/// The store's counters and histograms, as metric families (they are kept by the backend, so
+/// they are not prometheus metrics until they are read here).
+fn store_families(stats: &backend::store::stats::StoreStats) -> Vec<MetricFamily> {
+    vec![
+        counter_family(
+            "etcd_debugging_lease_granted_total",
+            "The total number of granted leases.",
+            stats.leases_granted(),
+        ),
+        counter_family(
+            "etcd_debugging_lease_revoked_total",
+            "The total number of revoked leases.",
+            stats.leases_revoked(),
+        ),
+        counter_family(
+            "etcd_debugging_lease_renewed_total",
+            "The number of renewed leases seen by the leader.",
+            stats.leases_renewed(),
+        ),
+        histogram_family(
+            "etcd_disk_backend_commit_duration_seconds",
+            "The latency distributions of commit called by backend.",
+            &stats.commit_seconds.snapshot(),
+        ),
+        histogram_family(
+            "engram_write_batch_requests",
+            "Requests per group-commit batch of the writer.",
+            &stats.batch_requests.snapshot(),
+        ),
+        histogram_family(
+            "engram_write_batch_seconds",
+            "Time to evaluate and commit one group-commit batch, in seconds.",
+            &stats.batch_seconds.snapshot(),
+        ),
+    ]
+}
+
+fn family(name: &str, help: &str, kind: MetricType, metric: proto::Metric) -> MetricFamily {
+    let mut family = MetricFamily::default();
+    family.set_name(name.to_string());
+    family.set_help(help.to_string());
+    family.set_field_type(kind);
+    family.set_metric(vec![metric]);
+    family
+}
+
+fn counter_family(name: &str, help: &str, value: u64) -> MetricFamily {
+    let mut counter = proto::Counter::default();
+    counter.set_value(value as f64);
+    let mut metric = proto::Metric::default();
+    metric.set_counter(counter);
+    family(name, help, MetricType::COUNTER, metric)
+}
+
+fn histogram_family(name: &str, help: &str, snapshot: &HistogramSnapshot) -> MetricFamily {
+    let mut histogram = proto::Histogram::default();
+    histogram.set_sample_count(snapshot.count);
+    histogram.set_sample_sum(snapshot.sum);
+    histogram.set_bucket(
+        snapshot
+            .buckets
+            .iter()
+            .map(|&(upper, count)| {
+                let mut bucket = proto::Bucket::default();
+                bucket.set_upper_bound(upper);
+                bucket.set_cumulative_count(count);
+                bucket
+            })
+            .collect(),
+    );
+    let mut metric = proto::Metric::default();
+    metric.set_histogram(histogram);
+    family(name, help, MetricType::HISTOGRAM, metric)
 }
 
 /// Counts and times every gRPC call the server handles, as go-grpc-prometheus does for etcd.
@@ -369,7 +486,7 @@ mod tests {
     #[test]
     fn exposes_etcd_names() {
         let metrics = Metrics::new().expect("metrics");
-        let (text, content_type) = metrics.encode();
+        let (text, content_type) = metrics.encode_with(Vec::new());
         assert!(content_type.starts_with("text/plain"));
         for name in [
             "etcd_server_has_leader 1",
@@ -380,6 +497,35 @@ mod tests {
             "etcd_debugging_mvcc_current_revision",
         ] {
             assert!(text.contains(name), "{name} missing from:\n{text}");
+        }
+    }
+
+    #[test]
+    fn store_stats_encode_as_counters_and_histograms() {
+        let stats = backend::store::stats::StoreStats::default();
+        stats.record_batch(backend::store::stats::BatchSample {
+            requests: 3,
+            total: std::time::Duration::from_micros(1500),
+            commit: Some(std::time::Duration::from_micros(500)),
+            leases_granted: 1,
+            leases_revoked: 0,
+        });
+        let metrics = Metrics::new().expect("metrics");
+        let (text, _) = metrics.encode_with(store_families(&stats));
+        for line in [
+            "# TYPE etcd_debugging_lease_granted_total counter",
+            "etcd_debugging_lease_granted_total 1",
+            "etcd_debugging_lease_revoked_total 0",
+            "# TYPE etcd_disk_backend_commit_duration_seconds histogram",
+            "etcd_disk_backend_commit_duration_seconds_bucket{le=\"0.001\"} 1",
+            "etcd_disk_backend_commit_duration_seconds_bucket{le=\"+Inf\"} 1",
+            "etcd_disk_backend_commit_duration_seconds_count 1",
+            "engram_write_batch_requests_bucket{le=\"2\"} 0",
+            "engram_write_batch_requests_bucket{le=\"4\"} 1",
+            "engram_write_batch_requests_sum 3",
+            "engram_write_batch_seconds_bucket{le=\"0.002\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from:\n{text}");
         }
     }
 }

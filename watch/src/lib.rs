@@ -9,6 +9,7 @@
 
 pub mod hub;
 pub mod source;
+pub mod stats;
 pub mod stream;
 mod watcher;
 

@@ -2,6 +2,7 @@
 
 use crate::hub::{Hub, Window};
 use crate::source::HistorySource;
+use crate::stats::{self, StreamStats};
 use crate::watcher::Watcher;
 use backend::CommittedRevision;
 use backend::kv::KvError;
@@ -49,6 +50,8 @@ struct Session<H> {
     progress_requested: bool,
     /// The highest revision any header on this stream carried: headers never go back.
     header_revision: i64,
+    /// This stream's part of the stream and watcher gauges.
+    stats: StreamStats,
 }
 
 /// Serves one watch stream until the client closes it: reads requests from `inbound`, writes
@@ -77,6 +80,7 @@ pub async fn serve<H, In>(
         next_id: 0,
         progress_requested: false,
         header_revision,
+        stats: StreamStats::open(&stats::GLOBAL),
     };
     loop {
         let behind = match session.deliver().await {
@@ -129,6 +133,7 @@ impl<H: HistorySource> Session<H> {
             Some(RequestUnion::CreateRequest(create)) => self.create(create).await,
             Some(RequestUnion::CancelRequest(cancel)) => {
                 if self.watchers.remove(&cancel.watch_id).is_some() {
+                    self.stats.watcher_removed();
                     let header = self.header(self.hub.latest());
                     self.send(WatchResponse {
                         header,
@@ -186,6 +191,7 @@ impl<H: HistorySource> Session<H> {
                     self.next_id += 1;
                 }
                 self.watchers.insert(id, watcher);
+                self.stats.watcher_added();
                 self.send(WatchResponse {
                     header,
                     watch_id: id,

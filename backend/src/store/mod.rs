@@ -10,6 +10,7 @@ mod compactor;
 mod expiry;
 mod history;
 mod maintenance;
+pub mod stats;
 mod writer;
 
 pub use writer::{CommitListener, CommittedRevision};
@@ -72,6 +73,10 @@ struct Shared<E> {
     /// applier): Put, a Txn with a Put on any path, LeaseGrant. Reads, deletes and
     /// compaction go on, so an operator can make room.
     no_space: std::sync::atomic::AtomicBool,
+    /// Counters and histograms of the writer's batches and the leases.
+    stats: stats::StoreStats,
+    /// Counts of ranges at fixed revisions, for the pages of a list.
+    counts: crate::mvcc::count_cache::CountCache,
 }
 
 /// A handle to the store; cheap to clone.
@@ -127,6 +132,8 @@ impl<E: Engine> Store<E> {
             compacted: AtomicI64::new(compacted),
             leases,
             no_space: Default::default(),
+            counts: Default::default(),
+            stats: Default::default(),
         });
         let (writer_tx, writer_rx) = mpsc::channel(options.max_batch.max(1) * 4);
         let (compact_tx, compact_rx) = tokio::sync::watch::channel(compacted);
@@ -172,6 +179,11 @@ impl<E: Engine> Store<E> {
         &self.shared.engine
     }
 
+    /// What the store has done since it opened (batches, commit times, leases).
+    pub fn stats(&self) -> &stats::StoreStats {
+        &self.shared.stats
+    }
+
     /// The published revision and a snapshot that contains it (taken in that order, so the
     /// snapshot holds every batch up to the revision).
     async fn snapshot(&self) -> KvResult<(ReadRevisions, E::Snapshot)> {
@@ -189,7 +201,8 @@ impl<E: Engine> Store<E> {
     pub async fn range(&self, req: &RangeRequest) -> KvResult<RangeResponse> {
         validate::check_range(req)?;
         let (revs, snapshot) = self.snapshot().await?;
-        crate::kv::range::range(&View::new(&snapshot), req, revs).await
+        let view = View::new(&snapshot).with_count_cache(&self.shared.counts);
+        crate::kv::range::range(&view, req, revs).await
     }
 
     /// Raises or clears the NOSPACE alarm.
@@ -287,7 +300,11 @@ impl<E: Engine> Store<E> {
 
     /// Renews lease `id` for its full TTL; None if it does not exist.
     pub fn lease_keep_alive(&self, id: i64) -> Option<i64> {
-        self.shared.leases.keep_alive(id)
+        let ttl = self.shared.leases.keep_alive(id);
+        if ttl.is_some() {
+            self.shared.stats.record_lease_renewed();
+        }
+        ttl
     }
 
     pub fn lease(&self, id: i64) -> Option<LeaseInfo> {

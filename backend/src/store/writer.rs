@@ -8,6 +8,7 @@ use crate::mvcc::overlay::Overlay;
 use crate::mvcc::record::{encode_counter, encode_index};
 use crate::mvcc::{Version, View};
 use crate::store::StoreOptions;
+use crate::store::stats::BatchSample;
 use bytes::Bytes;
 use etcdpb::etcdserverpb::{
     CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest, PutResponse,
@@ -117,6 +118,7 @@ async fn commit<E: Engine>(
     let mut revision = published;
     let mut committed = Vec::new();
     let mut replies = Vec::with_capacity(jobs.len());
+    let mut sample = BatchSample::default();
     for job in jobs {
         let mut apply = Apply {
             snapshot: &snapshot,
@@ -160,6 +162,11 @@ async fn commit<E: Engine>(
                 }
             }
         };
+        match &result {
+            Ok(Reply::LeaseGrant(_)) => sample.leases_granted += 1,
+            Ok(Reply::LeaseRevoke(_)) => sample.leases_revoked += 1,
+            _ => {}
+        }
         if apply.changed && result.is_ok() {
             revision += 1;
             committed.push(CommittedRevision {
@@ -189,6 +196,7 @@ async fn commit<E: Engine>(
         published,
         revision,
     );
+    let writing = (!batch.is_empty()).then(std::time::Instant::now);
     if !batch.is_empty()
         && let Err(err) = shared.engine.write(batch).await
     {
@@ -197,6 +205,10 @@ async fn commit<E: Engine>(
         }
         return Err(err);
     }
+    sample.commit = writing.map(|w| w.elapsed());
+    sample.requests = replies.len();
+    sample.total = started.elapsed();
+    shared.stats.record_batch(sample);
     tracing::trace!(
         requests = replies.len(),
         evaluate_us = evaluated.as_micros() as u64,

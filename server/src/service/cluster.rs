@@ -6,28 +6,20 @@ use etcdpb::etcdserverpb::{
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse, cluster_server::Cluster,
 };
-use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub struct ClusterService {
     identity: Identity,
     name: String,
     client_urls: Vec<String>,
-    revision: Arc<dyn Fn() -> i64 + Send + Sync>,
 }
 
 impl ClusterService {
-    pub fn new(
-        identity: Identity,
-        name: String,
-        client_urls: Vec<String>,
-        revision: Arc<dyn Fn() -> i64 + Send + Sync>,
-    ) -> Self {
+    pub fn new(identity: Identity, name: String, client_urls: Vec<String>) -> Self {
         ClusterService {
             identity,
             name,
             client_urls,
-            revision,
         }
     }
 }
@@ -77,7 +69,9 @@ impl Cluster for ClusterService {
             }],
             ..Default::default()
         };
-        self.identity.fill(&mut resp.header, (self.revision)());
+        // etcd answers MemberList from its membership store, not the KV store: its header
+        // carries no revision.
+        resp.header = Some(self.identity.header());
         Ok(Response::new(resp))
     }
 

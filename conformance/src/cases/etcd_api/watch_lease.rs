@@ -162,7 +162,9 @@ pub(super) async fn lease_basics(c: Ctx) -> Result<()> {
         .lease_time_to_live(LeaseTimeToLiveRequest { id, keys: true })
         .await?
         .into_inner();
-    let keys: Vec<String> = t.keys.iter().map(|k| c.n.key(k)).collect();
+    // etcd lists a lease's keys in no particular order (they come from a map).
+    let mut keys: Vec<String> = t.keys.iter().map(|k| c.n.key(k)).collect();
+    keys.sort();
     c.note(format!(
         "ttl with keys: id_same={} granted_ttl={} ttl_in_range={} keys={keys:?}",
         t.id == id,

@@ -1,0 +1,250 @@
+//! The store, watch and lease metrics of `/metrics` (etcd's names where etcd has the metric):
+//! after puts, deletes, watches and leases, each series exists with the value the operations
+//! imply; and the etcd-named ones have the type (and histogram buckets) the real etcd exposes.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use etcd_client::{GetOptions, PutOptions, WatchResponse, WatchStream};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use support::{Engram, Etcd};
+
+/// GET `/metrics` from `endpoint` (http://host:port) over plain HTTP/1.1.
+async fn scrape(endpoint: &str) -> String {
+    let hostport = endpoint.trim_start_matches("http://");
+    let tcp = tokio::net::TcpStream::connect(hostport)
+        .await
+        .unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .expect("HTTP/1.1 handshake");
+    tokio::spawn(conn);
+    let req = hyper::Request::get("/metrics")
+        .header("host", hostport)
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
+        .await
+        .expect("GET /metrics timed out")
+        .expect("GET /metrics");
+    assert_eq!(resp.status(), 200);
+    let body = resp.into_body().collect().await.expect("body").to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+/// The value of the sample `series` (name and labels exactly as exposed) in `text`.
+fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}
+
+fn must(text: &str, series: &str) -> f64 {
+    sample(text, series).unwrap_or_else(|| panic!("{series} missing from:\n{text}"))
+}
+
+/// The `le` bounds and cumulative counts of histogram `name`, in exposition order.
+fn buckets(text: &str, name: &str) -> Vec<(String, f64)> {
+    let prefix = format!("{name}_bucket{{le=\"");
+    text.lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix(&prefix)?;
+            let (le, value) = rest.split_once("\"} ")?;
+            Some((le.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Checks that histogram `name` is well formed (cumulative, `+Inf` equals the count) and
+/// returns its count.
+fn histogram_count(text: &str, name: &str) -> f64 {
+    let b = buckets(text, name);
+    assert!(!b.is_empty(), "{name} has no buckets:\n{text}");
+    assert!(b.windows(2).all(|w| w[0].1 <= w[1].1), "{name}: {b:?}");
+    let count = must(text, &format!("{name}_count"));
+    assert_eq!(
+        b.last().map(|(le, n)| (le.as_str(), *n)),
+        Some(("+Inf", count))
+    );
+    assert!(must(text, &format!("{name}_sum")) >= 0.0);
+    count
+}
+
+/// Scrapes until `pred` holds (the watch gauges follow stream tasks that end asynchronously).
+async fn scrape_until(endpoint: &str, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = scrape(endpoint).await;
+        if pred(&text) {
+            return text;
+        }
+        assert!(Instant::now() < deadline, "{what} never held:\n{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Reads the next response of `stream`, which must announce a created watcher; returns its id.
+async fn created(stream: &mut WatchStream) -> i64 {
+    let resp: WatchResponse = tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("watch response in time")
+        .expect("watch response")
+        .expect("stream open");
+    assert!(resp.created() && !resp.canceled(), "{resp:?}");
+    resp.watch_id()
+}
+
+const WATCH_STREAMS: &str = "etcd_debugging_mvcc_watch_stream_total";
+const WATCHERS: &str = "etcd_debugging_mvcc_watcher_total";
+
+#[tokio::test]
+async fn store_watch_and_lease_metrics_follow_the_operations() {
+    let engram = Engram::start().await;
+    let endpoint = engram.endpoint();
+    let mut client = engram.client().await;
+
+    let before = scrape(&endpoint).await;
+    assert_eq!(sample(&before, "etcd_debugging_mvcc_keys_total"), Some(0.0));
+    assert_eq!(sample(&before, WATCH_STREAMS), Some(0.0));
+    assert_eq!(sample(&before, WATCHERS), Some(0.0));
+    assert_eq!(
+        sample(&before, "etcd_debugging_lease_granted_total"),
+        Some(0.0)
+    );
+
+    // Keys: 5 created, one overwritten, one deleted, one more attached to a lease: 5 live.
+    let lease = client.lease_grant(60, None).await.expect("grant").id();
+    let doomed = client.lease_grant(60, None).await.expect("grant").id();
+    for i in 0..5 {
+        client.put(format!("k{i}"), "v", None).await.expect("put");
+    }
+    client.put("k0", "again", None).await.expect("overwrite");
+    client.delete("k4", None).await.expect("delete");
+    client
+        .put("leased", "v", Some(PutOptions::new().with_lease(lease)))
+        .await
+        .expect("put with lease");
+    client
+        .put("doomed", "v", Some(PutOptions::new().with_lease(doomed)))
+        .await
+        .expect("put with lease");
+    // Revoking deletes its key: back to 5 live keys.
+    client.lease_revoke(doomed).await.expect("revoke");
+    let (mut keeper, mut acks) = client.lease_keep_alive(lease).await.expect("keep-alive");
+    keeper.keep_alive().await.expect("send keep-alive");
+    let ack = acks.message().await.expect("keep-alive ack").expect("ack");
+    assert_eq!(ack.id(), lease);
+    let live = client
+        .get(
+            "",
+            Some(GetOptions::new().with_all_keys().with_count_only()),
+        )
+        .await
+        .expect("count")
+        .count();
+    assert_eq!(live, 5);
+
+    // Watches: stream A with two watchers, stream B with one that it then cancels.
+    let mut a = client.watch("k0", None).await.expect("watch A");
+    created(&mut a).await;
+    a.watch("k1", None).await.expect("second watcher on A");
+    created(&mut a).await;
+    let mut b = client.watch("k2", None).await.expect("watch B");
+    let id = created(&mut b).await;
+    b.cancel(id).await.expect("cancel on B");
+    let resp = b.message().await.expect("cancel response").expect("open");
+    assert!(resp.canceled(), "{resp:?}");
+
+    let m = scrape_until(&endpoint, "2 streams, 2 watchers", |m| {
+        sample(m, WATCH_STREAMS) == Some(2.0) && sample(m, WATCHERS) == Some(2.0)
+    })
+    .await;
+    assert_eq!(
+        must(&m, "etcd_debugging_mvcc_keys_total"),
+        live as f64,
+        "keys_total must equal the live keys"
+    );
+    assert_eq!(must(&m, "etcd_debugging_lease_granted_total"), 2.0);
+    assert_eq!(must(&m, "etcd_debugging_lease_revoked_total"), 1.0);
+    assert!(must(&m, "etcd_debugging_lease_renewed_total") >= 1.0);
+    assert_eq!(must(&m, "engram_lease_active"), 1.0);
+
+    // Group commit: every write went through some batch, each batch is timed, and every batch
+    // that wrote was timed at the engine.
+    let batches = histogram_count(&m, "engram_write_batch_requests");
+    assert!(batches > 0.0, "{m}");
+    // 2 grants + 8 puts + 1 delete + 1 revoke, at least (the compactor may add its own).
+    assert!(must(&m, "engram_write_batch_requests_sum") >= 12.0, "{m}");
+    assert!(must(&m, "engram_write_batch_requests_sum") >= batches);
+    assert_eq!(histogram_count(&m, "engram_write_batch_seconds"), batches);
+    let commits = histogram_count(&m, "etcd_disk_backend_commit_duration_seconds");
+    assert!(
+        commits > 0.0 && commits <= batches,
+        "{commits} of {batches}"
+    );
+
+    // Closing stream B, then A, takes their watchers off the gauges.
+    drop(b);
+    scrape_until(&endpoint, "1 stream, 2 watchers", |m| {
+        sample(m, WATCH_STREAMS) == Some(1.0) && sample(m, WATCHERS) == Some(2.0)
+    })
+    .await;
+    drop(a);
+    scrape_until(&endpoint, "no streams, no watchers", |m| {
+        sample(m, WATCH_STREAMS) == Some(0.0) && sample(m, WATCHERS) == Some(0.0)
+    })
+    .await;
+
+    // More writes move the histograms on.
+    client.put("k9", "v", None).await.expect("put");
+    let after = scrape(&endpoint).await;
+    assert!(histogram_count(&after, "engram_write_batch_requests") > batches);
+    assert_eq!(must(&after, "etcd_debugging_mvcc_keys_total"), 6.0);
+}
+
+/// The etcd-named metrics have etcd's types, and the commit histogram etcd's buckets.
+#[tokio::test]
+async fn etcd_named_metrics_match_etcds() {
+    let (etcd, engram) = tokio::join!(Etcd::start(), Engram::start());
+    // Some traffic, so that etcd has committed and both have a commit histogram with samples.
+    for endpoint in [etcd.endpoint(), engram.endpoint()] {
+        let mut c = support::connect(&endpoint).await;
+        c.put("k", "v", None).await.expect("put");
+    }
+    let (e, g) = (
+        scrape(&etcd.endpoint()).await,
+        scrape(&engram.endpoint()).await,
+    );
+    for name in [
+        "etcd_debugging_mvcc_keys_total",
+        "etcd_debugging_mvcc_watch_stream_total",
+        "etcd_debugging_mvcc_watcher_total",
+        "etcd_debugging_lease_granted_total",
+        "etcd_debugging_lease_revoked_total",
+        "etcd_debugging_lease_renewed_total",
+        "etcd_disk_backend_commit_duration_seconds",
+    ] {
+        let type_line = |text: &str| {
+            let prefix = format!("# TYPE {name} ");
+            text.lines()
+                .find(|l| l.starts_with(&prefix))
+                .map(str::to_string)
+        };
+        assert!(type_line(&e).is_some(), "etcd lacks {name}");
+        assert_eq!(type_line(&e), type_line(&g), "{name}");
+    }
+    let les = |text: &str| -> BTreeSet<String> {
+        buckets(text, "etcd_disk_backend_commit_duration_seconds")
+            .into_iter()
+            .map(|(le, _)| le)
+            .collect()
+    };
+    assert_eq!(les(&e), les(&g));
+    // One key on each.
+    assert_eq!(sample(&e, "etcd_debugging_mvcc_keys_total"), Some(1.0));
+    assert_eq!(sample(&g, "etcd_debugging_mvcc_keys_total"), Some(1.0));
+}
