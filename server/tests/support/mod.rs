@@ -183,8 +183,10 @@ impl Proc {
         format!("http://127.0.0.1:{}", self.port)
     }
 
-    /// Waits until a KV read succeeds; panics with the log tail on timeout or exit.
-    async fn wait_ready(&mut self) {
+    /// Waits until a KV read succeeds; panics with the log tail on timeout or exit, except
+    /// when the port was taken between choosing it and the server binding it (other tests
+    /// run in parallel): then `Err(PortTaken)`, and the caller tries another port.
+    async fn wait_ready(&mut self) -> Result<(), PortTaken> {
         let deadline = Instant::now() + startup_timeout();
         let endpoint = self.endpoint();
         loop {
@@ -192,6 +194,10 @@ impl Proc {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
+                let tail = log_tail(&self.log, 5);
+                if tail.to_lowercase().contains("address already in use") {
+                    return Err(PortTaken);
+                }
                 panic!(
                     "{} exited during startup ({status}); log {}:\n{}",
                     self.what,
@@ -205,7 +211,7 @@ impl Proc {
             })
             .await;
             let last_err = match attempt {
-                Ok(Ok(_)) => return,
+                Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) => e.to_string(),
                 Err(_) => "attempt timed out".to_string(),
             };
@@ -269,41 +275,51 @@ impl Etcd {
             .prefix("engram-test-etcd-")
             .tempdir()
             .expect("create temp dir");
-        // Keep both listeners until just before the spawn so they get distinct ports.
-        let client_l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let peer_l = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = client_l.local_addr().unwrap().port();
-        let peer_port = peer_l.local_addr().unwrap().port();
-        drop((client_l, peer_l));
-        let client_url = format!("http://127.0.0.1:{port}");
-        let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let args: Vec<String> = [
-            "--name",
-            "harness",
-            "--data-dir",
-            &dir.path().join("data").to_string_lossy(),
-            "--listen-client-urls",
-            &client_url,
-            "--advertise-client-urls",
-            &client_url,
-            "--listen-peer-urls",
-            &peer_url,
-            "--initial-advertise-peer-urls",
-            &peer_url,
-            "--initial-cluster",
-            &format!("harness={peer_url}"),
-            "--initial-cluster-state",
-            "new",
-            "--initial-cluster-token",
-            &format!("harness-{port}"),
-            "--unsafe-no-fsync",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-        let log = dir.path().join("etcd.log");
-        let mut proc_ = Proc::spawn("etcd", &etcd_bin(), &args, port, &log);
-        proc_.wait_ready().await;
+        let mut attempts = 0;
+        let proc_ = loop {
+            // Keep both listeners until just before the spawn so they get distinct ports.
+            let client_l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let peer_l = TcpListener::bind("127.0.0.1:0").expect("bind");
+            let port = client_l.local_addr().unwrap().port();
+            let peer_port = peer_l.local_addr().unwrap().port();
+            drop((client_l, peer_l));
+            let client_url = format!("http://127.0.0.1:{port}");
+            let peer_url = format!("http://127.0.0.1:{peer_port}");
+            let args: Vec<String> = [
+                "--name",
+                "harness",
+                "--data-dir",
+                &dir.path().join("data").to_string_lossy(),
+                "--listen-client-urls",
+                &client_url,
+                "--advertise-client-urls",
+                &client_url,
+                "--listen-peer-urls",
+                &peer_url,
+                "--initial-advertise-peer-urls",
+                &peer_url,
+                "--initial-cluster",
+                &format!("harness={peer_url}"),
+                "--initial-cluster-state",
+                "new",
+                "--initial-cluster-token",
+                &format!("harness-{port}"),
+                "--unsafe-no-fsync",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+            let log = dir.path().join("etcd.log");
+            let mut proc_ = Proc::spawn("etcd", &etcd_bin(), &args, port, &log);
+            if proc_.wait_ready().await.is_ok() {
+                break proc_;
+            }
+            attempts += 1;
+            assert!(
+                attempts < PORT_ATTEMPTS,
+                "etcd: no free ports after {PORT_ATTEMPTS} attempts"
+            );
+        };
         Etcd { proc_, dir }
     }
 
@@ -324,6 +340,13 @@ impl Etcd {
     }
 }
 
+/// The port chosen for a server was taken by someone else before the server bound it.
+#[derive(Debug)]
+pub struct PortTaken;
+
+/// Attempts at starting a server on fresh ports before giving up.
+const PORT_ATTEMPTS: usize = 5;
+
 /// An engram server. `start()` uses a fresh temp dir; `start_in(dir)` uses `dir` as
 /// the data dir (the caller owns it). Logs always go to a temp dir owned by this value.
 pub struct Engram {
@@ -343,9 +366,7 @@ impl Engram {
             .tempdir()
             .expect("create temp dir");
         let data_dir = owned.path().join("data");
-        let mut e = Engram::launch(data_dir, Some(owned), Vec::new());
-        e.proc_.wait_ready().await;
-        e
+        Engram::launch(data_dir, Some(owned), Vec::new()).await
     }
 
     /// Like `start()` with `extra_args` after the harness's flags. The harness still waits
@@ -357,23 +378,20 @@ impl Engram {
             .tempdir()
             .expect("create temp dir");
         let data_dir = owned.path().join("data");
-        let mut e = Engram::launch(data_dir, Some(owned), extra_args.to_vec());
-        e.proc_.wait_ready().await;
-        e
+        Engram::launch(data_dir, Some(owned), extra_args.to_vec()).await
     }
 
     pub async fn start_in(dir: &Path) -> Engram {
-        let mut e = Engram::launch(dir.to_path_buf(), None, Vec::new());
-        e.proc_.wait_ready().await;
-        e
+        Engram::launch(dir.to_path_buf(), None, Vec::new()).await
     }
 
-    fn launch(data_dir: PathBuf, owned: Option<TempDir>, extra_args: Vec<String>) -> Engram {
+    async fn launch(data_dir: PathBuf, owned: Option<TempDir>, extra_args: Vec<String>) -> Engram {
         let logs = tempfile::Builder::new()
             .prefix("engram-test-log-")
             .tempdir()
             .expect("create temp dir");
-        let proc_ = Engram::spawn(&data_dir, &logs.path().join("engram.log"), &extra_args);
+        let proc_ =
+            Engram::spawn_ready(&data_dir, &logs.path().join("engram.log"), &extra_args).await;
         Engram {
             proc_,
             data_dir,
@@ -381,6 +399,17 @@ impl Engram {
             extra_args,
             _owned: owned,
         }
+    }
+
+    /// Spawns on a fresh port until one is not taken by the time engram binds it.
+    async fn spawn_ready(data_dir: &Path, log: &Path, extra_args: &[String]) -> Proc {
+        for _ in 0..PORT_ATTEMPTS {
+            let mut proc_ = Engram::spawn(data_dir, log, extra_args);
+            if proc_.wait_ready().await.is_ok() {
+                return proc_;
+            }
+        }
+        panic!("engram: no free port after {PORT_ATTEMPTS} attempts")
     }
 
     fn spawn(data_dir: &Path, log: &Path, extra_args: &[String]) -> Proc {
@@ -409,12 +438,12 @@ impl Engram {
     /// process listens on a new port: take `endpoint()`/`client()` again afterwards.
     pub async fn restart(&mut self) {
         self.proc_.kill();
-        self.proc_ = Engram::spawn(
+        self.proc_ = Engram::spawn_ready(
             &self.data_dir,
             &self.logs.path().join("engram.log"),
             &self.extra_args,
-        );
-        self.proc_.wait_ready().await;
+        )
+        .await;
     }
 
     pub fn endpoint(&self) -> String {
