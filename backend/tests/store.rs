@@ -9,6 +9,8 @@ use etcdpb::etcdserverpb::{
     CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
     TxnRequest, compare, request_op::Request,
 };
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 fn put(key: &str, value: &str) -> PutRequest {
@@ -127,6 +129,9 @@ async fn atomic_batches_under_concurrent_reads<E: Engine>(store: Store<E>) {
     const GROUPS: usize = 4;
     const KEYS: usize = 8;
     const WRITES: u64 = 80;
+    // Readers read for as long as writers write (and at least a few hundred times), so that
+    // the overlap does not depend on how fast this machine happens to be.
+    let writing = Arc::new(AtomicBool::new(true));
     let mut writers = Vec::new();
     for w in 0..8u64 {
         let store = store.clone();
@@ -143,9 +148,14 @@ async fn atomic_batches_under_concurrent_reads<E: Engine>(store: Store<E>) {
     let mut readers = Vec::new();
     for r in 0..4usize {
         let store = store.clone();
+        let writing = writing.clone();
         readers.push(tokio::spawn(async move {
             let mut checked = 0;
-            for i in 0..600usize {
+            let mut i = 0usize;
+            while i < 300 || writing.load(Ordering::Acquire) {
+                i += 1;
+                // Reads here may complete without ever waiting: give the writers their turn.
+                tokio::task::yield_now().await;
                 let group = (r + i) % GROUPS;
                 let now = store.revision();
                 let at = if i % 3 == 0 {
@@ -174,9 +184,6 @@ async fn atomic_batches_under_concurrent_reads<E: Engine>(store: Store<E>) {
                     }
                 }
                 checked += 1;
-                if i % 16 == 0 {
-                    tokio::task::yield_now().await;
-                }
             }
             checked
         }));
@@ -184,6 +191,7 @@ async fn atomic_batches_under_concurrent_reads<E: Engine>(store: Store<E>) {
     for w in writers {
         w.await.unwrap();
     }
+    writing.store(false, Ordering::Release);
     let mut checked = 0;
     for r in readers {
         checked += r.await.unwrap();
