@@ -158,7 +158,7 @@ async fn atomic_batches_under_concurrent_reads<E: Engine>(store: Store<E>) {
                 tokio::task::yield_now().await;
                 let group = (r + i) % GROUPS;
                 let now = store.revision();
-                let at = if i % 3 == 0 {
+                let at = if i.is_multiple_of(3) {
                     (now - (i as i64 % 7)).max(1)
                 } else {
                     0
