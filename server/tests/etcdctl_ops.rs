@@ -15,9 +15,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -231,27 +228,7 @@ fn granted_id(run: &Run, ttl: i64) -> i64 {
     i64::from_str_radix(hex, 16).unwrap_or_else(|e| panic!("lease id {hex}: {e}"))
 }
 
-/// GET `/metrics` from `endpoint` (http://host:port) over plain HTTP/1.1.
-async fn scrape(endpoint: &str) -> String {
-    let hostport = endpoint.trim_start_matches("http://");
-    let tcp = tokio::net::TcpStream::connect(hostport)
-        .await
-        .unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("HTTP/1.1 handshake");
-    tokio::spawn(conn);
-    let req = hyper::Request::get("/metrics")
-        .header("host", hostport)
-        .body(Empty::<Bytes>::new())
-        .expect("request");
-    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
-        .await
-        .expect("GET /metrics in time")
-        .expect("GET /metrics");
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    String::from_utf8_lossy(&body).into_owned()
-}
+use support::http::scrape;
 
 /// The open watchers of the server at `http`, from its `/metrics` (etcd and engram both
 /// expose `etcd_debugging_mvcc_watcher_total`).

@@ -4,56 +4,10 @@
 
 mod support;
 
-use std::time::Duration;
+use support::http::{Reply, get};
 
-use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use support::{Engram, Etcd, free_port};
-
-struct Reply {
-    status: u16,
-    content_type: String,
-    body: String,
-}
-
-/// GET `path` from `hostport` over plain HTTP/1.1.
-async fn get(hostport: &str, path: &str) -> Reply {
-    let tcp = tokio::net::TcpStream::connect(hostport)
-        .await
-        .unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("HTTP/1.1 handshake");
-    tokio::spawn(conn);
-    let req = hyper::Request::get(path)
-        .header("host", hostport)
-        .body(Empty::<Bytes>::new())
-        .expect("request");
-    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
-        .await
-        .unwrap_or_else(|_| panic!("GET {hostport}{path} timed out"))
-        .unwrap_or_else(|e| panic!("GET {hostport}{path}: {e}"));
-    let status = resp.status().as_u16();
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .expect("read body")
-        .to_bytes();
-    Reply {
-        status,
-        content_type,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
-}
 
 fn hostport(endpoint: &str) -> String {
     endpoint.trim_start_matches("http://").to_string()

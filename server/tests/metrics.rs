@@ -7,34 +7,10 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use etcd_client::{GetOptions, PutOptions, WatchResponse, WatchStream};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use support::{Engram, Etcd};
 
-/// GET `/metrics` from `endpoint` (http://host:port) over plain HTTP/1.1.
-async fn scrape(endpoint: &str) -> String {
-    let hostport = endpoint.trim_start_matches("http://");
-    let tcp = tokio::net::TcpStream::connect(hostport)
-        .await
-        .unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("HTTP/1.1 handshake");
-    tokio::spawn(conn);
-    let req = hyper::Request::get("/metrics")
-        .header("host", hostport)
-        .body(Empty::<Bytes>::new())
-        .expect("request");
-    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
-        .await
-        .expect("GET /metrics timed out")
-        .expect("GET /metrics");
-    assert_eq!(resp.status(), 200);
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    String::from_utf8_lossy(&body).into_owned()
-}
+use support::http::scrape;
 
 /// The value of the sample `series` (name and labels exactly as exposed) in `text`.
 fn sample(text: &str, series: &str) -> Option<f64> {

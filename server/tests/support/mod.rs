@@ -8,6 +8,7 @@
 
 pub mod canon;
 pub mod diff;
+pub mod http;
 pub mod watch;
 
 /// Declares one `#[tokio::test]` per differential scenario. Each scenario is an
