@@ -10,17 +10,14 @@
 mod support;
 
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use serde_json::Value;
-use support::{Engram, Etcd, etcdctl_bin, free_port, write_file};
+use support::pki::{Pki, path};
+use support::{Engram, Etcd, etcdctl_bin, free_port};
 use tempfile::TempDir;
 
 /// The version engram reports (etcd 3.5.13's API, for kube-apiserver's feature checks).
@@ -653,67 +650,6 @@ async fn etcdctl_endpoint_member_and_maintenance_commands() {
     let reference = maintenance_scenario(&Target::plain("etcd", etcd.endpoint()), dir.path());
     let subject = maintenance_scenario(&Target::plain("engram", engram.endpoint()), dir.path());
     compare("maintenance", &reference, &subject);
-}
-
-/// A CA, and the server's and a client's certificate from it (as in tls.rs).
-struct Pki {
-    _dir: TempDir,
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
-}
-
-impl Pki {
-    fn new() -> Pki {
-        let dir = TempDir::new().expect("temp dir");
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "engram test CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca_key = KeyPair::generate().expect("CA key");
-        let ca_pem = ca_params.self_signed(&ca_key).expect("self-sign").pem();
-        let issuer = Issuer::from_params(&ca_params, &ca_key);
-        let sign = |cn: &str, sans: &[&str], usage| {
-            let sans: Vec<String> = sans.iter().map(|s| s.to_string()).collect();
-            let mut params = CertificateParams::new(sans).expect("leaf params");
-            params.distinguished_name.push(DnType::CommonName, cn);
-            params.key_usages = vec![
-                KeyUsagePurpose::DigitalSignature,
-                KeyUsagePurpose::KeyEncipherment,
-            ];
-            params.extended_key_usages = vec![usage];
-            let key = KeyPair::generate().expect("leaf key");
-            let cert = params.signed_by(&key, &issuer).expect("sign leaf");
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_cert, server_key) = sign(
-            "engram",
-            &["127.0.0.1", "localhost"],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        );
-        let (client_cert, client_key) = sign("root", &[], ExtendedKeyUsagePurpose::ClientAuth);
-        let d = dir.path();
-        Pki {
-            ca: write_file(d, "ca.pem", &ca_pem),
-            server_cert: write_file(d, "server.pem", &server_cert),
-            server_key: write_file(d, "server-key.pem", &server_key),
-            client_cert: write_file(d, "client.pem", &client_cert),
-            client_key: write_file(d, "client-key.pem", &client_key),
-            _dir: dir,
-        }
-    }
-}
-
-fn path(p: &Path) -> String {
-    p.to_string_lossy().into_owned()
 }
 
 /// An engram serving https with client certificate authentication (and the harness's plain

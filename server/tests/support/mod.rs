@@ -9,6 +9,7 @@
 pub mod canon;
 pub mod diff;
 pub mod http;
+pub mod pki;
 pub mod watch;
 
 /// Declares one `#[tokio::test]` per differential scenario. Each scenario is an
