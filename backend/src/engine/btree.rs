@@ -87,14 +87,13 @@ pub struct BTreeSnapshot {
 }
 
 impl BTreeSnapshot {
-    fn scan_blocking(
+    /// The table's entries in `range`; None when the range is empty.
+    fn entries(
         &self,
         range: &KeyRange,
-        limit: usize,
-        reverse: bool,
-    ) -> EngineResult<Vec<Entry>> {
-        if limit == 0 || range.end.as_ref().is_some_and(|end| *end <= range.start) {
-            return Ok(Vec::new());
+    ) -> EngineResult<Option<redb::Range<'static, &'static [u8], &'static [u8]>>> {
+        if range.end.as_ref().is_some_and(|end| *end <= range.start) {
+            return Ok(None);
         }
         let upper = match &range.end {
             Some(end) => Bound::Excluded(&end[..]),
@@ -104,22 +103,7 @@ impl BTreeSnapshot {
             .table
             .range::<&[u8]>((Bound::Included(&range.start[..]), upper))
             .map_err(storage)?;
-        let mut out = Vec::with_capacity(limit.min(1024));
-        let mut push = |item: Result<_, redb::StorageError>| -> EngineResult<bool> {
-            let (k, v): (redb::AccessGuard<&[u8]>, redb::AccessGuard<&[u8]>) =
-                item.map_err(storage)?;
-            out.push((
-                Bytes::copy_from_slice(k.value()),
-                Bytes::copy_from_slice(v.value()),
-            ));
-            Ok(out.len() < limit)
-        };
-        for item in super::in_order(iter, reverse) {
-            if !push(item)? {
-                break;
-            }
-        }
-        Ok(out)
+        Ok(Some(iter))
     }
 }
 
@@ -128,17 +112,9 @@ impl Snapshot for BTreeSnapshot {
     where
         F: FnMut(&[u8], &[u8]) -> bool + Send,
     {
-        if limit == 0 || range.end.as_ref().is_some_and(|end| *end <= range.start) {
+        let Some(iter) = self.entries(range)?.filter(|_| limit > 0) else {
             return Ok(0);
-        }
-        let upper = match &range.end {
-            Some(end) => Bound::Excluded(&end[..]),
-            None => Bound::Unbounded,
         };
-        let iter = self
-            .table
-            .range::<&[u8]>((Bound::Included(&range.start[..]), upper))
-            .map_err(storage)?;
         let mut shown = 0;
         for item in iter {
             let (k, v) = item.map_err(storage)?;
@@ -161,7 +137,21 @@ impl Snapshot for BTreeSnapshot {
         limit: usize,
         reverse: bool,
     ) -> EngineResult<Vec<Entry>> {
-        self.scan_blocking(range, limit, reverse)
+        let Some(iter) = self.entries(range)?.filter(|_| limit > 0) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::with_capacity(limit.min(1024));
+        for item in super::in_order(iter, reverse) {
+            let (k, v) = item.map_err(storage)?;
+            out.push((
+                Bytes::copy_from_slice(k.value()),
+                Bytes::copy_from_slice(v.value()),
+            ));
+            if out.len() >= limit {
+                break;
+            }
+        }
+        Ok(out)
     }
 }
 
