@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/etcdserverpb/rpc.proto",
     "proto/mvccpb/kv.proto",
     "proto/authpb/auth.proto",
+    "proto/brainpb/brain.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -45,7 +45,8 @@ pub async fn dump<S: Snapshot>(
     let mut sent = 0usize;
     let mut buf = BytesMut::with_capacity(chunk + 1024);
     buf.put_slice(MAGIC);
-    let mut range = KeyRange::new(Bytes::new(), None);
+    // The members' election records stay behind: a restored store elects its own leader.
+    let mut range = crate::mvcc::keys::data_range();
     loop {
         let page = match snapshot.scan(&range, PAGE, false).await {
             Ok(page) => page,

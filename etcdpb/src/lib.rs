@@ -8,7 +8,9 @@
 //! `Cluster`, `Maintenance` and `Auth` services. All protobuf `bytes` fields
 //! are `bytes::Bytes`, so keys and values are shared rather than copied.
 //!
-//! The three modules mirror the protobuf packages and are siblings so that
+//! `brainpb` is Engram's own member-to-member service.
+//!
+//! The modules mirror the protobuf packages and are siblings so that
 //! the generated cross-package paths (`super::mvccpb::KeyValue`) resolve.
 
 /// Package `etcdserverpb`: the services and their request/response messages.
@@ -27,6 +29,13 @@ pub mod mvccpb {
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod authpb {
     include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
+}
+
+/// Package `brainpb`: Engram's own service between the members of a cluster (the leader's
+/// event log and ReadIndex); not part of etcd's API.
+#[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+pub mod brainpb {
+    include!(concat!(env!("OUT_DIR"), "/brainpb.rs"));
 }
 
 #[cfg(test)]

@@ -110,6 +110,11 @@ pub struct Config {
     /// connection (etcd's default: 20s). Clients may ping as often as they like.
     #[arg(long, default_value = "20s", value_parser = parse_duration)]
     pub grpc_keepalive_timeout: Duration,
+
+    /// How long the leader's record may go unrenewed before another member takes over: the
+    /// longest a dead leader's writes stall. The leader renews every third of it.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub election_lease: Duration,
 }
 
 /// Tools besides serving.

@@ -1,6 +1,7 @@
 //! etcd's HTTP endpoints, served on the client port next to gRPC (as etcd does) and on
 //! `--listen-metrics-urls`: `/health`, `/livez`, `/readyz`, `/version` and `/metrics`.
 
+use crate::brain::Brain;
 use crate::metrics::{ETCD_CLUSTER_VERSION, Metrics};
 use crate::service::maintenance::ETCD_API_VERSION;
 use axum::Router;
@@ -18,28 +19,32 @@ use std::time::Duration;
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct HttpState<E> {
-    store: Store<E>,
+    brain: Arc<Brain<E>>,
     metrics: Arc<Metrics>,
 }
 
 impl<E> Clone for HttpState<E> {
     fn clone(&self) -> Self {
         HttpState {
-            store: self.store.clone(),
+            brain: self.brain.clone(),
             metrics: self.metrics.clone(),
         }
     }
 }
 
 /// `router` (the gRPC services, or nothing) with the HTTP endpoints added.
-pub fn add_routes<E: Engine>(router: Router, store: Store<E>, metrics: Arc<Metrics>) -> Router {
+pub fn add_routes<E: Engine + Clone>(
+    router: Router,
+    brain: Arc<Brain<E>>,
+    metrics: Arc<Metrics>,
+) -> Router {
     let http = Router::new()
         .route("/health", get(health::<E>))
         .route("/livez", get(livez::<E>))
         .route("/readyz", get(readyz::<E>))
         .route("/version", get(version))
         .route("/metrics", get(metrics_text::<E>))
-        .with_state(HttpState { store, metrics });
+        .with_state(HttpState { brain, metrics });
     // The fallback replaces tonic's, which answers every unknown path with gRPC's Unimplemented.
     router.merge(http).fallback(not_found)
 }
@@ -59,7 +64,7 @@ async fn not_found(headers: http::HeaderMap) -> Response {
 }
 
 /// Whether the store can serve a read in time: etcd's `/health` check, a Range of one key.
-async fn check_read<E: Engine>(store: &Store<E>) -> Result<(), String> {
+async fn check_read<E: Engine + Clone>(store: &Store<E>) -> Result<(), String> {
     let req = RangeRequest {
         key: bytes::Bytes::from_static(b"health"),
         limit: 1,
@@ -87,8 +92,8 @@ fn text(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-async fn health<E: Engine>(State(state): State<HttpState<E>>) -> Response {
-    match check_read(&state.store).await {
+async fn health<E: Engine + Clone>(State(state): State<HttpState<E>>) -> Response {
+    match check_read(&state.brain.store()).await {
         Ok(()) => {
             state.metrics.health_success.inc();
             json(
@@ -110,7 +115,7 @@ async fn health<E: Engine>(State(state): State<HttpState<E>>) -> Response {
 
 /// etcd 3.6's `/livez` and `/readyz` (Kubernetes' healthz format): `ok`, or the failed checks
 /// and 503. `?verbose` lists every check.
-async fn probe<E: Engine>(
+async fn probe<E: Engine + Clone>(
     store: &Store<E>,
     uri: &Uri,
     what: &str,
@@ -143,14 +148,14 @@ async fn probe<E: Engine>(
     }
 }
 
-async fn livez<E: Engine>(State(state): State<HttpState<E>>, uri: Uri) -> Response {
-    probe(&state.store, &uri, "livez", &["serializable_read"]).await
+async fn livez<E: Engine + Clone>(State(state): State<HttpState<E>>, uri: Uri) -> Response {
+    probe(&state.brain.store(), &uri, "livez", &["serializable_read"]).await
 }
 
-async fn readyz<E: Engine>(State(state): State<HttpState<E>>, uri: Uri) -> Response {
+async fn readyz<E: Engine + Clone>(State(state): State<HttpState<E>>, uri: Uri) -> Response {
     // No corruption check or alarm exists yet: data_corruption always passes.
     let checks = ["data_corruption", "serializable_read", "linearizable_read"];
-    probe(&state.store, &uri, "readyz", &checks).await
+    probe(&state.brain.store(), &uri, "readyz", &checks).await
 }
 
 async fn version() -> Response {
@@ -160,8 +165,8 @@ async fn version() -> Response {
     )
 }
 
-async fn metrics_text<E: Engine>(State(state): State<HttpState<E>>) -> Response {
-    let (body, content_type) = state.metrics.scrape(&state.store).await;
+async fn metrics_text<E: Engine + Clone>(State(state): State<HttpState<E>>) -> Response {
+    let (body, content_type) = state.metrics.scrape(&state.brain.store()).await;
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 

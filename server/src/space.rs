@@ -1,9 +1,10 @@
 //! The NOSPACE alarm: raised when the store outgrows its quota or the disk under the data
 //! directory runs low, so that writes fail with etcd's error instead of the disk filling up.
 
-use backend::Store;
+use crate::brain::Brain;
 use backend::engine::Engine;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// What counts as out of space.
@@ -37,10 +38,11 @@ fn free_bytes(path: &Path) -> Option<u64> {
 /// Raises the alarm whenever the limits are crossed. Only an operator clears it (Alarm
 /// DEACTIVATE, `etcdctl alarm disarm`), as in etcd; it is raised again at the next check if the
 /// store is still over.
-pub async fn watch<E: Engine>(store: Store<E>, limits: SpaceLimits) {
+pub async fn watch<E: Engine + Clone>(brain: Arc<Brain<E>>, limits: SpaceLimits) {
     let mut ticker = tokio::time::interval(limits.interval);
     loop {
         ticker.tick().await;
+        let store = brain.store();
         if store.no_space() {
             continue;
         }

@@ -18,7 +18,7 @@ pub fn from_kv(err: KvError) -> Status {
         KvError::LeaseExists => Code::FailedPrecondition,
         KvError::LeaseTtlTooLarge => Code::OutOfRange,
         KvError::Compacted | KvError::FutureRevision => Code::OutOfRange,
-        KvError::Stopped => Code::Unavailable,
+        KvError::Stopped | KvError::NotLeader | KvError::NoLeader => Code::Unavailable,
         KvError::NoSpace => Code::ResourceExhausted,
         KvError::Engine(EngineError::ConditionFailed { .. }) => Code::Unavailable,
         KvError::Engine(EngineError::Storage(_)) => Code::Unavailable,

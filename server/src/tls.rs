@@ -123,3 +123,24 @@ pub fn incoming(
     });
     ReceiverStream::new(rx)
 }
+
+/// How this member reaches the leader when the leader's URL is `https://`: trusting
+/// --trusted-ca-file and presenting the member's own certificate (the one clients see), so a
+/// leader with --client-cert-auth accepts its followers.
+pub fn client_config(
+    config: &Config,
+) -> Result<Option<tonic::transport::ClientTlsConfig>, BoxError> {
+    let (Some(cert_file), Some(key_file)) = (&config.cert_file, &config.key_file) else {
+        return Ok(None);
+    };
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|e| BoxError::from(format!("{}: {e}", path.display())))
+    };
+    let mut tls = tonic::transport::ClientTlsConfig::new().identity(
+        tonic::transport::Identity::from_pem(read(cert_file)?, read(key_file)?),
+    );
+    if let Some(ca) = &config.trusted_ca_file {
+        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+    }
+    Ok(Some(tls))
+}

@@ -56,6 +56,24 @@ impl Hub {
         self.latest.subscribe()
     }
 
+    /// Empties the window and continues the log after `revision`, which may skip revisions the
+    /// log never saw (a member that becomes leader after following another: the store already
+    /// holds what it missed). Readers of skipped revisions find them evicted and read them from
+    /// the store. Never moves the log back.
+    pub fn restart_after(&self, revision: i64) {
+        {
+            let mut ring = self.ring();
+            let latest = ring.first + ring.revisions.len() as i64 - 1;
+            if revision <= latest {
+                return;
+            }
+            ring.revisions.clear();
+            ring.events = 0;
+            ring.first = revision + 1;
+        }
+        self.latest.send_replace(revision);
+    }
+
     /// Up to `max` revisions starting at `from`.
     pub fn read(&self, from: i64, max: usize) -> Window {
         let ring = self.ring();

@@ -6,8 +6,12 @@
 //! and is the only sender on it, so responses on a stream are totally ordered. A watcher reads
 //! forward from its next revision: from the window while it is there, from the store's history
 //! ([`HistorySource`]) when it is not, so falling behind costs latency, never events.
+//!
+//! A follower's hub is fed by the leader's log over [`replication`], so watchers on any
+//! member see the same revisions in the same order.
 
 pub mod hub;
+pub mod replication;
 pub mod source;
 pub mod stats;
 pub mod stream;

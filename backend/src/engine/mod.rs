@@ -9,6 +9,7 @@
 mod btree;
 mod lsm;
 mod memory;
+mod shared;
 
 pub use btree::BTreeEngine;
 pub use lsm::LsmEngine;

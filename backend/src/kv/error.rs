@@ -33,6 +33,12 @@ pub enum KvError {
     Compacted,
     #[error("etcdserver: mvcc: required revision is a future revision")]
     FutureRevision,
+    /// This member is not (or no longer) the leader: its writes would be fenced off.
+    #[error("etcdserver: not leader")]
+    NotLeader,
+    /// No leader is known right now (an election is under way).
+    #[error("etcdserver: no leader")]
+    NoLeader,
     /// The store is shutting down or its writer stopped after an engine failure.
     #[error("etcdserver: server stopped")]
     Stopped,

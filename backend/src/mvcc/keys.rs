@@ -13,6 +13,11 @@
 //! - `LEASE` holds each live lease's TTL (`id → ttl`), and `LEASE_KEYS` the keys attached to it
 //!   (`id ++ key → ""`), so revoking a lease finds its keys without scanning the keyspace.
 //!
+//! - `BRAIN` holds the members' own records, outside etcd's keyspace and its history: the
+//!   election term (the fencing token every leader batch is conditioned on), the leader record
+//!   and each member's registration. Hashes and backups leave it out: it describes who serves
+//!   the data, not the data.
+//!
 //! `enc` is an order-preserving, prefix-free escape of raw key bytes (`0x00` becomes
 //! `0x00 0xFF`, and `0x00 0x01` terminates), so user keys may contain any byte, byte ranges of
 //! user keys map to byte ranges of encoded keys, and no user key is a prefix of another's entries.
@@ -26,6 +31,7 @@ pub const REVS: u8 = 0x03;
 pub const LOG: u8 = 0x04;
 pub const LEASE: u8 = 0x05;
 pub const LEASE_KEYS: u8 = 0x06;
+pub const BRAIN: u8 = 0x07;
 
 const ESCAPE: u8 = 0xFF;
 const TERMINATOR: u8 = 0x01;
@@ -33,6 +39,38 @@ const TERMINATOR: u8 = 0x01;
 /// The durable current revision.
 pub fn meta_revision() -> Bytes {
     Bytes::from_static(b"\x01revision")
+}
+
+/// The election term: bumped by every leader takeover, and required unchanged by every batch a
+/// leader writes, so a deposed leader can never commit.
+pub fn brain_term() -> Bytes {
+    Bytes::from_static(b"\x07term")
+}
+
+/// Who leads, and how recently it renewed its lease.
+pub fn brain_leader() -> Bytes {
+    Bytes::from_static(b"\x07leader")
+}
+
+/// The registration of member `id` (its name and client URLs).
+pub fn brain_member(id: u64) -> Bytes {
+    let mut buf = BytesMut::with_capacity(15);
+    buf.put_slice(b"\x07member/");
+    buf.put_u64(id);
+    buf.freeze()
+}
+
+/// Every member's registration.
+pub fn brain_members() -> KeyRange {
+    KeyRange::new(
+        Bytes::from_static(b"\x07member/"),
+        Some(Bytes::from_static(b"\x07member0")),
+    )
+}
+
+/// Everything of etcd's keyspace and Engram's bookkeeping of it: all regions before `BRAIN`.
+pub fn data_range() -> KeyRange {
+    KeyRange::new(Bytes::new(), Some(Bytes::from_static(&[BRAIN])))
 }
 
 /// The durable compacted revision.

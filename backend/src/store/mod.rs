@@ -15,7 +15,7 @@ mod writer;
 
 pub use writer::{CommitListener, CommittedRevision};
 
-use crate::engine::{Engine, Snapshot};
+use crate::engine::{Condition, Engine, Snapshot};
 use crate::kv::{Apply, KvError, KvResult, ReadRevisions, validate};
 use crate::lease::{LeaseInfo, LeaseTable};
 use crate::mvcc::View;
@@ -48,6 +48,9 @@ pub struct StoreOptions {
     pub listener: Option<Arc<dyn CommitListener>>,
     /// Writes whose encoding is larger are refused (etcd's `--max-request-bytes`).
     pub max_request_bytes: usize,
+    /// The leader's fencing token: every batch the writer commits requires it, so that a
+    /// leader deposed by a newer election fails to write instead of overwriting its successor.
+    pub fence: Option<Condition>,
 }
 
 impl Default for StoreOptions {
@@ -56,6 +59,7 @@ impl Default for StoreOptions {
             max_batch: 1024,
             listener: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            fence: None,
         }
     }
 }
@@ -77,12 +81,69 @@ struct Shared<E> {
     stats: stats::StoreStats,
     /// Counts of ranges at fixed revisions, for the pages of a list.
     counts: crate::mvcc::count_cache::CountCache,
+    /// Tells waiters each newly published revision.
+    published: tokio::sync::watch::Sender<i64>,
+    /// Raised when a batch failed on the fence: another member leads now, and this store
+    /// accepts no more writes.
+    deposed: tokio::sync::watch::Sender<bool>,
+}
+
+impl<E> Shared<E> {
+    /// Makes `revision` the one readers see, and wakes whoever waits for it.
+    fn publish(&self, revision: i64) {
+        self.revision.store(revision, Ordering::Release);
+        self.published.send_replace(revision);
+    }
+}
+
+/// The durable state a store starts from.
+struct Recovered {
+    revision: i64,
+    compacted: i64,
+    swept: i64,
+    leases: LeaseTable,
+}
+
+async fn recover<E: Engine>(engine: &E) -> KvResult<Recovered> {
+    let snapshot = engine.snapshot().await?;
+    let counter = |value: Option<bytes::Bytes>| value.as_deref().and_then(decode_counter);
+    let revision = counter(snapshot.get(&keys::meta_revision()).await?).unwrap_or(1);
+    let compacted = counter(snapshot.get(&keys::meta_compacted()).await?).unwrap_or(-1);
+    let swept = counter(snapshot.get(&keys::meta_compaction_done()).await?).unwrap_or(-1);
+    let leases = LeaseTable::default();
+    let mut range = keys::lease_records();
+    loop {
+        let page = snapshot.scan(&range, 1024, false).await?;
+        for (k, v) in &page {
+            if let (Some(id), Some(ttl)) = (k.get(1..9), decode_counter(v)) {
+                let id = i64::from_be_bytes(id.try_into().unwrap_or_default());
+                leases.insert(id, ttl);
+            }
+        }
+        match page.last() {
+            Some((last, _)) if page.len() == 1024 => {
+                let mut next = last.to_vec();
+                next.push(0);
+                range.start = bytes::Bytes::from(next);
+            }
+            _ => break,
+        }
+    }
+    Ok(Recovered {
+        revision,
+        compacted,
+        swept,
+        leases,
+    })
 }
 
 /// A handle to the store; cheap to clone.
+///
+/// A leader's store has a writer; a follower's store (see [`Store::open_follower`]) only reads,
+/// at the revisions the leader's event log has brought it to.
 pub struct Store<E> {
     shared: Arc<Shared<E>>,
-    writer: mpsc::Sender<Job>,
+    writer: Option<mpsc::Sender<Job>>,
     max_request_bytes: usize,
 }
 
@@ -100,31 +161,12 @@ impl<E: Engine> Store<E> {
     /// Opens the store on `engine`, recovering the durable revision counters, and starts the
     /// writer and compactor tasks on the current tokio runtime.
     pub async fn open(engine: E, options: StoreOptions) -> KvResult<Self> {
-        let snapshot = engine.snapshot().await?;
-        let counter = |value: Option<bytes::Bytes>| value.as_deref().and_then(decode_counter);
-        let revision = counter(snapshot.get(&keys::meta_revision()).await?).unwrap_or(1);
-        let compacted = counter(snapshot.get(&keys::meta_compacted()).await?).unwrap_or(-1);
-        let swept = counter(snapshot.get(&keys::meta_compaction_done()).await?).unwrap_or(-1);
-        let leases = LeaseTable::default();
-        let mut range = keys::lease_records();
-        loop {
-            let page = snapshot.scan(&range, 1024, false).await?;
-            for (k, v) in &page {
-                if let (Some(id), Some(ttl)) = (k.get(1..9), decode_counter(v)) {
-                    let id = i64::from_be_bytes(id.try_into().unwrap_or_default());
-                    leases.insert(id, ttl);
-                }
-            }
-            match page.last() {
-                Some((last, _)) if page.len() == 1024 => {
-                    let mut next = last.to_vec();
-                    next.push(0);
-                    range.start = bytes::Bytes::from(next);
-                }
-                _ => break,
-            }
-        }
-        drop(snapshot);
+        let Recovered {
+            revision,
+            compacted,
+            swept,
+            leases,
+        } = recover(&engine).await?;
         let lease_count = leases.len();
         let shared = Arc::new(Shared {
             engine,
@@ -134,6 +176,8 @@ impl<E: Engine> Store<E> {
             no_space: Default::default(),
             counts: Default::default(),
             stats: Default::default(),
+            published: tokio::sync::watch::Sender::new(revision),
+            deposed: tokio::sync::watch::Sender::new(false),
         });
         let (writer_tx, writer_rx) = mpsc::channel(options.max_batch.max(1) * 4);
         let (compact_tx, compact_rx) = tokio::sync::watch::channel(compacted);
@@ -160,9 +204,66 @@ impl<E: Engine> Store<E> {
         tracing::info!(revision, compacted, leases = lease_count, "store opened");
         Ok(Store {
             shared,
-            writer: writer_tx,
+            writer: Some(writer_tx),
             max_request_bytes,
         })
+    }
+
+    /// Opens a follower's read-only view of the store on `engine`. It serves reads at the
+    /// revision [`Store::advance`] brings it to: the leader's event log decides what is
+    /// visible, never what happens to be in the engine already. Writes fail with
+    /// [`KvError::NotLeader`]; the server forwards them to the leader instead.
+    pub async fn open_follower(engine: E, max_request_bytes: usize) -> KvResult<Self> {
+        let recovered = recover(&engine).await?;
+        let shared = Arc::new(Shared {
+            engine,
+            revision: AtomicI64::new(recovered.revision),
+            compacted: AtomicI64::new(recovered.compacted),
+            leases: LeaseTable::default(),
+            no_space: Default::default(),
+            counts: Default::default(),
+            stats: Default::default(),
+            published: tokio::sync::watch::Sender::new(recovered.revision),
+            deposed: tokio::sync::watch::Sender::new(false),
+        });
+        Ok(Store {
+            shared,
+            writer: None,
+            max_request_bytes,
+        })
+    }
+
+    /// Whether this store has a writer (it was opened by a leader) that is not deposed.
+    pub fn is_leader(&self) -> bool {
+        self.writer.is_some() && !*self.shared.deposed.borrow()
+    }
+
+    /// Whether this is a follower's read-only store (see [`Store::open_follower`]).
+    pub fn is_follower(&self) -> bool {
+        self.writer.is_none()
+    }
+
+    /// Becomes true once a write failed on the leader's fence: another member took over.
+    pub fn deposed(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.shared.deposed.subscribe()
+    }
+
+    /// A follower's view moves to the leader's `revision` and `compacted` revision (called in
+    /// order by whoever applies the leader's event log, after the revision's events are known).
+    /// Never moves back.
+    pub fn advance(&self, revision: i64, compacted: i64) {
+        if compacted > self.compacted() {
+            self.shared.compacted.store(compacted, Ordering::Release);
+        }
+        if revision > self.revision() {
+            self.shared.publish(revision);
+        }
+    }
+
+    /// Waits until `revision` is published (the follower's half of a linearizable read).
+    pub async fn wait_for(&self, revision: i64) {
+        let mut published = self.shared.published.subscribe();
+        let _ = published.wait_for(|r| *r >= revision).await;
     }
 
     /// The newest revision visible to readers.
@@ -344,8 +445,12 @@ impl<E: Engine> Store<E> {
     }
 
     async fn submit(&self, op: Op) -> KvResult<Reply> {
+        let writer = match &self.writer {
+            Some(writer) if !*self.shared.deposed.borrow() => writer,
+            _ => return Err(KvError::NotLeader),
+        };
         let (reply, rx) = oneshot::channel();
-        self.writer
+        writer
             .send(Job { op, reply })
             .await
             .map_err(|_| KvError::Stopped)?;

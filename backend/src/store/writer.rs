@@ -196,12 +196,30 @@ async fn commit<E: Engine>(
         published,
         revision,
     );
+    let mut batch = batch;
+    if let Some(fence) = &options.fence {
+        batch.conditions.push(fence.clone());
+    }
     let writing = (!batch.is_empty()).then(std::time::Instant::now);
     if !batch.is_empty()
         && let Err(err) = shared.engine.write(batch).await
     {
+        let fenced = matches!(
+            (&err, &options.fence),
+            (EngineError::ConditionFailed { key }, Some(fence)) if *key == fence.key
+        );
+        if fenced {
+            // A newer election took the lead: nothing more may be written through this store.
+            tracing::warn!("write fenced off: another member leads now");
+            shared.deposed.send_replace(true);
+        }
         for (reply, _) in replies {
-            let _ = reply.send(Err(KvError::Engine(EngineError::Storage(err.to_string()))));
+            let answer = if fenced {
+                KvError::NotLeader
+            } else {
+                KvError::Engine(EngineError::Storage(err.to_string()))
+            };
+            let _ = reply.send(Err(answer));
         }
         return Err(err);
     }
@@ -215,7 +233,9 @@ async fn commit<E: Engine>(
         total_us = started.elapsed().as_micros() as u64,
         "batch committed"
     );
-    shared.revision.store(revision, Ordering::Release);
+    if revision != published {
+        shared.publish(revision);
+    }
     for (id, granted) in lease_changes {
         match granted {
             Some(ttl) => shared.leases.insert(id, ttl),

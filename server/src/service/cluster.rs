@@ -1,26 +1,25 @@
 //! The Cluster service: Engram's members as etcd clients expect to list them.
 
+use crate::brain::{Brain, election};
 use crate::header::Identity;
+use backend::engine::Engine;
 use etcdpb::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
     MemberUpdateRequest, MemberUpdateResponse, cluster_server::Cluster,
 };
+use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-pub struct ClusterService {
+/// MemberList lists the members registered in the shared engine (see `brain::election`).
+pub struct ClusterService<E> {
     identity: Identity,
-    name: String,
-    client_urls: Vec<String>,
+    brain: Arc<Brain<E>>,
 }
 
-impl ClusterService {
-    pub fn new(identity: Identity, name: String, client_urls: Vec<String>) -> Self {
-        ClusterService {
-            identity,
-            name,
-            client_urls,
-        }
+impl<E> ClusterService<E> {
+    pub fn new(identity: Identity, brain: Arc<Brain<E>>) -> Self {
+        ClusterService { identity, brain }
     }
 }
 
@@ -34,7 +33,7 @@ fn membership_is_not_raft() -> Status {
 }
 
 #[tonic::async_trait]
-impl Cluster for ClusterService {
+impl<E: Engine + Clone> Cluster for ClusterService<E> {
     async fn member_add(
         &self,
         _req: Request<MemberAddRequest>,
@@ -60,13 +59,19 @@ impl Cluster for ClusterService {
         &self,
         _req: Request<MemberListRequest>,
     ) -> Result<Response<MemberListResponse>, Status> {
+        let members = election::members(self.brain.engine())
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
         let mut resp = MemberListResponse {
-            members: vec![Member {
-                id: self.identity.member_id,
-                name: self.name.clone(),
-                client_ur_ls: self.client_urls.clone(),
-                ..Default::default()
-            }],
+            members: members
+                .into_iter()
+                .map(|m| Member {
+                    id: m.id,
+                    name: m.name,
+                    client_ur_ls: m.client_urls,
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         };
         // etcd answers MemberList from its membership store, not the KV store: its header

@@ -1,8 +1,8 @@
 //! The Maintenance service: what kube-apiserver and etcdctl ask about the server.
 
+use crate::brain::Brain;
 use crate::header::Identity;
 use crate::status::from_kv;
-use backend::Store;
 use backend::engine::Engine;
 use etcdpb::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
@@ -12,6 +12,7 @@ use etcdpb::etcdserverpb::{
 };
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
+use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
@@ -22,35 +23,39 @@ const SNAPSHOT_CHUNK: usize = 64 * 1024;
 /// and WatchList only for a server of 3.5.13 or later.
 pub const ETCD_API_VERSION: &str = "3.5.13";
 
+/// Maintenance answers for this member: its store, its alarms; Status names the leader.
 pub struct MaintenanceService<E> {
-    store: Store<E>,
+    brain: Arc<Brain<E>>,
     identity: Identity,
 }
 
-impl<E: Engine> MaintenanceService<E> {
-    pub fn new(store: Store<E>, identity: Identity) -> Self {
-        MaintenanceService { store, identity }
+impl<E: Engine + Clone> MaintenanceService<E> {
+    pub fn new(brain: Arc<Brain<E>>, identity: Identity) -> Self {
+        MaintenanceService { brain, identity }
     }
 }
 
 #[tonic::async_trait]
-impl<E: Engine> Maintenance for MaintenanceService<E> {
+impl<E: Engine + Clone> Maintenance for MaintenanceService<E> {
     /// Engram has no raft log: raft_index and raft_applied_index report the current revision,
     /// which grows with every write as a raft index does.
     async fn status(
         &self,
         _req: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let revision = self.store.revision();
-        let size = self.store.engine().size_on_disk() as i64;
+        let store = self.brain.store();
+        let revision = store.revision();
+        let size = store.engine().size_on_disk() as i64;
+        // No leader known (an election is under way): etcd reports leader 0.
+        let (leader, term) = self.brain.leader().unwrap_or((0, self.identity.raft_term));
         let mut resp = StatusResponse {
             version: ETCD_API_VERSION.to_string(),
             db_size: size,
             db_size_in_use: size,
-            leader: self.identity.member_id,
+            leader,
             raft_index: revision as u64,
             raft_applied_index: revision as u64,
-            raft_term: self.identity.raft_term,
+            raft_term: term,
             ..Default::default()
         };
         self.identity.fill(&mut resp.header, revision);
@@ -69,19 +74,19 @@ impl<E: Engine> Maintenance for MaintenanceService<E> {
             && (req.alarm == AlarmType::None as i32 || req.alarm == AlarmType::Nospace as i32);
         let alarms = match AlarmAction::try_from(req.action) {
             Ok(AlarmAction::Get) => {
-                if concerns_us && self.store.no_space() {
+                if concerns_us && self.brain.store().no_space() {
                     vec![member]
                 } else {
                     Vec::new()
                 }
             }
             Ok(AlarmAction::Activate) if req.alarm == AlarmType::Nospace as i32 => {
-                self.store.set_no_space(true);
+                self.brain.store().set_no_space(true);
                 vec![member]
             }
             Ok(AlarmAction::Deactivate) if req.alarm == AlarmType::Nospace as i32 => {
-                let was = self.store.no_space();
-                self.store.set_no_space(false);
+                let was = self.brain.store().no_space();
+                self.brain.store().set_no_space(false);
                 if was { vec![member] } else { Vec::new() }
             }
             _ => Vec::new(),
@@ -90,7 +95,8 @@ impl<E: Engine> Maintenance for MaintenanceService<E> {
             header: None,
             alarms,
         };
-        self.identity.fill(&mut resp.header, self.store.revision());
+        self.identity
+            .fill(&mut resp.header, self.brain.store().revision());
         Ok(Response::new(resp))
     }
 
@@ -101,14 +107,16 @@ impl<E: Engine> Maintenance for MaintenanceService<E> {
         _req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
         let mut resp = DefragmentResponse::default();
-        self.identity.fill(&mut resp.header, self.store.revision());
+        self.identity
+            .fill(&mut resp.header, self.brain.store().revision());
         Ok(Response::new(resp))
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
-        let hash = self.store.hash().await.map_err(from_kv)?;
+        let hash = self.brain.store().hash().await.map_err(from_kv)?;
         let mut resp = HashResponse { header: None, hash };
-        self.identity.fill(&mut resp.header, self.store.revision());
+        self.identity
+            .fill(&mut resp.header, self.brain.store().revision());
         Ok(Response::new(resp))
     }
 
@@ -117,7 +125,8 @@ impl<E: Engine> Maintenance for MaintenanceService<E> {
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
         let (hash, _revision, compact_revision) = self
-            .store
+            .brain
+            .store()
             .hash_kv(req.into_inner().revision)
             .await
             .map_err(from_kv)?;
@@ -126,7 +135,8 @@ impl<E: Engine> Maintenance for MaintenanceService<E> {
             hash,
             compact_revision,
         };
-        self.identity.fill(&mut resp.header, self.store.revision());
+        self.identity
+            .fill(&mut resp.header, self.brain.store().revision());
         Ok(Response::new(resp))
     }
 
@@ -138,10 +148,11 @@ impl<E: Engine> Maintenance for MaintenanceService<E> {
         &self,
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
-        let chunks = self.store.backup(SNAPSHOT_CHUNK).await.map_err(from_kv)?;
-        let estimate = self.store.engine().size_on_disk();
+        let store = self.brain.store();
+        let chunks = store.backup(SNAPSHOT_CHUNK).await.map_err(from_kv)?;
+        let estimate = store.engine().size_on_disk();
         let identity = self.identity;
-        let revision = self.store.revision();
+        let revision = store.revision();
         let mut sent = 0u64;
         let out = ReceiverStream::new(chunks).map(move |chunk| {
             let blob = chunk.map_err(|e| Status::unavailable(e.to_string()))?;

@@ -1,6 +1,6 @@
 //! The Watch service: one task per stream (see the `watch` crate), adapted to tonic.
 
-use backend::Store;
+use crate::brain::{Brain, BrainHistory};
 use backend::engine::Engine;
 use etcdpb::etcdserverpb::{WatchRequest, WatchResponse, watch_server::Watch};
 use futures::{Stream, StreamExt};
@@ -9,29 +9,26 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
-use watch::{Hub, StreamOptions};
+use watch::StreamOptions;
 
 /// Responses buffered per stream before the stream's task waits for the client to read.
 const STREAM_BUFFER: usize = 256;
 
+/// Watches are served by every member from its own hub: the leader's is fed by its commits,
+/// a follower's by the leader's event log.
 pub struct WatchService<E> {
-    hub: Arc<Hub>,
-    store: Store<E>,
+    brain: Arc<Brain<E>>,
     options: StreamOptions,
 }
 
-impl<E: Engine> WatchService<E> {
-    pub fn new(hub: Arc<Hub>, store: Store<E>, options: StreamOptions) -> Self {
-        WatchService {
-            hub,
-            store,
-            options,
-        }
+impl<E: Engine + Clone> WatchService<E> {
+    pub fn new(brain: Arc<Brain<E>>, options: StreamOptions) -> Self {
+        WatchService { brain, options }
     }
 }
 
 #[tonic::async_trait]
-impl<E: Engine> Watch for WatchService<E> {
+impl<E: Engine + Clone> Watch for WatchService<E> {
     type WatchStream = Pin<Box<dyn Stream<Item = Result<WatchResponse, Status>> + Send + 'static>>;
 
     /// etcd clients send `hasleader` metadata to refuse a member without a leader; an Engram
@@ -48,8 +45,8 @@ impl<E: Engine> Watch for WatchService<E> {
             .boxed();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         tokio::spawn(watch::serve(
-            self.hub.clone(),
-            self.store.clone(),
+            self.brain.hub().clone(),
+            BrainHistory(self.brain.clone()),
             inbound,
             tx,
             self.options.clone(),

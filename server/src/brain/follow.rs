@@ -1,0 +1,90 @@
+//! A follower's half of the leader's event log: the stream from the leader into the member's
+//! hub and read-only store.
+
+use super::LeaderLink;
+use backend::engine::Engine;
+use backend::{CommittedRevision, Store};
+use etcdpb::brainpb::{FollowRequest, FollowResponse, brain_client::BrainClient};
+use std::sync::Arc;
+use std::time::Duration;
+use watch::Hub;
+use watch::replication::{self, Batch};
+
+/// Pause before reconnecting after the stream broke.
+const RECONNECT: Duration = Duration::from_millis(200);
+
+/// Follows the leader until the task is aborted (the role changes): every batch moves the
+/// store's revision, then feeds the hub, in order. A broken stream is resumed from the next
+/// revision the hub lacks.
+pub async fn run<E: Engine>(hub: Arc<Hub>, store: Store<E>, leader: Arc<LeaderLink>) {
+    let mut client = BrainClient::new(leader.channel.clone())
+        .max_decoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    loop {
+        let from = hub.latest() + 1;
+        match client
+            .follow(FollowRequest {
+                from_revision: from,
+            })
+            .await
+        {
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                loop {
+                    match stream.message().await {
+                        Ok(Some(msg)) => apply(&hub, &store, msg),
+                        Ok(None) => break,
+                        Err(status) if status.code() == tonic::Code::OutOfRange => {
+                            // Our next revision was compacted away on the leader: what we
+                            // missed cannot be replayed; go on from the leader's present.
+                            restart_after_compaction(&hub, &store, &leader).await;
+                            break;
+                        }
+                        Err(status) => {
+                            tracing::debug!(%status, "the leader's event stream broke");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(status) => tracing::debug!(%status, "following the leader failed"),
+        }
+        tokio::time::sleep(RECONNECT).await;
+    }
+}
+
+fn apply<E: Engine>(hub: &Hub, store: &Store<E>, msg: FollowResponse) {
+    let batch = Batch {
+        revisions: msg
+            .revisions
+            .into_iter()
+            .map(|r| {
+                Arc::new(CommittedRevision {
+                    revision: r.revision,
+                    events: r.events,
+                })
+            })
+            .collect(),
+        through: msg.revision,
+        compacted: msg.compacted,
+    };
+    store.advance(batch.through, batch.compacted);
+    replication::apply(hub, &batch);
+}
+
+async fn restart_after_compaction<E: Engine>(hub: &Hub, store: &Store<E>, leader: &LeaderLink) {
+    let mut client = BrainClient::new(leader.channel.clone());
+    if let Ok(resp) = client
+        .read_index(etcdpb::brainpb::ReadIndexRequest {})
+        .await
+    {
+        let resp = resp.into_inner();
+        tracing::warn!(
+            revision = resp.revision,
+            compacted = resp.compacted,
+            "fell behind the leader's compaction; restarting the event log"
+        );
+        store.advance(resp.revision, resp.compacted);
+        hub.restart_after(resp.revision);
+    }
+}

@@ -1,0 +1,118 @@
+//! The leader-to-follower stream: the leader's ordered event log, readable from any revision.
+//!
+//! Followers serve Watch from their own [`Hub`], fed in order by this stream; the leader
+//! serves it from its hub and, for revisions that left the hub's window (a follower that
+//! connects late or falls behind), from the store's history. Either way a follower receives
+//! every revision from the one it asks for, in order, without gaps: a follower whose next
+//! revision was compacted away learns so ([`KvError::Compacted`]) and restarts after the
+//! leader's current revision, its watchers then canceled as compacted as etcd's would be.
+
+use crate::hub::{Hub, Window};
+use crate::source::HistorySource;
+use backend::CommittedRevision;
+use backend::kv::{KvError, KvResult};
+use futures::Stream;
+use std::sync::Arc;
+
+/// Revisions per message from the hub's window.
+const REVISIONS_PER_MESSAGE: usize = 1024;
+/// Events per message when reading history from the store.
+const HISTORY_EVENTS_PER_MESSAGE: usize = 4096;
+
+/// One message of the stream.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// Consecutive revisions, continuing where the previous batch ended.
+    pub revisions: Vec<Arc<CommittedRevision>>,
+    /// The revision through which the follower now knows everything (at least the last of
+    /// `revisions`; history may cover revisions without events).
+    pub through: i64,
+    /// The leader's compacted revision when the batch was read.
+    pub compacted: i64,
+}
+
+/// The log from revision `from` on: batches in order, waiting for new revisions when caught
+/// up. The stream ends only with an error (a compacted start, or a store failure).
+pub fn follow<H: HistorySource>(
+    hub: Arc<Hub>,
+    history: H,
+    from: i64,
+) -> impl Stream<Item = KvResult<Batch>> + Send {
+    let latest = hub.subscribe();
+    futures::stream::unfold(Some((hub, history, latest, from)), |state| async move {
+        let (hub, history, mut latest, next) = state?;
+        loop {
+            let compacted = history.compacted();
+            if next < compacted {
+                return Some((Err(KvError::Compacted), None));
+            }
+            let now = *latest.borrow_and_update();
+            if next > now {
+                if latest.changed().await.is_err() {
+                    return None;
+                }
+                continue;
+            }
+            let batch = match hub.read(next, REVISIONS_PER_MESSAGE) {
+                Window::Revisions(revisions) => {
+                    let through = revisions.last().map_or(next - 1, |r| r.revision);
+                    Batch {
+                        revisions,
+                        through,
+                        compacted,
+                    }
+                }
+                Window::Evicted { oldest } => {
+                    match history
+                        .history(next, oldest - 1, HISTORY_EVENTS_PER_MESSAGE)
+                        .await
+                    {
+                        Ok((revisions, through)) => Batch {
+                            revisions: revisions.into_iter().map(Arc::new).collect(),
+                            through,
+                            compacted,
+                        },
+                        Err(err) => return Some((Err(err), None)),
+                    }
+                }
+            };
+            if batch.through < next {
+                // Nothing readable yet (the store has not published it): wait for more.
+                if latest.changed().await.is_err() {
+                    return None;
+                }
+                continue;
+            }
+            let after = batch.through + 1;
+            return Some((Ok(batch), Some((hub, history, latest, after))));
+        }
+    })
+}
+
+/// Applies a follower's next batch to its hub: every listed revision in order, and empty
+/// revisions for those the batch covers without listing (so the hub's log has no holes).
+pub fn apply(hub: &Hub, batch: &Batch) {
+    let mut next = hub.latest() + 1;
+    let mut out = Vec::with_capacity(batch.revisions.len());
+    for rev in &batch.revisions {
+        while next < rev.revision {
+            out.push(CommittedRevision {
+                revision: next,
+                events: Vec::new(),
+            });
+            next += 1;
+        }
+        if rev.revision == next {
+            out.push(CommittedRevision::clone(rev));
+            next += 1;
+        }
+    }
+    while next <= batch.through {
+        out.push(CommittedRevision {
+            revision: next,
+            events: Vec::new(),
+        });
+        next += 1;
+    }
+    backend::CommitListener::committed(hub, out);
+}
