@@ -8,6 +8,7 @@ use bytes::Bytes;
 use etcdpb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use etcdpb::etcdserverpb::kv_client::KvClient;
 use etcdpb::etcdserverpb::lease_client::LeaseClient;
+use etcdpb::etcdserverpb::maintenance_client::MaintenanceClient;
 use etcdpb::etcdserverpb::request_op::Request;
 use etcdpb::etcdserverpb::watch_client::WatchClient;
 use etcdpb::etcdserverpb::watch_request::RequestUnion;
@@ -26,6 +27,7 @@ pub struct Conn {
     pub kv: KvClient<Channel>,
     pub watch: WatchClient<Channel>,
     pub lease: LeaseClient<Channel>,
+    pub maintenance: MaintenanceClient<Channel>,
 }
 
 /// Connects to `url` (`http://host:port`; a bare `host:port` gets `http://`).
@@ -44,7 +46,8 @@ pub async fn connect(url: &str) -> Result<Conn> {
     Ok(Conn {
         kv: KvClient::new(ch.clone()),
         watch: WatchClient::new(ch.clone()),
-        lease: LeaseClient::new(ch),
+        lease: LeaseClient::new(ch.clone()),
+        maintenance: MaintenanceClient::new(ch),
     })
 }
 
@@ -211,6 +214,17 @@ impl Watch {
         }
     }
 
+    /// The next response, `None` if none arrives within `within`; an error on stream end
+    /// or gRPC error.
+    pub async fn try_next(&mut self, within: Duration) -> Result<Option<WatchResponse>> {
+        match tokio::time::timeout(within, self.rx.message()).await {
+            Err(_) => Ok(None),
+            Ok(Err(s)) => bail!("watch stream error: {}", crate::normalize::status(&s)),
+            Ok(Ok(None)) => bail!("watch stream ended"),
+            Ok(Ok(Some(r))) => Ok(Some(r)),
+        }
+    }
+
     /// Collects events until `n` have arrived (fails on timeout or a canceled watch).
     pub async fn events(&mut self, n: usize, within: Duration) -> Result<Vec<Event>> {
         let deadline = tokio::time::Instant::now() + within;
@@ -236,4 +250,16 @@ impl Watch {
             Ok(r) => bail!("expected no watch response, got {r:?}"),
         }
     }
+}
+
+/// The version an endpoint reports in Maintenance.Status (etcd: `3.5.x`).
+pub async fn server_version(conn: &Conn) -> Result<String> {
+    let s = conn
+        .maintenance
+        .clone()
+        .status(etcdpb::etcdserverpb::StatusRequest::default())
+        .await
+        .context("Maintenance.Status")?
+        .into_inner();
+    Ok(s.version)
 }

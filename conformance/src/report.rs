@@ -2,19 +2,32 @@
 
 use std::fmt::Write as _;
 
-use crate::runner::{CaseResult, GROUPS};
+use crate::runner::{CaseResult, GROUPS, Verdict};
 
 /// One terminal line per case.
 pub fn line(r: &CaseResult) -> String {
-    let verdict = if r.passed { "PASS" } else { "FAIL" };
+    let verdict = match r.verdict {
+        Verdict::Pass => "PASS",
+        Verdict::Fail => "FAIL",
+        Verdict::Skip => "SKIP",
+    };
     format!(
         "{verdict} {}/{} ({} ms): {}",
         r.group, r.name, r.millis, r.reason
     )
 }
 
-/// (group, passed, failed) for every group that ran, in group order.
-pub fn summary(results: &[CaseResult]) -> Vec<(String, usize, usize)> {
+/// Counts of one group.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GroupSummary {
+    pub group: String,
+    pub passed: usize,
+    pub failed: usize,
+    pub skipped: usize,
+}
+
+/// Every group that ran (or was skipped), in group order.
+pub fn summary(results: &[CaseResult]) -> Vec<GroupSummary> {
     GROUPS
         .iter()
         .filter_map(|g| {
@@ -22,24 +35,67 @@ pub fn summary(results: &[CaseResult]) -> Vec<(String, usize, usize)> {
             if rs.is_empty() {
                 return None;
             }
-            let passed = rs.iter().filter(|r| r.passed).count();
-            Some((g.to_string(), passed, rs.len() - passed))
+            let count = |v| rs.iter().filter(|r| r.verdict == v).count();
+            Some(GroupSummary {
+                group: g.to_string(),
+                passed: count(Verdict::Pass),
+                failed: count(Verdict::Fail),
+                skipped: count(Verdict::Skip),
+            })
+        })
+        .collect()
+}
+
+/// Why the skipped groups were skipped, one line each (empty if none was).
+pub fn skipped_note(results: &[CaseResult]) -> Vec<String> {
+    summary(results)
+        .into_iter()
+        .filter(|g| g.skipped > 0)
+        .map(|g| {
+            let why = results
+                .iter()
+                .find(|r| r.group == g.group && r.verdict == Verdict::Skip)
+                .map(|r| r.reason.trim_start_matches("skipped: ").to_string())
+                .unwrap_or_default();
+            format!(
+                "{} of {} `{}` case(s) NOT RUN, {why}: this run does not cover them",
+                g.skipped,
+                g.passed + g.failed + g.skipped,
+                g.group
+            )
         })
         .collect()
 }
 
 pub fn summary_table(results: &[CaseResult]) -> String {
     let mut s = format!(
-        "{:<14} {:>6} {:>6} {:>6}\n",
-        "group", "pass", "fail", "total"
+        "{:<14} {:>6} {:>6} {:>6} {:>6}\n",
+        "group", "pass", "fail", "skip", "total"
     );
-    let (mut tp, mut tf) = (0, 0);
-    for (g, p, f) in summary(results) {
-        let _ = writeln!(s, "{g:<14} {p:>6} {f:>6} {:>6}", p + f);
-        tp += p;
-        tf += f;
+    let (mut tp, mut tf, mut ts) = (0, 0, 0);
+    for g in summary(results) {
+        let _ = writeln!(
+            s,
+            "{:<14} {:>6} {:>6} {:>6} {:>6}",
+            g.group,
+            g.passed,
+            g.failed,
+            g.skipped,
+            g.passed + g.failed + g.skipped
+        );
+        tp += g.passed;
+        tf += g.failed;
+        ts += g.skipped;
     }
-    let _ = writeln!(s, "{:<14} {tp:>6} {tf:>6} {:>6}", "all", tp + tf);
+    let _ = writeln!(
+        s,
+        "{:<14} {tp:>6} {tf:>6} {ts:>6} {:>6}",
+        "all",
+        tp + tf + ts
+    );
+    for n in skipped_note(results) {
+        let _ = writeln!(s, "note: {n}");
+    }
     s
 }
 
@@ -54,18 +110,40 @@ pub fn markdown(endpoint: &str, reference: Option<&str>, results: &[CaseResult])
         Some(r) => {
             let _ = writeln!(s, "- reference: `{r}` (answers compared)");
         }
-        None => s.push_str("- reference: none (built-in etcd 3.5 expectations)\n"),
+        None => s.push_str(
+            "- reference: none (etcd 3.5's answers built into the cases and, unless \
+                 `--no-expectations`, the recorded etcd 3.5 transcripts)\n",
+        ),
     }
-    s.push_str("\n## Summary\n\n| group | pass | fail | total |\n|---|---|---|---|\n");
-    for (g, p, f) in summary(results) {
-        let _ = writeln!(s, "| {g} | {p} | {f} | {} |", p + f);
+    s.push_str("\n## Summary\n\n| group | pass | fail | skip | total |\n|---|---|---|---|---|\n");
+    for g in summary(results) {
+        let _ = writeln!(
+            s,
+            "| {} | {} | {} | {} | {} |",
+            g.group,
+            g.passed,
+            g.failed,
+            g.skipped,
+            g.passed + g.failed + g.skipped
+        );
+    }
+    let notes = skipped_note(results);
+    if !notes.is_empty() {
+        s.push('\n');
+        for n in notes {
+            let _ = writeln!(s, "**Note:** {}", md_cell(&n));
+        }
     }
     s.push_str("\n## Cases\n\n| result | group | case | ms | reason |\n|---|---|---|---|---|\n");
     for r in results {
         let _ = writeln!(
             s,
             "| {} | {} | {} | {} | {} |",
-            if r.passed { "pass" } else { "**FAIL**" },
+            match r.verdict {
+                Verdict::Pass => "pass",
+                Verdict::Fail => "**FAIL**",
+                Verdict::Skip => "skip",
+            },
             r.group,
             r.name,
             r.millis,
@@ -76,18 +154,13 @@ pub fn markdown(endpoint: &str, reference: Option<&str>, results: &[CaseResult])
 }
 
 #[derive(serde::Serialize)]
-struct JsonGroup {
-    group: String,
-    passed: usize,
-    failed: usize,
-}
-
-#[derive(serde::Serialize)]
 struct JsonReport<'a> {
     endpoint: &'a str,
     reference: Option<&'a str>,
+    /// No case failed (skipped cases do not count as failures; see `skipped`).
     passed: bool,
-    summary: Vec<JsonGroup>,
+    skipped: usize,
+    summary: Vec<GroupSummary>,
     cases: &'a [CaseResult],
 }
 
@@ -96,19 +169,56 @@ pub fn json(
     reference: Option<&str>,
     results: &[CaseResult],
 ) -> serde_json::Result<String> {
-    let summary = summary(results)
-        .into_iter()
-        .map(|(group, passed, failed)| JsonGroup {
-            group,
-            passed,
-            failed,
-        })
-        .collect();
     serde_json::to_string_pretty(&JsonReport {
         endpoint,
         reference,
-        passed: results.iter().all(|r| r.passed),
-        summary,
+        passed: !results.iter().any(|r| r.verdict == Verdict::Fail),
+        skipped: results
+            .iter()
+            .filter(|r| r.verdict == Verdict::Skip)
+            .count(),
+        summary: summary(results),
         cases: results,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(group: &str, verdict: Verdict) -> CaseResult {
+        CaseResult {
+            group: group.into(),
+            name: "c".into(),
+            verdict,
+            passed: verdict == Verdict::Pass,
+            reason: if verdict == Verdict::Skip {
+                "skipped: needs --restart-cmd".into()
+            } else {
+                "ok".into()
+            },
+            millis: 1,
+        }
+    }
+
+    #[test]
+    fn skipped_groups_are_counted_and_explained() {
+        let rs = vec![r("concurrency", Verdict::Pass), r("faults", Verdict::Skip)];
+        let t = summary_table(&rs);
+        assert!(
+            t.contains("faults              0      0      1      1"),
+            "{t}"
+        );
+        assert!(
+            t.contains("note: 1 of 1 `faults` case(s) NOT RUN, needs --restart-cmd: this run"),
+            "{t}"
+        );
+        assert!(line(&rs[1]).starts_with("SKIP faults/c"));
+        let j = json("e", None, &rs).unwrap();
+        assert!(
+            j.contains("\"passed\": true") && j.contains("\"skipped\": 1"),
+            "{j}"
+        );
+        assert!(markdown("e", None, &rs).contains("| skip | faults | c |"));
+    }
 }

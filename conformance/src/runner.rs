@@ -30,10 +30,14 @@ pub struct Case {
     pub name: &'static str,
     /// Compacts the store (affects every key): run after all other cases.
     pub compacts: bool,
+    /// Kills and restarts the endpoint (`--restart-cmd`): runs last, never on the
+    /// reference, and is skipped without a restart command.
+    pub restarts: bool,
     pub run: fn(Ctx) -> BoxFuture<Result<()>>,
 }
 
-/// `case!(group, fn_name)` or `case!(group, fn_name, compacts)`.
+/// `case!(group, fn_name)`, `case!(group, fn_name, compacts)` or
+/// `case!(group, fn_name, restarts)`.
 #[macro_export]
 macro_rules! case {
     ($group:expr, $f:ident) => {
@@ -41,6 +45,7 @@ macro_rules! case {
             group: $group,
             name: stringify!($f),
             compacts: false,
+            restarts: false,
             run: |c| Box::pin($f(c)),
         }
     };
@@ -49,20 +54,42 @@ macro_rules! case {
             group: $group,
             name: stringify!($f),
             compacts: true,
+            restarts: false,
+            run: |c| Box::pin($f(c)),
+        }
+    };
+    ($group:expr, $f:ident, restarts) => {
+        $crate::runner::Case {
+            group: $group,
+            name: stringify!($f),
+            compacts: false,
+            restarts: true,
             run: |c| Box::pin($f(c)),
         }
     };
 }
 
-pub const GROUPS: [&str; 3] = ["etcd-api", "kubernetes", "concurrency"];
+pub const GROUPS: [&str; 4] = ["etcd-api", "kubernetes", "concurrency", "faults"];
+
+/// Groups whose transcripts are recorded from etcd 3.5 (`record`) and compared with
+/// the recording when there is no `--reference`.
+pub const RECORDED_GROUPS: [&str; 2] = ["etcd-api", "kubernetes"];
 
 pub fn registry() -> Vec<Case> {
     let mut v = crate::cases::etcd_api::cases();
     v.extend(crate::cases::kubernetes::cases());
     v.extend(crate::cases::concurrency::cases());
-    // Stable: group order is kept, compacting cases go last.
-    v.sort_by_key(|c| c.compacts);
+    v.extend(crate::cases::faults::cases());
+    // Stable: group order is kept, compacting cases go last, restarting ones after them.
+    v.sort_by_key(|c| (c.restarts, c.compacts));
     v
+}
+
+/// What the whole run knows about the endpoint under test.
+pub struct RunEnv {
+    pub endpoint: String,
+    /// Shell command that kills the endpoint with SIGKILL and starts it again.
+    pub restart_cmd: Option<String>,
 }
 
 /// What a case runs against: one endpoint, its key prefix, its base revision and the
@@ -71,7 +98,9 @@ pub fn registry() -> Vec<Case> {
 pub struct Ctx {
     pub conn: Conn,
     pub n: Norm,
+    pub env: Arc<RunEnv>,
     log: Arc<Mutex<Vec<String>>>,
+    detail: Arc<Mutex<Option<String>>>,
 }
 
 impl Ctx {
@@ -85,6 +114,14 @@ impl Ctx {
         let p = client::b(&self.n.prefix);
         let end = client::prefix_end(&p);
         (p, end)
+    }
+
+    /// Details shown after `ok` when the case passes (not part of the transcript:
+    /// counts that differ from run to run go here).
+    pub fn detail(&self, s: impl Into<String>) {
+        if let Ok(mut d) = self.detail.lock() {
+            *d = Some(s.into());
+        }
     }
 
     /// Adds a line to the transcript.
@@ -184,11 +221,22 @@ pub fn expect_err<T: std::fmt::Debug>(
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    Pass,
+    Fail,
+    /// Not run (e.g. faults without `--restart-cmd`): neither passed nor failed.
+    Skip,
+}
+
 /// The outcome of one case.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CaseResult {
     pub group: String,
     pub name: String,
+    pub verdict: Verdict,
+    /// `verdict == pass`.
     pub passed: bool,
     pub reason: String,
     pub millis: u128,
@@ -199,16 +247,20 @@ pub struct Options {
     pub reference: Option<String>,
     pub only: Vec<String>,
     pub run_id: String,
+    pub restart_cmd: Option<String>,
+    /// Recorded transcripts compared with when there is no reference (`None`: none).
+    pub expectations: Option<crate::expectations::Expectations>,
 }
 
 const CASE_TIMEOUT: Duration = Duration::from_secs(60);
 
-struct Run {
-    error: Option<String>,
-    transcript: Vec<String>,
+pub struct Run {
+    pub error: Option<String>,
+    pub transcript: Vec<String>,
+    pub detail: Option<String>,
 }
 
-async fn run_on(conn: &Conn, prefix: &str, case: &Case) -> Run {
+pub async fn run_on(conn: &Conn, env: &Arc<RunEnv>, prefix: &str, case: &Case) -> Run {
     let p = client::b(prefix);
     let base = match conn.kv.clone().range(client::get(&p)).await {
         Ok(r) => r.into_inner().header.map(|h| h.revision).unwrap_or(0),
@@ -216,17 +268,21 @@ async fn run_on(conn: &Conn, prefix: &str, case: &Case) -> Run {
             return Run {
                 error: Some(format!("base read: {}", normalize::status(&s))),
                 transcript: Vec::new(),
+                detail: None,
             };
         }
     };
     let log = Arc::new(Mutex::new(Vec::new()));
+    let detail = Arc::new(Mutex::new(None));
     let ctx = Ctx {
         conn: conn.clone(),
         n: Norm {
             prefix: prefix.to_string(),
             base,
         },
+        env: env.clone(),
         log: log.clone(),
+        detail: detail.clone(),
     };
     let error = match tokio::time::timeout(CASE_TIMEOUT, (case.run)(ctx)).await {
         Err(_) => Some(format!("timed out after {CASE_TIMEOUT:?}")),
@@ -234,17 +290,24 @@ async fn run_on(conn: &Conn, prefix: &str, case: &Case) -> Run {
         Ok(Ok(())) => None,
     };
     let transcript = log.lock().map(|l| l.clone()).unwrap_or_default();
-    Run { error, transcript }
+    let detail = detail.lock().ok().and_then(|d| d.clone());
+    Run {
+        error,
+        transcript,
+        detail,
+    }
 }
 
-fn first_difference(got: &[String], want: &[String]) -> Option<String> {
+/// Where the endpoint's transcript first differs from `want` (`whose`: the reference or
+/// the recording), if it does.
+pub fn first_difference(got: &[String], want: &[String], whose: &str) -> Option<String> {
     let n = got.len().max(want.len());
     for i in 0..n {
         let g = got.get(i).map(String::as_str).unwrap_or("<nothing>");
         let w = want.get(i).map(String::as_str).unwrap_or("<nothing>");
         if g != w {
             return Some(format!(
-                "differs from reference at step {}: endpoint `{g}`, reference `{w}`",
+                "differs from {whose} at step {}: endpoint `{g}`, {whose} `{w}`",
                 i + 1
             ));
         }
@@ -257,43 +320,75 @@ pub async fn run(
     opts: &Options,
     mut on_result: impl FnMut(&CaseResult),
 ) -> Result<Vec<CaseResult>> {
-    for g in &opts.only {
-        if !GROUPS.contains(&g.as_str()) {
-            bail!("unknown group `{g}` (groups: {})", GROUPS.join(", "));
-        }
-    }
+    check_groups(&opts.only)?;
     let conn = client::connect(&opts.endpoint).await?;
     let reference = match &opts.reference {
         Some(r) => Some(client::connect(r).await?),
         None => None,
     };
+    let env = Arc::new(RunEnv {
+        endpoint: opts.endpoint.clone(),
+        restart_cmd: opts.restart_cmd.clone(),
+    });
+    let ref_env = Arc::new(RunEnv {
+        endpoint: opts.reference.clone().unwrap_or_default(),
+        restart_cmd: None,
+    });
     let mut results = Vec::new();
-    for case in registry() {
-        if !opts.only.is_empty() && !opts.only.iter().any(|g| g == case.group) {
+    for case in selected(&opts.only) {
+        let start = Instant::now();
+        if case.restarts && opts.restart_cmd.is_none() {
+            let r = CaseResult {
+                group: case.group.to_string(),
+                name: case.name.to_string(),
+                verdict: Verdict::Skip,
+                passed: false,
+                reason: "skipped: needs --restart-cmd (a command that kills the endpoint \
+                         with SIGKILL and starts it again)"
+                    .into(),
+                millis: 0,
+            };
+            on_result(&r);
+            results.push(r);
             continue;
         }
         let prefix = format!("/conformance/{}/{}/{}/", opts.run_id, case.group, case.name);
-        let start = Instant::now();
-        let got = run_on(&conn, &prefix, &case).await;
+        let got = run_on(&conn, &env, &prefix, &case).await;
         let mut reasons = Vec::new();
         if let Some(e) = &got.error {
             reasons.push(e.clone());
         }
-        if let Some(rc) = &reference {
-            let want = run_on(rc, &prefix, &case).await;
-            if let Some(e) = &want.error {
-                reasons.push(format!("reference failed the case itself: {e}"));
+        match (&reference, &opts.expectations) {
+            (Some(rc), _) if !case.restarts => {
+                let want = run_on(rc, &ref_env, &prefix, &case).await;
+                if let Some(e) = &want.error {
+                    reasons.push(format!("reference failed the case itself: {e}"));
+                }
+                if let Some(d) = first_difference(&got.transcript, &want.transcript, "reference") {
+                    reasons.push(d);
+                }
             }
-            if let Some(d) = first_difference(&got.transcript, &want.transcript) {
-                reasons.push(d);
+            (None, Some(exp)) if got.error.is_none() => {
+                let want = exp.get(case.group, case.name);
+                if let Some(d) =
+                    want.and_then(|w| first_difference(&got.transcript, &w, "recorded etcd 3.5"))
+                {
+                    reasons.push(d);
+                }
             }
+            _ => {}
         }
+        let passed = reasons.is_empty();
         let r = CaseResult {
             group: case.group.to_string(),
             name: case.name.to_string(),
-            passed: reasons.is_empty(),
-            reason: if reasons.is_empty() {
-                "ok".into()
+            verdict: if passed { Verdict::Pass } else { Verdict::Fail },
+            passed,
+            reason: if passed {
+                match got.detail {
+                    Some(d) => format!("ok ({d})"),
+                    None => "ok".into(),
+                }
             } else {
                 reasons.join("; ")
             },
@@ -303,4 +398,22 @@ pub async fn run(
         results.push(r);
     }
     Ok(results)
+}
+
+/// Fails on a group name that does not exist.
+pub fn check_groups(only: &[String]) -> Result<()> {
+    for g in only {
+        if !GROUPS.contains(&g.as_str()) {
+            bail!("unknown group `{g}` (groups: {})", GROUPS.join(", "));
+        }
+    }
+    Ok(())
+}
+
+/// The registered cases of the groups in `only` (every group if empty), in run order.
+pub fn selected(only: &[String]) -> Vec<Case> {
+    registry()
+        .into_iter()
+        .filter(|c| only.is_empty() || only.iter().any(|g| g == c.group))
+        .collect()
 }

@@ -1,11 +1,14 @@
 //! Runs `engram-conformance` against a fresh real etcd 3.5 (must pass: this proves the
 //! suite's expectations), a fresh engram (must pass), and engram with etcd as
-//! `--reference` (answers must be identical).
+//! `--reference` (answers must be identical); records etcd's transcripts and compares them
+//! with the recordings kept in `conformance/expectations/`; runs the faults group against
+//! an engram that a `--restart-cmd` script kills with SIGKILL and restarts.
 //!
 //! etcd comes from `ENGRAM_ETCD_BIN`, else `<workspace>/.venv-etcd` (scripts/install-etcd);
 //! engram is `<workspace>/target/debug/engram`, built with `cargo build --bin engram` if
 //! missing.
 
+use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -231,6 +234,39 @@ fn conformance(args: &[&str]) -> Output {
         .expect("run engram-conformance")
 }
 
+fn assert_passes_record(out: &Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    println!("==== record\n{stdout}{stderr}");
+    assert!(out.status.success(), "record failed:\n{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("transcripts recorded from etcd 3.5."),
+        "{stdout}"
+    );
+}
+
+/// `<group>/<case>` -> lines without comments, for every recording under `dir`.
+fn transcripts(dir: &Path) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for g in fs::read_dir(dir).expect("read expectations dir").flatten() {
+        for f in fs::read_dir(g.path()).expect("read group dir").flatten() {
+            let text = fs::read_to_string(f.path()).expect("read recording");
+            let lines = text
+                .lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(str::to_string)
+                .collect();
+            let name = format!(
+                "{}/{}",
+                g.file_name().to_string_lossy(),
+                f.file_name().to_string_lossy()
+            );
+            out.insert(name, lines);
+        }
+    }
+    out
+}
+
 fn assert_passes(what: &str, out: &Output) {
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
@@ -253,6 +289,37 @@ fn suite_passes_on_etcd_and_engram_and_matches_reference() {
 
     let out = conformance(&["--endpoint", &etcd.endpoint]);
     assert_passes("against etcd", &out);
+    // Without --restart-cmd the faults group is skipped, and the summary says so.
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("SKIP faults/") && stdout.contains("NOT RUN"),
+        "{stdout}"
+    );
+
+    // The kept recordings are what this etcd answers now.
+    let recorded = reports.path().join("expectations");
+    let out = conformance(&[
+        "record",
+        "--endpoint",
+        &etcd.endpoint,
+        "--out",
+        &recorded.to_string_lossy(),
+    ]);
+    assert_passes_record(&out);
+    let kept = workspace_root().join("conformance/expectations");
+    let (fresh, kept) = (transcripts(&recorded), transcripts(&kept));
+    assert_eq!(
+        fresh.keys().collect::<Vec<_>>(),
+        kept.keys().collect::<Vec<_>>(),
+        "recorded cases differ from conformance/expectations/"
+    );
+    for (case, lines) in &fresh {
+        assert_eq!(
+            lines, &kept[case],
+            "{case}: etcd's transcript differs from conformance/expectations/ \
+             (re-record with engram-conformance record)"
+        );
+    }
 
     let out = conformance(&[
         "--endpoint",
@@ -289,4 +356,174 @@ fn suite_passes_on_etcd_and_engram_and_matches_reference() {
     // A failing run exits non-zero: an unknown group is a usage error (exit code 2).
     let out = conformance(&["--endpoint", &engram.endpoint, "--only", "nope"]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// An engram (lsm engine, data in a temp dir) started by a shell script that records its
+/// pid, so that a `--restart-cmd` script can kill it with SIGKILL and start it again.
+struct Restartable {
+    dir: TempDir,
+    endpoint: String,
+}
+
+impl Restartable {
+    fn start() -> Restartable {
+        let dir = tempdir("conformance-faults-");
+        let port = free_ports(1)[0];
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let d = dir.path().display().to_string();
+        let start = format!(
+            "#!/bin/sh\n\
+             '{bin}' --name conformance --engine lsm --data-dir '{d}/data' \
+             --listen-client-urls {endpoint} --advertise-client-urls {endpoint} \
+             </dev/null >>'{d}/server.log' 2>&1 &\n\
+             echo $! >'{d}/pid'\n",
+            bin = engram_bin().display()
+        );
+        let restart = format!(
+            "#!/bin/sh\n\
+             pid=$(cat '{d}/pid')\n\
+             kill -9 \"$pid\"\n\
+             while kill -0 \"$pid\" 2>/dev/null; do sleep 0.05; done\n\
+             exec sh '{d}/start.sh'\n"
+        );
+        fs::write(dir.path().join("start.sh"), start).expect("write start.sh");
+        fs::write(dir.path().join("restart.sh"), restart).expect("write restart.sh");
+        let st = Command::new("sh")
+            .arg(dir.path().join("start.sh"))
+            .status()
+            .expect("run start.sh");
+        assert!(st.success());
+        let s = Restartable { dir, endpoint };
+        s.wait_ready();
+        s
+    }
+
+    fn restart_cmd(&self) -> String {
+        format!("sh '{}'", self.dir.path().join("restart.sh").display())
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
+    }
+
+    fn wait_ready(&self) {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = rt.block_on(async {
+                let probe = async {
+                    let mut kv = KvClient::connect(self.endpoint.clone()).await.ok()?;
+                    kv.range(RangeRequest {
+                        key: "conformance-readiness-probe".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .ok()
+                };
+                tokio::time::timeout(Duration::from_secs(3), probe)
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+            });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "engram at {} not ready after 30s:\n{}",
+                self.endpoint,
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Restartable {
+    fn drop(&mut self) {
+        if let Ok(pid) = fs::read_to_string(self.dir.path().join("pid")) {
+            let _ = Command::new("kill").args(["-9", pid.trim()]).status();
+        }
+    }
+}
+
+#[test]
+fn faults_group_passes_on_engram_killed_and_restarted() {
+    let engram = Restartable::start();
+    let reports = tempdir("conformance-faults-report-");
+    let json = reports.path().join("report.json");
+    let started = Instant::now();
+    let out = conformance(&[
+        "--endpoint",
+        &engram.endpoint,
+        "--only",
+        "faults",
+        "--restart-cmd",
+        &engram.restart_cmd(),
+        "--json",
+        &json.to_string_lossy(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        println!("server log:\n{}", engram.log());
+    }
+    assert_passes("faults against engram", &out);
+    assert!(stdout.contains("PASS faults/"), "{stdout}");
+    assert!(stdout.contains("2 kill/restart cycles"), "{stdout}");
+    let json_text = fs::read_to_string(&json).expect("json report");
+    assert!(
+        json_text.contains("\"verdict\": \"pass\"") && json_text.contains("\"skipped\": 0"),
+        "{json_text}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "faults group took {:?}",
+        started.elapsed()
+    );
+    // The endpoint really was restarted (its pid changed) and is up.
+    engram.wait_ready();
+}
+
+#[test]
+fn faults_group_is_skipped_without_restart_cmd() {
+    let engram = start_engram();
+    let reports = tempdir("conformance-skip-report-");
+    let json = reports.path().join("report.json");
+    let md = reports.path().join("report.md");
+    let out = conformance(&[
+        "--endpoint",
+        &engram.endpoint,
+        "--only",
+        "faults",
+        "--json",
+        &json.to_string_lossy(),
+        "--report",
+        &md.to_string_lossy(),
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!("{stdout}");
+    assert!(out.status.success(), "a skip is not a failure: {stdout}");
+    assert!(!stdout.contains("PASS "), "{stdout}");
+    assert!(
+        stdout.contains("SKIP faults/cas_workload_across_kill_and_restart")
+            && stdout.contains("needs --restart-cmd"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("note: 1 of 1 `faults` case(s) NOT RUN"),
+        "{stdout}"
+    );
+    let json_text = fs::read_to_string(&json).expect("json report");
+    assert!(
+        json_text.contains("\"verdict\": \"skip\"")
+            && json_text.contains("\"skipped\": 1")
+            && !json_text.contains("\"verdict\": \"pass\""),
+        "{json_text}"
+    );
+    let md_text = fs::read_to_string(&md).expect("markdown report");
+    assert!(md_text.contains("| skip | faults |"), "{md_text}");
 }

@@ -2,7 +2,9 @@
 
 pub mod concurrency;
 pub mod etcd_api;
+pub mod faults;
 pub mod kubernetes;
+pub mod workload;
 
 use etcdpb::etcdserverpb::ResponseHeader;
 use etcdpb::mvccpb::KeyValue;
