@@ -208,4 +208,9 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Bytes the engine occupies on its medium (for Status and the space quota).
     fn size_on_disk(&self) -> u64;
+
+    /// Called after a compaction sweep has physically removed Engram's history up to a revision. Engines with their own MVCC history (TiKV) may now let it be collected.
+    fn history_released(&self) -> impl Future<Output = EngineResult<()>> + Send {
+        async { Ok(()) }
+    }
 }
