@@ -3,7 +3,11 @@
 //! The store above relies on exactly these properties (ordered, bounded scans in both
 //! directions; atomic batches guarded by compare-and-swap conditions; consistent snapshots), so
 //! an engine that passes here can carry Engram. Each check gets a fresh, empty engine: a new
-//! in-memory map or a new temporary directory.
+//! in-memory map, a new temporary directory, or, for TiKV, a key prefix no other run uses.
+//!
+//! The TiKV run needs the `tikv` feature and a cluster: set `ENGRAM_TEST_PD_ENDPOINTS` to its PD
+//! addresses, comma-separated (`127.0.0.1:2379`). Without either, its tests say why they were
+//! skipped and pass.
 
 use backend::engine::{
     BTreeEngine, Engine, EngineError, Entry, KeyRange, LsmEngine, MemoryEngine, Snapshot,
@@ -756,3 +760,60 @@ async fn open_btree() -> Option<(BTreeEngine, TempDir)> {
 contract!(memory, open_memory());
 contract!(lsm, open_lsm());
 contract!(btree, open_btree());
+
+#[cfg(feature = "tikv")]
+mod tikv_cluster {
+    use backend::engine::TikvEngine;
+    use bytes::Bytes;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// The variable that names the PD endpoints of a TiKV cluster to test against.
+    pub const PD_ENDPOINTS: &str = "ENGRAM_TEST_PD_ENDPOINTS";
+
+    /// A key prefix no other check of this run, and no other run, uses.
+    fn unique_prefix() -> Bytes {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        Bytes::from(format!(
+            "engram-contract/{}-{nanos}-{}/",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ))
+    }
+
+    pub async fn open() -> Option<(TikvEngine, ())> {
+        let endpoints: Vec<String> = std::env::var(PD_ENDPOINTS)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+            .map(String::from)
+            .collect();
+        if endpoints.is_empty() {
+            eprintln!(
+                "skipped: the TiKV engine contract needs a cluster; set {PD_ENDPOINTS} to its \
+                 PD addresses (comma-separated)"
+            );
+            return None;
+        }
+        let engine = TikvEngine::connect(endpoints, unique_prefix())
+            .await
+            .expect("connect to TiKV");
+        Some((engine, ()))
+    }
+}
+
+#[cfg(feature = "tikv")]
+contract!(tikv, tikv_cluster::open());
+
+#[cfg(not(feature = "tikv"))]
+#[test]
+fn tikv() {
+    eprintln!(
+        "skipped: the TiKV engine contract runs only when built with `--features tikv` and \
+         ENGRAM_TEST_PD_ENDPOINTS names a cluster's PD addresses"
+    );
+}

@@ -9,10 +9,14 @@
 mod btree;
 mod lsm;
 mod memory;
+#[cfg(feature = "tikv")]
+mod tikv;
 
 pub use btree::BTreeEngine;
 pub use lsm::LsmEngine;
 pub use memory::MemoryEngine;
+#[cfg(feature = "tikv")]
+pub use tikv::{TikvEngine, TikvSnapshot, tikv_metrics_text};
 
 use bytes::Bytes;
 use std::future::Future;
