@@ -10,10 +10,14 @@ mod btree;
 mod lsm;
 mod memory;
 mod shared;
+#[cfg(feature = "tikv")]
+mod tikv;
 
 pub use btree::BTreeEngine;
 pub use lsm::LsmEngine;
 pub use memory::MemoryEngine;
+#[cfg(feature = "tikv")]
+pub use tikv::{TikvEngine, TikvSnapshot, tikv_metrics_text};
 
 use bytes::Bytes;
 use std::future::Future;
@@ -209,4 +213,10 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Bytes the engine occupies on its medium (for Status and the space quota).
     fn size_on_disk(&self) -> u64;
+
+    /// Called after a compaction sweep has physically removed Engram's history up to a
+    /// revision. Engines with their own MVCC history (TiKV) may now let it be collected.
+    fn history_released(&self) -> impl Future<Output = EngineResult<()>> + Send {
+        async { Ok(()) }
+    }
 }

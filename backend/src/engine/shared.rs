@@ -20,4 +20,8 @@ impl<E: Engine> Engine for Arc<E> {
     fn size_on_disk(&self) -> u64 {
         E::size_on_disk(self)
     }
+
+    async fn history_released(&self) -> EngineResult<()> {
+        E::history_released(self).await
+    }
 }

@@ -26,7 +26,13 @@ pub(super) async fn run<E: Engine>(
         let goal = *target.borrow_and_update();
         if goal > swept {
             match sweep(&shared, &writer, goal).await {
-                Ok(true) => swept = goal,
+                Ok(true) => {
+                    swept = goal;
+                    // Engines with MVCC history of their own (TiKV) may now collect it.
+                    if let Err(err) = shared.engine.history_released().await {
+                        tracing::warn!(%err, goal, "engine could not release history after compaction");
+                    }
+                }
                 Ok(false) => return, // the store is shutting down
                 Err(err) => {
                     tracing::warn!(%err, goal, "compaction sweep failed; retrying on next compaction");
