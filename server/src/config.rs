@@ -12,6 +12,9 @@ pub enum EngineKind {
     Btree,
     /// Everything in memory, lost at exit (tests and experiments only).
     Memory,
+    /// A TiKV cluster reached through --pd-endpoints, shared by every member of the Engram
+    /// cluster (builds with the `tikv` feature).
+    Tikv,
 }
 
 /// Engram: a Kubernetes metadata store that speaks the etcd v3 API.
@@ -52,6 +55,15 @@ pub struct Config {
     /// Storage engine.
     #[arg(long, value_enum, default_value = "lsm")]
     pub engine: EngineKind,
+
+    /// With --engine tikv: comma-separated PD addresses (host:port) of the TiKV cluster.
+    #[arg(long, value_delimiter = ',')]
+    pub pd_endpoints: Vec<String>,
+
+    /// With --engine tikv: the prefix of every key this Engram cluster writes, so several
+    /// clusters can share one TiKV cluster. All members of one cluster use the same prefix.
+    #[arg(long, default_value = "engram/")]
+    pub key_prefix: String,
 
     /// Block/page cache of the embedded engine, in MiB.
     #[arg(long, default_value_t = 64)]

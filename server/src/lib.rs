@@ -65,7 +65,23 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
             serve(config, Arc::new(engine)).await
         }
         EngineKind::Memory => serve(config, Arc::new(MemoryEngine::new())).await,
+        EngineKind::Tikv => serve_tikv(config).await,
     }
+}
+
+#[cfg(feature = "tikv")]
+async fn serve_tikv(config: Config) -> Result<(), BoxError> {
+    if config.pd_endpoints.is_empty() {
+        return Err("--engine tikv needs --pd-endpoints host:port,...".into());
+    }
+    let prefix = bytes::Bytes::from(config.key_prefix.clone().into_bytes());
+    let engine = backend::engine::TikvEngine::connect(config.pd_endpoints.clone(), prefix).await?;
+    serve(config, Arc::new(engine)).await
+}
+
+#[cfg(not(feature = "tikv"))]
+async fn serve_tikv(_config: Config) -> Result<(), BoxError> {
+    Err("this engram was built without the TiKV engine (cargo feature `tikv`)".into())
 }
 
 /// `engram restore`: a snapshot file into a fresh data directory.
@@ -87,7 +103,9 @@ async fn restore(
             let engine = BTreeEngine::open(data_dir, cache_size_mb << 20)?;
             backend::snapshot::restore(&engine, file).await?
         }
-        EngineKind::Memory => return Err("restore needs a durable engine (lsm or btree)".into()),
+        EngineKind::Memory | EngineKind::Tikv => {
+            return Err("restore writes a data directory: --engine lsm or btree".into());
+        }
     };
     tracing::info!(entries, data_dir = %data_dir.display(), "snapshot restored");
     println!("restored {entries} entries into {}", data_dir.display());

@@ -194,7 +194,11 @@ impl Metrics {
         }
         self.watch_streams.set(watch::stats::streams());
         self.watchers.set(watch::stats::watchers());
-        self.encode_with(store_families(store.stats()))
+        let (text, format) = self.encode_with(store_families(store.stats()));
+        // tikv-client keeps its own metrics in its own (older) prometheus registry.
+        #[cfg(feature = "tikv")]
+        let text = text + &backend::engine::tikv_metrics_text();
+        (text, format)
     }
 
     /// Every metric, with `extra` families, in Prometheus' text exposition format, and its
