@@ -8,6 +8,7 @@ pub mod brain;
 pub mod config;
 mod header;
 mod http;
+pub mod local_cluster;
 mod metrics;
 mod service;
 mod space;

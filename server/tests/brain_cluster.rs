@@ -5,12 +5,10 @@
 mod support;
 
 use backend::engine::LsmEngine;
-use clap::Parser;
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
-use server::Member;
-use server::config::Config;
+use server::local_cluster::{LocalCluster, LocalMember};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,84 +17,15 @@ use tempfile::TempDir;
 type Engine = Arc<LsmEngine>;
 
 /// Short enough for quick failovers in tests, long enough for a loaded 2-core machine.
-const LEASE: &str = "1s";
-
-/// One member with the runtime it runs on.
-struct Node {
-    name: String,
-    url: String,
-    member: Option<Member<Engine>>,
-    runtime: Option<tokio::runtime::Runtime>,
-}
-
-impl Node {
-    async fn start(name: &str, engine: &Engine, dir: &TempDir) -> Node {
-        let config = Config::parse_from([
-            "engram",
-            "--name",
-            name,
-            "--data-dir",
-            dir.path().to_str().unwrap(),
-            "--listen-client-urls",
-            "http://127.0.0.1:0",
-            "--election-lease",
-            LEASE,
-            "--watch-progress-notify-interval",
-            "1s",
-        ]);
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()
-            .unwrap();
-        let member = runtime
-            .spawn(Member::start(config, engine.clone()))
-            .await
-            .unwrap()
-            .unwrap_or_else(|e| panic!("start {name}: {e}"));
-        Node {
-            name: name.to_string(),
-            url: member.client_urls[0].clone(),
-            member: Some(member),
-            runtime: Some(runtime),
-        }
-    }
-
-    fn member(&self) -> &Member<Engine> {
-        self.member.as_ref().expect("member is running")
-    }
-
-    fn member_id(&self) -> u64 {
-        self.member().brain.member_id()
-    }
-
-    fn is_leader(&self) -> bool {
-        self.member
-            .as_ref()
-            .is_some_and(|m| matches!(m.brain.role(), server::brain::Role::Leader { .. }))
-    }
-
-    /// Stops the member as `kill -9` would: every task of its runtime is dropped.
-    fn kill(&mut self) {
-        self.member = None;
-        if let Some(rt) = self.runtime.take() {
-            rt.shutdown_background();
-        }
-    }
-
-    async fn client(&self) -> Client {
-        support::connect(&self.url).await
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
+const FLAGS: &[&str] = &[
+    "--election-lease",
+    "1s",
+    "--watch-progress-notify-interval",
+    "1s",
+];
 
 struct Cluster {
-    nodes: Vec<Node>,
+    local: LocalCluster<Engine>,
     _dir: TempDir,
 }
 
@@ -104,41 +33,29 @@ impl Cluster {
     async fn start(n: usize) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let engine = Arc::new(LsmEngine::open(dir.path(), 16 << 20).unwrap());
-        let mut nodes = Vec::new();
-        for i in 0..n {
-            nodes.push(Node::start(&format!("brain-{i}"), &engine, &dir).await);
-        }
-        let cluster = Cluster { nodes, _dir: dir };
+        let local = LocalCluster::start(n, &engine, FLAGS).unwrap();
+        let cluster = Cluster { local, _dir: dir };
         cluster.wait_for_leader().await;
         cluster
     }
 
-    /// Waits until exactly one running member leads and every other running member follows
-    /// it; returns the leader's index.
+    fn node(&self, i: usize) -> &LocalMember<Engine> {
+        &self.local.members[i]
+    }
+
+    async fn client(&self, i: usize) -> Client {
+        support::connect(&self.local.members[i].url).await
+    }
+
     async fn wait_for_leader(&self) -> usize {
-        for _ in 0..200 {
-            let running: Vec<&Node> = self.nodes.iter().filter(|n| n.member.is_some()).collect();
-            let leaders: Vec<usize> = (0..self.nodes.len())
-                .filter(|&i| self.nodes[i].is_leader())
-                .collect();
-            if let [leader] = leaders[..] {
-                let id = self.nodes[leader].member_id();
-                let agreed = running
-                    .iter()
-                    .all(|n| n.member().brain.leader().map(|(l, _)| l) == Some(id));
-                if agreed {
-                    return leader;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("no single leader elected");
+        self.local
+            .leader(Duration::from_secs(10))
+            .await
+            .expect("one leader elected")
     }
 
     fn followers(&self, leader: usize) -> Vec<usize> {
-        (0..self.nodes.len())
-            .filter(|&i| i != leader && self.nodes[i].member.is_some())
-            .collect()
+        self.local.followers(leader)
     }
 }
 
@@ -153,9 +70,9 @@ fn message(err: &etcd_client::Error) -> String {
 async fn one_leader_and_every_member_knows_it() {
     let cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
-    let leader_id = cluster.nodes[leader].member_id();
-    for node in &cluster.nodes {
-        let mut c = node.client().await;
+    let leader_id = cluster.node(leader).member_id();
+    for node in &cluster.local.members {
+        let mut c = support::connect(&node.url).await;
         let status = c.status().await.unwrap();
         assert_eq!(status.leader(), leader_id, "{} names the leader", node.name);
         assert!(status.raft_term() >= 1);
@@ -177,14 +94,14 @@ async fn followers_forward_writes_and_serve_reads() {
     let cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     let follower = cluster.followers(leader)[0];
-    let mut f = cluster.nodes[follower].client().await;
-    let mut l = cluster.nodes[leader].client().await;
+    let mut f = cluster.client(follower).await;
+    let mut l = cluster.client(leader).await;
 
     let put = f.put("/a", "1", None).await.unwrap();
     let rev = put.header().unwrap().revision();
     assert_eq!(
         put.header().unwrap().member_id(),
-        cluster.nodes[follower].member_id(),
+        cluster.node(follower).member_id(),
         "the follower answers in its own name"
     );
     // A linearizable read on the follower sees the write at once.
@@ -248,6 +165,41 @@ async fn followers_forward_writes_and_serve_reads() {
         message(&err),
         "etcdserver: mvcc: required revision has been compacted"
     );
+    // Compaction makes no revision, yet the other follower learns it too: at once for a
+    // linearizable read (ReadIndex carries it), and from the leader's log for the others.
+    let other = cluster.followers(leader)[1];
+    let mut o = cluster.client(other).await;
+    let err = o
+        .get("/a", Some(GetOptions::new().with_revision(now - 1)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        message(&err),
+        "etcdserver: mvcc: required revision has been compacted"
+    );
+    let later = l
+        .put("/c", "1", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    l.compact(later, None).await.unwrap();
+    let mut compacted_seen = false;
+    for _ in 0..50 {
+        let serializable = GetOptions::new()
+            .with_revision(later - 1)
+            .with_serializable();
+        if o.get("/a", Some(serializable)).await.is_err() {
+            compacted_seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        compacted_seen,
+        "a follower learns a compaction from the leader's log"
+    );
 }
 
 #[tokio::test]
@@ -255,7 +207,7 @@ async fn follower_watchers_see_every_event_in_order() {
     let cluster = Cluster::start(3).await;
     let leader = cluster.wait_for_leader().await;
     let followers = cluster.followers(leader);
-    let mut watcher = cluster.nodes[followers[0]].client().await;
+    let mut watcher = cluster.client(followers[0]).await;
     let mut stream = watcher
         .watch(
             "/w/",
@@ -263,8 +215,8 @@ async fn follower_watchers_see_every_event_in_order() {
         )
         .await
         .unwrap();
-    let mut l = cluster.nodes[leader].client().await;
-    let mut other = cluster.nodes[followers[1]].client().await;
+    let mut l = cluster.client(leader).await;
+    let mut other = cluster.client(followers[1]).await;
     let mut expected = Vec::new();
     for i in 0..50 {
         let client = if i % 2 == 0 { &mut l } else { &mut other };
@@ -324,7 +276,7 @@ async fn leader_killed_under_load() {
 
     let mut watchers = Vec::new();
     for &i in &survivors {
-        let mut c = cluster.nodes[i].client().await;
+        let mut c = cluster.client(i).await;
         let stream = c
             .watch("/load/", Some(WatchOptions::new().with_prefix()))
             .await
@@ -336,7 +288,7 @@ async fn leader_killed_under_load() {
     let mut writers = Vec::new();
     for (n, &i) in survivors.iter().enumerate() {
         for w in 0..2 {
-            let url = cluster.nodes[i].url.clone();
+            let url = cluster.node(i).url.clone();
             let stop = stop.clone();
             writers.push(tokio::spawn(async move {
                 let mut c = support::connect(&url).await;
@@ -362,7 +314,7 @@ async fn leader_killed_under_load() {
         }
     }
     tokio::time::sleep(Duration::from_millis(700)).await;
-    cluster.nodes[leader].kill();
+    cluster.local.members[leader].kill();
     let new_leader = cluster.wait_for_leader().await;
     assert_ne!(new_leader, leader);
     // Writes resume after the takeover.
@@ -374,7 +326,7 @@ async fn leader_killed_under_load() {
     }
     assert!(acked.len() > 20, "writes went through: {}", acked.len());
 
-    let mut check = cluster.nodes[new_leader].client().await;
+    let mut check = cluster.client(new_leader).await;
     let all = check
         .get("/load/", Some(GetOptions::new().with_prefix()))
         .await
@@ -433,19 +385,15 @@ async fn leader_killed_under_load() {
 async fn a_frozen_leader_cannot_write_after_a_takeover() {
     let mut cluster = Cluster::start(2).await;
     let old = cluster.wait_for_leader().await;
-    let mut old_client = cluster.nodes[old].client().await;
+    let mut old_client = cluster.client(old).await;
     old_client.put("/before", "1", None).await.unwrap();
-    cluster.nodes[old]
-        .member
-        .as_mut()
-        .unwrap()
-        .freeze_election();
+    cluster.local.members[old].member_mut().freeze_election();
     // The other member takes over once the frozen leader's record goes stale.
     let other = 1 - old;
-    let other_id = cluster.nodes[other].member_id();
+    let other_id = cluster.node(other).member_id();
     let mut new_leads = false;
     for _ in 0..100 {
-        let brain = &cluster.nodes[other].member().brain;
+        let brain = &cluster.node(other).member().brain;
         if matches!(brain.role(), server::brain::Role::Leader { .. }) {
             new_leads = true;
             break;
@@ -456,7 +404,7 @@ async fn a_frozen_leader_cannot_write_after_a_takeover() {
     // The frozen member still believes it leads: its write reaches its store and is fenced.
     let err = old_client.put("/fenced", "x", None).await.unwrap_err();
     assert_eq!(message(&err), "etcdserver: not leader");
-    let mut new_client = cluster.nodes[other].client().await;
+    let mut new_client = cluster.client(other).await;
     assert!(
         new_client
             .get("/fenced", None)
@@ -469,13 +417,13 @@ async fn a_frozen_leader_cannot_write_after_a_takeover() {
     // Having been fenced, the old member stops leading at once (its frozen election cannot
     // tell it who leads now, so it waits as a candidate).
     for _ in 0..50 {
-        if !cluster.nodes[old].is_leader() {
+        if !cluster.node(old).is_leader() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(
-        !cluster.nodes[old].is_leader(),
+        !cluster.node(old).is_leader(),
         "the fenced leader stepped down"
     );
     let status = new_client.status().await.unwrap();

@@ -121,4 +121,8 @@ impl CommitListener for Hub {
         }
         self.latest.send_replace(last);
     }
+
+    fn resumed_after(&self, revision: i64) {
+        self.restart_after(revision);
+    }
 }

@@ -18,6 +18,9 @@ use std::sync::Arc;
 const REVISIONS_PER_MESSAGE: usize = 1024;
 /// Events per message when reading history from the store.
 const HISTORY_EVENTS_PER_MESSAGE: usize = 4096;
+/// How often a caught-up stream looks for a new compacted revision (compaction makes no
+/// revision, so the log alone would not carry it).
+const COMPACTION_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One message of the stream.
 #[derive(Debug, Clone)]
@@ -39,8 +42,10 @@ pub fn follow<H: HistorySource>(
     from: i64,
 ) -> impl Stream<Item = KvResult<Batch>> + Send {
     let latest = hub.subscribe();
-    futures::stream::unfold(Some((hub, history, latest, from)), |state| async move {
-        let (hub, history, mut latest, next) = state?;
+    let start = (hub, history, latest, from, i64::MIN);
+    futures::stream::unfold(Some(start), |state| async move {
+        // `sent`: the compacted revision the follower was last told.
+        let (hub, history, mut latest, next, sent) = state?;
         loop {
             let compacted = history.compacted();
             if next < compacted {
@@ -48,8 +53,18 @@ pub fn follow<H: HistorySource>(
             }
             let now = *latest.borrow_and_update();
             if next > now {
-                if latest.changed().await.is_err() {
-                    return None;
+                if compacted != sent {
+                    // Nothing new but the compacted revision: say so.
+                    let batch = Batch {
+                        revisions: Vec::new(),
+                        through: next - 1,
+                        compacted,
+                    };
+                    return Some((Ok(batch), Some((hub, history, latest, next, compacted))));
+                }
+                tokio::select! {
+                    changed = latest.changed() => if changed.is_err() { return None },
+                    () = tokio::time::sleep(COMPACTION_POLL) => {}
                 }
                 continue;
             }
@@ -83,8 +98,8 @@ pub fn follow<H: HistorySource>(
                 }
                 continue;
             }
-            let after = batch.through + 1;
-            return Some((Ok(batch), Some((hub, history, latest, after))));
+            let after = (hub, history, latest, batch.through + 1, batch.compacted);
+            return Some((Ok(batch), Some(after)));
         }
     })
 }

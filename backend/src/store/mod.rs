@@ -48,6 +48,9 @@ pub struct StoreOptions {
     pub listener: Option<Arc<dyn CommitListener>>,
     /// Writes whose encoding is larger are refused (etcd's `--max-request-bytes`).
     pub max_request_bytes: usize,
+    /// Longest one engine batch may take before its requests fail (their outcome unknown),
+    /// so a stuck engine write holds up the writes queued behind it no longer than this.
+    pub write_timeout: std::time::Duration,
     /// The leader's fencing token: every batch the writer commits requires it, so that a
     /// leader deposed by a newer election fails to write instead of overwriting its successor.
     pub fence: Option<Condition>,
@@ -59,6 +62,7 @@ impl Default for StoreOptions {
             max_batch: 1024,
             listener: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            write_timeout: std::time::Duration::from_secs(10),
             fence: None,
         }
     }
@@ -83,6 +87,11 @@ struct Shared<E> {
     counts: crate::mvcc::count_cache::CountCache,
     /// Tells waiters each newly published revision.
     published: tokio::sync::watch::Sender<i64>,
+    /// Whether the durable revision counter exists yet: every batch requires it to hold the
+    /// published revision (absent before the first write), so that a batch whose outcome was
+    /// unknown (a timeout) but that did commit can never be followed by one reusing its
+    /// revisions.
+    revision_stored: std::sync::atomic::AtomicBool,
     /// Raised when a batch failed on the fence: another member leads now, and this store
     /// accepts no more writes.
     deposed: tokio::sync::watch::Sender<bool>,
@@ -97,17 +106,20 @@ impl<E> Shared<E> {
 }
 
 /// The durable state a store starts from.
-struct Recovered {
+pub(crate) struct Recovered {
     revision: i64,
+    revision_stored: bool,
     compacted: i64,
     swept: i64,
     leases: LeaseTable,
 }
 
-async fn recover<E: Engine>(engine: &E) -> KvResult<Recovered> {
+pub(crate) async fn recover<E: Engine>(engine: &E) -> KvResult<Recovered> {
     let snapshot = engine.snapshot().await?;
     let counter = |value: Option<bytes::Bytes>| value.as_deref().and_then(decode_counter);
-    let revision = counter(snapshot.get(&keys::meta_revision()).await?).unwrap_or(1);
+    let stored = snapshot.get(&keys::meta_revision()).await?;
+    let revision_stored = stored.is_some();
+    let revision = counter(stored).unwrap_or(1);
     let compacted = counter(snapshot.get(&keys::meta_compacted()).await?).unwrap_or(-1);
     let swept = counter(snapshot.get(&keys::meta_compaction_done()).await?).unwrap_or(-1);
     let leases = LeaseTable::default();
@@ -131,6 +143,7 @@ async fn recover<E: Engine>(engine: &E) -> KvResult<Recovered> {
     }
     Ok(Recovered {
         revision,
+        revision_stored,
         compacted,
         swept,
         leases,
@@ -163,6 +176,7 @@ impl<E: Engine> Store<E> {
     pub async fn open(engine: E, options: StoreOptions) -> KvResult<Self> {
         let Recovered {
             revision,
+            revision_stored,
             compacted,
             swept,
             leases,
@@ -177,6 +191,7 @@ impl<E: Engine> Store<E> {
             counts: Default::default(),
             stats: Default::default(),
             published: tokio::sync::watch::Sender::new(revision),
+            revision_stored: revision_stored.into(),
             deposed: tokio::sync::watch::Sender::new(false),
         });
         let (writer_tx, writer_rx) = mpsc::channel(options.max_batch.max(1) * 4);
@@ -224,6 +239,7 @@ impl<E: Engine> Store<E> {
             counts: Default::default(),
             stats: Default::default(),
             published: tokio::sync::watch::Sender::new(recovered.revision),
+            revision_stored: recovered.revision_stored.into(),
             deposed: tokio::sync::watch::Sender::new(false),
         });
         Ok(Store {

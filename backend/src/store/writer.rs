@@ -31,6 +31,13 @@ pub struct CommittedRevision {
 /// published to readers.
 pub trait CommitListener: Send + Sync {
     fn committed(&self, revisions: Vec<CommittedRevision>);
+
+    /// The store found revisions up to `revision` committed that it never announced (a batch
+    /// whose write timed out did commit): they exist only in the store's history now, and
+    /// announcements go on after `revision`.
+    fn resumed_after(&self, revision: i64) {
+        let _ = revision;
+    }
 }
 
 /// Physical removal of compacted history, handed to the writer so that it is ordered with the
@@ -200,10 +207,24 @@ async fn commit<E: Engine>(
     if let Some(fence) = &options.fence {
         batch.conditions.push(fence.clone());
     }
+    let stored = shared.revision_stored.load(Ordering::Acquire);
+    batch.require(
+        keys::meta_revision(),
+        stored.then(|| encode_counter(published)),
+    );
     let writing = (!batch.is_empty()).then(std::time::Instant::now);
-    if !batch.is_empty()
-        && let Err(err) = shared.engine.write(batch).await
-    {
+    let written = if batch.is_empty() {
+        Ok(())
+    } else {
+        match tokio::time::timeout(options.write_timeout, shared.engine.write(batch)).await {
+            Ok(result) => result,
+            Err(_) => Err(EngineError::Storage(format!(
+                "engine write took longer than {:?}; its outcome is unknown",
+                options.write_timeout
+            ))),
+        }
+    };
+    if let Err(err) = written {
         let fenced = matches!(
             (&err, &options.fence),
             (EngineError::ConditionFailed { key }, Some(fence)) if *key == fence.key
@@ -221,6 +242,9 @@ async fn commit<E: Engine>(
             };
             let _ = reply.send(Err(answer));
         }
+        if !fenced {
+            resync(shared, options, published).await;
+        }
         return Err(err);
     }
     sample.commit = writing.map(|w| w.elapsed());
@@ -234,6 +258,7 @@ async fn commit<E: Engine>(
         "batch committed"
     );
     if revision != published {
+        shared.revision_stored.store(true, Ordering::Release);
         shared.publish(revision);
     }
     for (id, granted) in lease_changes {
@@ -255,6 +280,47 @@ async fn commit<E: Engine>(
         let _ = reply.send(result);
     }
     Ok(())
+}
+
+/// After a failed batch: a write that failed with an unknown outcome may have committed after
+/// all. If the durable revision moved past what was published, that batch is in the store:
+/// publish its revision (its events are read back from history by whoever needs them) and
+/// take over its lease changes, so the next batch neither reuses its revisions nor fails on
+/// them forever.
+async fn resync<E: Engine>(shared: &Shared<E>, options: &StoreOptions, published: i64) {
+    let recovered = match super::recover(&shared.engine).await {
+        Ok(r) => r,
+        Err(err) => {
+            tracing::warn!(%err, "re-reading the store after a failed batch");
+            return;
+        }
+    };
+    if recovered.revision <= published {
+        return;
+    }
+    tracing::warn!(
+        published,
+        durable = recovered.revision,
+        "a batch whose outcome was unknown did commit; resuming after it"
+    );
+    let live = recovered.leases.ids();
+    for id in shared.leases.ids() {
+        if live.binary_search(&id).is_err() {
+            shared.leases.remove(id);
+        }
+    }
+    for id in live {
+        if shared.leases.get(id).is_none()
+            && let Some(lease) = recovered.leases.get(id)
+        {
+            shared.leases.insert(id, lease.ttl);
+        }
+    }
+    shared.revision_stored.store(true, Ordering::Release);
+    shared.publish(recovered.revision);
+    if let Some(listener) = &options.listener {
+        listener.resumed_after(recovered.revision);
+    }
 }
 
 fn fail_all(jobs: Vec<Job>, err: EngineError) -> EngineError {

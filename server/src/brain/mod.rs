@@ -181,6 +181,8 @@ impl<E: Engine + Clone> Brain<E> {
                         KvError::NoLeader
                     })?
                     .into_inner();
+                // Compaction makes no revision: take the leader's compacted revision as is.
+                store.advance(0, index.compacted);
                 let wait = self.options.election.lease * 2 + Duration::from_secs(1);
                 tokio::time::timeout(wait, store.wait_for(index.revision))
                     .await

@@ -138,10 +138,17 @@ impl<E: Engine + Clone> Kv for KvService<E> {
         let req = req.into_inner();
         let resp = match self.brain.route().await.map_err(from_kv)? {
             Route::Local(store) => store.compact(req).await.map_err(from_kv)?,
-            Route::Forward(leader) => Self::client(&leader, self.max_message_bytes)
-                .compact(req)
-                .await?
-                .into_inner(),
+            Route::Forward(leader) => {
+                let revision = req.revision;
+                let resp = Self::client(&leader, self.max_message_bytes)
+                    .compact(req)
+                    .await?
+                    .into_inner();
+                // The leader compacted: reads here must fail below it from now on, not only
+                // once the leader's log says so.
+                self.brain.store().advance(0, revision);
+                resp
+            }
         };
         self.respond(resp, 0, |r| &mut r.header)
     }

@@ -1,0 +1,175 @@
+//! What the store guarantees a cluster of members: a leader's writes are fenced by its term,
+//! a follower's store only reads at the revisions it is given, and a batch whose outcome was
+//! unknown never lets a later batch reuse its revisions.
+
+use backend::engine::{Condition, Engine, EngineError, EngineResult, MemoryEngine, WriteBatch};
+use backend::kv::KvError;
+use backend::mvcc::keys;
+use backend::{Store, StoreOptions};
+use bytes::Bytes;
+use etcdpb::etcdserverpb::{PutRequest, RangeRequest};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+fn put(key: &str, value: &str) -> PutRequest {
+    PutRequest {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        value: Bytes::copy_from_slice(value.as_bytes()),
+        ..Default::default()
+    }
+}
+
+fn get(key: &str) -> RangeRequest {
+    RangeRequest {
+        key: Bytes::copy_from_slice(key.as_bytes()),
+        ..Default::default()
+    }
+}
+
+async fn set_term(engine: &impl Engine, term: u64) {
+    let mut batch = WriteBatch::default();
+    batch.put(
+        keys::brain_term(),
+        Bytes::copy_from_slice(&term.to_be_bytes()),
+    );
+    engine.write(batch).await.unwrap();
+}
+
+fn fenced(term: u64) -> StoreOptions {
+    StoreOptions {
+        fence: Some(Condition {
+            key: keys::brain_term(),
+            expected: Some(Bytes::copy_from_slice(&term.to_be_bytes())),
+        }),
+        ..StoreOptions::default()
+    }
+}
+
+#[tokio::test]
+async fn a_leader_fenced_by_a_newer_term_writes_nothing() {
+    let engine = Arc::new(MemoryEngine::new());
+    set_term(&engine, 1).await;
+    let leader = Store::open(engine.clone(), fenced(1)).await.unwrap();
+    leader.put(put("a", "1")).await.unwrap();
+    assert!(leader.is_leader());
+
+    // Another member wins term 2 while this one is paused.
+    set_term(&engine, 2).await;
+    let err = leader.put(put("b", "2")).await.unwrap_err();
+    assert!(matches!(err, KvError::NotLeader), "{err:?}");
+    assert!(*leader.deposed().borrow());
+    assert!(!leader.is_leader());
+    // Nothing of the fenced write exists, and later writes are refused at once.
+    let reader = Store::open_follower(engine.clone(), 1 << 20).await.unwrap();
+    assert!(reader.range(&get("b")).await.unwrap().kvs.is_empty());
+    assert_eq!(reader.revision(), 2);
+    assert!(matches!(
+        leader.put(put("c", "3")).await.unwrap_err(),
+        KvError::NotLeader
+    ));
+}
+
+#[tokio::test]
+async fn a_follower_reads_at_the_revision_it_is_given() {
+    let engine = Arc::new(MemoryEngine::new());
+    let leader = Store::open(engine.clone(), StoreOptions::default())
+        .await
+        .unwrap();
+    let follower = Store::open_follower(engine.clone(), 1 << 20).await.unwrap();
+    assert!(follower.is_follower() && !follower.is_leader());
+    assert!(matches!(
+        follower.put(put("x", "1")).await.unwrap_err(),
+        KvError::NotLeader
+    ));
+    let rev = leader
+        .put(put("a", "1"))
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+    // Not yet told about the revision: the follower does not show it.
+    assert!(follower.range(&get("a")).await.unwrap().kvs.is_empty());
+    let waiter = {
+        let follower = follower.clone();
+        tokio::spawn(async move { follower.wait_for(rev).await })
+    };
+    follower.advance(rev, -1);
+    waiter.await.unwrap();
+    let got = follower.range(&get("a")).await.unwrap();
+    assert_eq!(got.kvs[0].mod_revision, rev);
+    assert_eq!(got.header.unwrap().revision, rev);
+    // Never moves back.
+    follower.advance(rev - 1, -1);
+    assert_eq!(follower.revision(), rev);
+}
+
+/// Commits the `fail_at`-th write, then reports it failed: a write whose outcome the caller
+/// cannot know (a timeout after the engine committed).
+struct Ambiguous {
+    inner: MemoryEngine,
+    writes: AtomicUsize,
+    fail_at: usize,
+}
+
+impl Engine for Ambiguous {
+    type Snapshot = <MemoryEngine as Engine>::Snapshot;
+
+    async fn snapshot(&self) -> EngineResult<Self::Snapshot> {
+        self.inner.snapshot().await
+    }
+
+    async fn write(&self, batch: WriteBatch) -> EngineResult<()> {
+        self.inner.write(batch).await?;
+        if self.writes.fetch_add(1, Ordering::SeqCst) + 1 == self.fail_at {
+            return Err(EngineError::Storage("timed out".into()));
+        }
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
+}
+
+#[tokio::test]
+async fn a_batch_with_an_unknown_outcome_never_shares_its_revisions() {
+    let engine = Arc::new(Ambiguous {
+        inner: MemoryEngine::new(),
+        writes: AtomicUsize::new(0),
+        fail_at: 2,
+    });
+    let store = Store::open(engine.clone(), StoreOptions::default())
+        .await
+        .unwrap();
+    let first = store
+        .put(put("a", "1"))
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+    // The second write commits but is reported failed.
+    assert!(store.put(put("b", "2")).await.is_err());
+    let third = store
+        .put(put("c", "3"))
+        .await
+        .unwrap()
+        .header
+        .unwrap()
+        .revision;
+    let b = store.range(&get("b")).await.unwrap();
+    assert_eq!(b.kvs.len(), 1, "the ambiguous write did commit");
+    let b_rev = b.kvs[0].mod_revision;
+    assert_eq!(
+        (first, b_rev, third),
+        (2, 3, 4),
+        "every revision is used once"
+    );
+    let c = store.range(&get("c")).await.unwrap();
+    assert_eq!(c.kvs[0].mod_revision, 4);
+    // The history has each revision once.
+    let (history, _) = store.history(2, 4, 100).await.unwrap();
+    let revs: Vec<i64> = history.iter().map(|r| r.revision).collect();
+    assert_eq!(revs, [2, 3, 4]);
+}

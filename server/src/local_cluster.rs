@@ -1,0 +1,138 @@
+//! Several members in one process over one shared engine, each on its own tokio runtime and its
+//! own loopback port: how tests (here and in `conformance/`) run a brain cluster without a
+//! TiKV. Killing a member shuts its runtime down, so everything it ran stops at once, open
+//! connections included, as with `kill -9`.
+
+use crate::Member;
+use crate::brain::Role;
+use crate::config::Config;
+use backend::engine::Engine;
+use clap::Parser;
+use std::time::Duration;
+
+/// One member and the runtime it runs on.
+pub struct LocalMember<E> {
+    pub name: String,
+    /// The member's client URL.
+    pub url: String,
+    member: Option<Member<E>>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl<E: Engine + Clone> LocalMember<E> {
+    /// Starts member `name` on a free loopback port with `extra` flags (etcd-style, e.g.
+    /// `["--election-lease", "1s"]`). Callable from inside or outside a tokio runtime.
+    pub fn start(name: &str, engine: &E, extra: &[&str]) -> Result<Self, crate::BoxError> {
+        let mut args = vec![
+            "engram",
+            "--name",
+            name,
+            "--listen-client-urls",
+            "http://127.0.0.1:0",
+        ];
+        args.extend_from_slice(extra);
+        let config = Config::try_parse_from(args)?;
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()?;
+        let engine = engine.clone();
+        // Started on a thread of its own: `block_on` may not run inside another runtime.
+        let member = std::thread::scope(|s| {
+            s.spawn(|| runtime.block_on(Member::start(config, engine)))
+                .join()
+                .map_err(|_| crate::BoxError::from("starting the member panicked"))
+        })??;
+        Ok(LocalMember {
+            name: name.to_string(),
+            url: member.client_urls[0].clone(),
+            member: Some(member),
+            runtime: Some(runtime),
+        })
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.member.is_some()
+    }
+
+    /// The running member (panics after [`LocalMember::kill`]).
+    pub fn member(&self) -> &Member<E> {
+        self.member.as_ref().expect("the member was killed")
+    }
+
+    pub fn member_mut(&mut self) -> &mut Member<E> {
+        self.member.as_mut().expect("the member was killed")
+    }
+
+    pub fn member_id(&self) -> u64 {
+        self.member().brain.member_id()
+    }
+
+    pub fn is_leader(&self) -> bool {
+        self.member
+            .as_ref()
+            .is_some_and(|m| matches!(m.brain.role(), Role::Leader { .. }))
+    }
+
+    /// Stops the member as `kill -9` would.
+    pub fn kill(&mut self) {
+        self.member = None;
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+impl<E> Drop for LocalMember<E> {
+    fn drop(&mut self) {
+        self.member = None;
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+/// Members `name-0`, `name-1`, ... over one engine.
+pub struct LocalCluster<E> {
+    pub members: Vec<LocalMember<E>>,
+}
+
+impl<E: Engine + Clone> LocalCluster<E> {
+    pub fn start(n: usize, engine: &E, extra: &[&str]) -> Result<Self, crate::BoxError> {
+        let members = (0..n)
+            .map(|i| LocalMember::start(&format!("brain-{i}"), engine, extra))
+            .collect::<Result<_, _>>()?;
+        Ok(LocalCluster { members })
+    }
+
+    /// The index of the leader once exactly one running member leads and every running member
+    /// agrees on it; None if that does not happen within `timeout`.
+    pub async fn leader(&self, timeout: Duration) -> Option<usize> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            let leaders: Vec<usize> = (0..self.members.len())
+                .filter(|&i| self.members[i].is_leader())
+                .collect();
+            if let [leader] = leaders[..] {
+                let id = self.members[leader].member_id();
+                let agreed = self
+                    .members
+                    .iter()
+                    .filter(|m| m.is_running())
+                    .all(|m| m.member().brain.leader().map(|(l, _)| l) == Some(id));
+                if agreed {
+                    return Some(leader);
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// The running members that do not lead.
+    pub fn followers(&self, leader: usize) -> Vec<usize> {
+        (0..self.members.len())
+            .filter(|&i| i != leader && self.members[i].is_running())
+            .collect()
+    }
+}
