@@ -4,9 +4,9 @@ use etcdpb::etcdserverpb::ResponseHeader;
 
 /// cluster_id, member_id and raft_term as etcd fills them into every response header.
 ///
-/// Engram has no raft: the ids are stable hashes of the member's name and advertised URLs (so
-/// they survive restarts and differ between members), and the term is 1 until leader election
-/// gives it a meaning.
+/// Engram has no raft: the ids are stable hashes, of the cluster's key prefix for the cluster and
+/// of the member's name and advertised URLs for the member (so they survive restarts and differ
+/// between members). Headers carry raft_term 1; Status reports the election term.
 #[derive(Debug, Clone, Copy)]
 pub struct Identity {
     pub cluster_id: u64,
@@ -28,10 +28,12 @@ fn hash(parts: &[&str]) -> u64 {
 }
 
 impl Identity {
-    pub fn new(name: &str, advertise_urls: &[String]) -> Self {
+    /// `cluster` names what the members share (their keyspace in the engine), so every member
+    /// of one cluster reports the same cluster_id.
+    pub fn new(cluster: &str, name: &str, advertise_urls: &[String]) -> Self {
         let urls: Vec<&str> = advertise_urls.iter().map(String::as_str).collect();
         Identity {
-            cluster_id: hash(&["engram-cluster", name]),
+            cluster_id: hash(&["engram-cluster", cluster]),
             member_id: hash(&[&[name][..], &urls].concat()),
             raft_term: 1,
         }

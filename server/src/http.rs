@@ -8,7 +8,6 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use backend::Store;
 use backend::engine::Engine;
 use etcdpb::etcdserverpb::RangeRequest;
 use http::{StatusCode, Uri, header};
@@ -63,8 +62,13 @@ async fn not_found(headers: http::HeaderMap) -> Response {
     }
 }
 
-/// Whether the store can serve a read in time: etcd's `/health` check, a Range of one key.
-async fn check_read<E: Engine + Clone>(store: &Store<E>) -> Result<(), String> {
+/// Whether the member can serve reads: with `leader`, a leader must be known (etcd's "RAFT NO
+/// LEADER"), then the store must answer a Range of one key in time (etcd's `/health` check).
+async fn check_read<E: Engine + Clone>(brain: &Brain<E>, leader: bool) -> Result<(), String> {
+    if leader && brain.leader().is_none() {
+        return Err("RAFT NO LEADER".to_string());
+    }
+    let store = brain.store();
     let req = RangeRequest {
         key: bytes::Bytes::from_static(b"health"),
         limit: 1,
@@ -93,7 +97,7 @@ fn text(status: StatusCode, body: String) -> Response {
 }
 
 async fn health<E: Engine + Clone>(State(state): State<HttpState<E>>) -> Response {
-    match check_read(&state.brain.store()).await {
+    match check_read(&state.brain, true).await {
         Ok(()) => {
             state.metrics.health_success.inc();
             json(
@@ -116,7 +120,7 @@ async fn health<E: Engine + Clone>(State(state): State<HttpState<E>>) -> Respons
 /// etcd 3.6's `/livez` and `/readyz` (Kubernetes' healthz format): `ok`, or the failed checks
 /// and 503. `?verbose` lists every check.
 async fn probe<E: Engine + Clone>(
-    store: &Store<E>,
+    brain: &Brain<E>,
     uri: &Uri,
     what: &str,
     checks: &[&'static str],
@@ -125,7 +129,7 @@ async fn probe<E: Engine + Clone>(
         q.split('&')
             .any(|p| p == "verbose" || p.starts_with("verbose="))
     });
-    let result = check_read(store).await;
+    let result = check_read(brain, checks.contains(&"linearizable_read")).await;
     let mut body = String::new();
     for check in checks {
         match (&result, *check) {
@@ -149,13 +153,13 @@ async fn probe<E: Engine + Clone>(
 }
 
 async fn livez<E: Engine + Clone>(State(state): State<HttpState<E>>, uri: Uri) -> Response {
-    probe(&state.brain.store(), &uri, "livez", &["serializable_read"]).await
+    probe(&state.brain, &uri, "livez", &["serializable_read"]).await
 }
 
 async fn readyz<E: Engine + Clone>(State(state): State<HttpState<E>>, uri: Uri) -> Response {
     // No corruption check or alarm exists yet: data_corruption always passes.
     let checks = ["data_corruption", "serializable_read", "linearizable_read"];
-    probe(&state.brain.store(), &uri, "readyz", &checks).await
+    probe(&state.brain, &uri, "readyz", &checks).await
 }
 
 async fn version() -> Response {
@@ -166,7 +170,14 @@ async fn version() -> Response {
 }
 
 async fn metrics_text<E: Engine + Clone>(State(state): State<HttpState<E>>) -> Response {
-    let (body, content_type) = state.metrics.scrape(&state.brain.store()).await;
+    let brain = &state.brain;
+    let leader = brain.leader();
+    state.metrics.observe_leadership(
+        leader.is_some(),
+        leader.is_some_and(|(id, _)| id == brain.member_id()),
+        brain.leader_changes(),
+    );
+    let (body, content_type) = state.metrics.scrape(&brain.store()).await;
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 

@@ -160,7 +160,7 @@ impl<E: Engine + Clone> Member<E> {
         } else {
             config.advertise_client_urls.clone()
         };
-        let identity = Identity::new(&config.name, &advertised);
+        let identity = Identity::new(&config.key_prefix, &config.name, &advertised);
 
         let options = BrainOptions {
             election: ElectionConfig {
@@ -312,11 +312,16 @@ impl<E: Engine + Clone> Member<E> {
     /// follower takes over at once), then the listeners stop.
     pub async fn shutdown(mut self) {
         self.stop.send_replace(true);
+        // The election goes first (tasks[0]): it releases the lead, then the rest may stop.
         let grace = self.lease + std::time::Duration::from_secs(1);
-        for task in self.tasks.drain(..) {
-            if tokio::time::timeout(grace, task).await.is_err() {
-                tracing::warn!("a background task did not stop in time");
-            }
+        let mut tasks = self.tasks.drain(..);
+        if let Some(election) = tasks.next()
+            && tokio::time::timeout(grace, election).await.is_err()
+        {
+            tracing::warn!("the election did not stop in time");
+        }
+        for task in tasks {
+            task.abort();
         }
         let drain = async { while self.servers.join_next().await.is_some() {} };
         if tokio::time::timeout(std::time::Duration::from_secs(2), drain)

@@ -74,6 +74,14 @@ impl<E: Engine + Clone> LocalMember<E> {
             .is_some_and(|m| matches!(m.brain.role(), Role::Leader { .. }))
     }
 
+    /// Stops the member as SIGTERM does: a leader hands the lead over first.
+    pub async fn shutdown(&mut self) {
+        if let (Some(member), Some(runtime)) = (self.member.take(), self.runtime.as_ref()) {
+            let _ = runtime.spawn(member.shutdown()).await;
+        }
+        self.kill();
+    }
+
     /// Stops the member as `kill -9` would.
     pub fn kill(&mut self) {
         self.member = None;

@@ -39,6 +39,9 @@ pub struct Metrics {
     keys: IntGauge,
     watch_streams: IntGauge,
     watchers: IntGauge,
+    has_leader: IntGauge,
+    is_leader: IntGauge,
+    leader_changes: IntCounter,
     pub health_success: IntCounter,
     pub health_failures: IntCounter,
     grpc_started: IntCounterVec,
@@ -59,18 +62,16 @@ impl Metrics {
             registry.register(Box::new(c.clone()))?;
             Ok(c)
         };
-        // A single member is always its own leader.
-        gauge(
+        // Set from the brain at every scrape (see `observe_leadership`).
+        let has_leader = gauge(
             "etcd_server_has_leader",
             "Whether or not a leader exists. 1 is existence, 0 is not.",
-        )?
-        .set(1);
-        gauge(
+        )?;
+        let is_leader = gauge(
             "etcd_server_is_leader",
             "Whether or not this member is a leader. 1 if is, 0 otherwise.",
-        )?
-        .set(1);
-        gauge(
+        )?;
+        let leader_changes = counter(
             "etcd_server_leader_changes_seen_total",
             "The number of leader changes seen.",
         )?;
@@ -161,8 +162,22 @@ impl Metrics {
             grpc_started,
             grpc_handled,
             grpc_handling_seconds,
+            has_leader,
+            is_leader,
+            leader_changes,
             registry,
         })
+    }
+
+    /// Whether a leader is known, whether it is this member, and how many times the leader
+    /// changed since this member started.
+    pub fn observe_leadership(&self, has_leader: bool, is_leader: bool, changes: u64) {
+        self.has_leader.set(i64::from(has_leader));
+        self.is_leader.set(i64::from(is_leader));
+        let seen = self.leader_changes.get();
+        if changes > seen {
+            self.leader_changes.inc_by(changes - seen);
+        }
     }
 
     /// Copies the store's state into the gauges that mirror it.
@@ -490,11 +505,13 @@ mod tests {
     #[test]
     fn exposes_etcd_names() {
         let metrics = Metrics::new().expect("metrics");
+        metrics.observe_leadership(true, true, 1);
         let (text, content_type) = metrics.encode_with(Vec::new());
         assert!(content_type.starts_with("text/plain"));
         for name in [
             "etcd_server_has_leader 1",
             "etcd_server_is_leader 1",
+            "etcd_server_leader_changes_seen_total 1",
             "etcd_server_version{server_version=\"3.5.13\"} 1",
             "etcd_cluster_version{cluster_version=\"3.5\"} 1",
             "etcd_mvcc_db_total_size_in_bytes",

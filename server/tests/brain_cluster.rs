@@ -429,3 +429,41 @@ async fn a_frozen_leader_cannot_write_after_a_takeover() {
     let status = new_client.status().await.unwrap();
     assert_eq!(status.leader(), other_id);
 }
+
+#[tokio::test]
+async fn members_share_the_cluster_id_and_differ_in_member_id() {
+    let cluster = Cluster::start(2).await;
+    let mut headers = Vec::new();
+    for i in 0..2 {
+        let mut c = cluster.client(i).await;
+        let h = c.get("/x", None).await.unwrap().header().unwrap().clone();
+        headers.push((h.cluster_id(), h.member_id()));
+    }
+    assert_eq!(headers[0].0, headers[1].0);
+    assert_ne!(headers[0].1, headers[1].1);
+}
+
+/// SIGTERM on the leader hands the lead over at once (well within an election lease) and the
+/// member leaves MemberList.
+#[tokio::test]
+async fn a_leader_that_shuts_down_hands_over_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine = Arc::new(LsmEngine::open(dir.path(), 16 << 20).unwrap());
+    // A one-minute lease: only the handover can make another member lead within the test.
+    let mut local = LocalCluster::start(2, &engine, &["--election-lease", "60s"]).unwrap();
+    let leader = local.leader(Duration::from_secs(10)).await.unwrap();
+    let other = 1 - leader;
+    local.members[leader].shutdown().await;
+    assert_eq!(local.leader(Duration::from_secs(10)).await, Some(other));
+    let mut c = support::connect(&local.members[other].url).await;
+    c.put("/after-handover", "1", None).await.unwrap();
+    let names: Vec<String> = c
+        .member_list()
+        .await
+        .unwrap()
+        .members()
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    assert_eq!(names, [local.members[other].name.clone()]);
+}

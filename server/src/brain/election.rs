@@ -138,13 +138,29 @@ async fn run<E: Engine>(
     engine: E,
     config: ElectionConfig,
     tx: watch::Sender<Leadership>,
+    stop: watch::Receiver<bool>,
+) {
+    let id = config.member.id;
+    campaign(&engine, config, &tx, stop).await;
+    tx.send_replace(Leadership::Unknown);
+    // A member that stops on purpose leaves MemberList (it registers again when it starts).
+    if let Err(err) = unregister(&engine, id).await {
+        tracing::warn!(%err, "removing the member's registration failed");
+    }
+}
+
+/// Takes part in elections until `stop` is set (a leader releases the lead first).
+async fn campaign<E: Engine>(
+    engine: &E,
+    config: ElectionConfig,
+    tx: &watch::Sender<Leadership>,
     mut stop: watch::Receiver<bool>,
 ) {
     let lease = config.lease.max(Duration::from_millis(300));
     // How often a non-leader looks at the record: often enough to take a released lead at
     // once, cheap enough to ignore (one read of two keys).
     let retry = (lease / 4).min(Duration::from_millis(500));
-    while let Err(err) = register(&engine, &config.member).await {
+    while let Err(err) = register(engine, &config.member).await {
         tracing::warn!(%err, "registering the member failed; retrying");
         if sleep_or_stop(&mut stop, retry).await {
             return;
@@ -156,7 +172,7 @@ async fn run<E: Engine>(
         if *stop.borrow() {
             return;
         }
-        let observed = match observe(&engine).await {
+        let observed = match observe(engine).await {
             Ok(o) => o,
             Err(err) => {
                 tracing::warn!(%err, "reading the leader record failed");
@@ -211,7 +227,7 @@ async fn run<E: Engine>(
             Ok(()) => {
                 tracing::info!(term, "elected leader");
                 tx.send_replace(Leadership::Leading { term });
-                let stopped = lead(&engine, mine, started, lease, &mut stop).await;
+                let stopped = lead(engine, mine, started, lease, &mut stop).await;
                 tx.send_replace(Leadership::Unknown);
                 seen = None;
                 if stopped {
@@ -365,13 +381,14 @@ mod tests {
         // With a one-minute lease, only the release lets b lead within the test's timeout.
         let taken = wait_for(&mut b, |l| matches!(l, Leadership::Leading { .. })).await;
         assert_eq!(taken, Leadership::Leading { term: 2 });
+        // a left the cluster on purpose: only b is listed.
         let ids: Vec<u64> = members(&engine)
             .await
             .unwrap()
             .iter()
             .map(|m| m.id)
             .collect();
-        assert_eq!(ids, vec![1, 2]);
+        assert_eq!(ids, vec![2]);
     }
 
     #[tokio::test]

@@ -82,6 +82,8 @@ pub struct Brain<E> {
     role: watch::Sender<Role<E>>,
     options: BrainOptions,
     member_id: u64,
+    /// Times the leader (member and term) changed as this member saw it.
+    leader_changes: std::sync::atomic::AtomicU64,
 }
 
 impl<E: Engine + Clone> Brain<E> {
@@ -100,6 +102,7 @@ impl<E: Engine + Clone> Brain<E> {
             role: watch::Sender::new(Role::Candidate { store }),
             member_id: options.election.member.id,
             options,
+            leader_changes: Default::default(),
         });
         let (leadership, election) = election::start(engine, brain.options.election.clone(), stop);
         let roles = tokio::spawn(brain.clone().switch_roles(leadership));
@@ -140,8 +143,20 @@ impl<E: Engine + Clone> Brain<E> {
         }
     }
 
+    /// How many times the leader changed since this member started (etcd's
+    /// `leader_changes_seen_total`).
+    pub fn leader_changes(&self) -> u64 {
+        self.leader_changes
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// Where writes go now; waits up to about two election leases for a leader to be known.
     pub async fn route(&self) -> KvResult<Route<E>> {
+        match &*self.role.borrow() {
+            Role::Leader { store, .. } => return Ok(Route::Local(store.clone())),
+            Role::Follower { leader, .. } => return Ok(Route::Forward(leader.clone())),
+            Role::Candidate { .. } => {}
+        }
         let mut roles = self.role.subscribe();
         let wait = self.options.election.lease * 2 + Duration::from_secs(1);
         let found = tokio::time::timeout(
@@ -195,8 +210,19 @@ impl<E: Engine + Clone> Brain<E> {
     /// Reacts to each change of leadership until the election stops.
     async fn switch_roles(self: Arc<Self>, mut leadership: watch::Receiver<Leadership>) {
         let mut follower: Option<tokio::task::JoinHandle<()>> = None;
+        let mut last_leader = None;
         loop {
             let now = leadership.borrow_and_update().clone();
+            let leader = match &now {
+                Leadership::Leading { term } => Some((self.member_id, *term)),
+                Leadership::Following { leader } => Some((leader.member_id, leader.term)),
+                Leadership::Unknown => None,
+            };
+            if leader.is_some() && leader != last_leader {
+                last_leader = leader;
+                self.leader_changes
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
             if let Some(task) = follower.take() {
                 task.abort();
                 let _ = task.await;
@@ -224,6 +250,7 @@ impl<E: Engine + Clone> Brain<E> {
                 Role::Leader { store, .. } => Some(store.deposed()),
                 _ => None,
             };
+            let leading = deposed.is_some();
             let fenced = async {
                 match deposed.as_mut() {
                     Some(deposed) => {
@@ -244,6 +271,9 @@ impl<E: Engine + Clone> Brain<E> {
                     // its writes out.
                     if let Some(task) = follower.take() {
                         task.abort();
+                    }
+                    if !leading {
+                        return;
                     }
                     (&mut fenced).await;
                 }
