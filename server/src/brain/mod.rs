@@ -365,6 +365,25 @@ impl<E: Engine + Clone> Brain<E> {
     }
 }
 
+/// What a client hears when a call forwarded to the leader fails: the leader's own answer as
+/// is, or, when the leader could not be reached or went away mid-call, etcd's `leader changed`
+/// (Unavailable), which etcd clients and kube-apiserver know to retry.
+pub fn forwarded(status: tonic::Status) -> tonic::Status {
+    let from_leader = status.message().starts_with("etcdserver:")
+        || status.message().starts_with("grpc:")
+        || status.message().starts_with("mvcc:");
+    if from_leader
+        || !matches!(
+            status.code(),
+            tonic::Code::Unavailable | tonic::Code::Unknown
+        )
+    {
+        return status;
+    }
+    tracing::debug!(%status, "forwarding to the leader failed");
+    tonic::Status::unavailable("etcdserver: leader changed")
+}
+
 fn storage(message: &str) -> backend::engine::EngineError {
     backend::engine::EngineError::Storage(message.to_string())
 }

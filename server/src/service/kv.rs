@@ -3,7 +3,7 @@
 //! Reads are served by this member (see [`Brain::read_store`]); writes by the leader's store,
 //! locally or forwarded to the leader.
 
-use crate::brain::{Brain, Route};
+use crate::brain::{Brain, Route, forwarded};
 use crate::header::Identity;
 use crate::status::from_kv;
 use backend::engine::Engine;
@@ -90,7 +90,8 @@ impl<E: Engine + Clone> Kv for KvService<E> {
             Route::Local(store) => store.put(req).await.map_err(from_kv)?,
             Route::Forward(leader) => Self::client(&leader, self.max_message_bytes)
                 .put(req)
-                .await?
+                .await
+                .map_err(forwarded)?
                 .into_inner(),
         };
         self.respond(resp, 0, |r| &mut r.header)
@@ -106,7 +107,8 @@ impl<E: Engine + Clone> Kv for KvService<E> {
             Route::Local(store) => store.delete_range(req).await.map_err(from_kv)?,
             Route::Forward(leader) => Self::client(&leader, self.max_message_bytes)
                 .delete_range(req)
-                .await?
+                .await
+                .map_err(forwarded)?
                 .into_inner(),
         };
         self.respond(resp, 0, |r| &mut r.header)
@@ -125,7 +127,8 @@ impl<E: Engine + Clone> Kv for KvService<E> {
             Route::Local(store) => store.txn(req).await.map_err(from_kv)?,
             Route::Forward(leader) => Self::client(&leader, self.max_message_bytes)
                 .txn(req)
-                .await?
+                .await
+                .map_err(forwarded)?
                 .into_inner(),
         };
         self.respond(resp, 0, |r| &mut r.header)
@@ -142,7 +145,8 @@ impl<E: Engine + Clone> Kv for KvService<E> {
                 let revision = req.revision;
                 let resp = Self::client(&leader, self.max_message_bytes)
                     .compact(req)
-                    .await?
+                    .await
+                    .map_err(forwarded)?
                     .into_inner();
                 // The leader compacted: reads here must fail below it from now on, not only
                 // once the leader's log says so.

@@ -1,6 +1,6 @@
 //! The Lease service: grant, revoke, keep-alive, time-to-live, list.
 
-use crate::brain::{Brain, Role, Route};
+use crate::brain::{Brain, Role, Route, forwarded};
 use crate::header::Identity;
 use crate::status::from_kv;
 use backend::Store;
@@ -86,7 +86,11 @@ impl<E: Engine + Clone> Lease for LeaseService<E> {
         let store = match self.leader().await? {
             Ok(store) => store,
             Err(mut client) => {
-                let mut resp = client.lease_grant(req).await?.into_inner();
+                let mut resp = client
+                    .lease_grant(req)
+                    .await
+                    .map_err(forwarded)?
+                    .into_inner();
                 self.identity.fill(&mut resp.header, 0);
                 return Ok(Response::new(resp));
             }
@@ -123,7 +127,11 @@ impl<E: Engine + Clone> Lease for LeaseService<E> {
         let store = match self.leader().await? {
             Ok(store) => store,
             Err(mut client) => {
-                let mut resp = client.lease_revoke(req).await?.into_inner();
+                let mut resp = client
+                    .lease_revoke(req)
+                    .await
+                    .map_err(forwarded)?
+                    .into_inner();
                 self.identity.fill(&mut resp.header, 0);
                 return Ok(Response::new(resp));
             }
@@ -156,10 +164,11 @@ impl<E: Engine + Clone> Lease for LeaseService<E> {
                 let mut client = LeaseClient::new(leader.channel.clone());
                 let out = client
                     .lease_keep_alive(inbound)
-                    .await?
+                    .await
+                    .map_err(forwarded)?
                     .into_inner()
                     .map(move |resp| {
-                        resp.map(|mut resp| {
+                        resp.map_err(forwarded).map(|mut resp| {
                             identity.fill(&mut resp.header, 0);
                             resp
                         })
@@ -198,7 +207,11 @@ impl<E: Engine + Clone> Lease for LeaseService<E> {
         let store = match self.leader().await? {
             Ok(store) => store,
             Err(mut client) => {
-                let mut resp = client.lease_time_to_live(req).await?.into_inner();
+                let mut resp = client
+                    .lease_time_to_live(req)
+                    .await
+                    .map_err(forwarded)?
+                    .into_inner();
                 self.identity.fill(&mut resp.header, 0);
                 return Ok(Response::new(resp));
             }
@@ -232,7 +245,11 @@ impl<E: Engine + Clone> Lease for LeaseService<E> {
         let store = match self.leader().await? {
             Ok(store) => store,
             Err(mut client) => {
-                let mut resp = client.lease_leases(req.into_inner()).await?.into_inner();
+                let mut resp = client
+                    .lease_leases(req.into_inner())
+                    .await
+                    .map_err(forwarded)?
+                    .into_inner();
                 self.identity.fill(&mut resp.header, 0);
                 return Ok(Response::new(resp));
             }
