@@ -65,6 +65,11 @@ pub struct Config {
     #[arg(long, default_value = "engram/")]
     pub key_prefix: String,
 
+    /// Size at which the LSM engine's in-memory write buffer (memtable) is flushed to disk, in
+    /// MiB. Larger buffers flush less often; each one costs about twice its size in memory.
+    #[arg(long, default_value_t = 64)]
+    pub memtable_size_mb: u64,
+
     /// Block/page cache of the embedded engine, in MiB.
     #[arg(long, default_value_t = 64)]
     pub cache_size_mb: usize,

@@ -58,7 +58,8 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
     match config.engine {
         EngineKind::Lsm => {
             let cache = (config.cache_size_mb as u64) << 20;
-            let engine = LsmEngine::open(&config.data_dir, cache)?;
+            let memtable = config.memtable_size_mb << 20;
+            let engine = LsmEngine::open_with_memtable(&config.data_dir, cache, Some(memtable))?;
             serve(config, Arc::new(engine)).await
         }
         EngineKind::Btree => {
