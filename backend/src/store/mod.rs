@@ -13,7 +13,7 @@ mod maintenance;
 pub mod stats;
 mod writer;
 
-pub use writer::{CommitListener, CommittedRevision};
+pub use writer::{CommitListener, CommittedRevision, owned_event};
 
 use crate::engine::{Condition, Engine, Snapshot};
 use crate::kv::{Apply, KvError, KvResult, ReadRevisions, validate};

@@ -178,7 +178,7 @@ async fn commit<E: Engine>(
             revision += 1;
             committed.push(CommittedRevision {
                 revision,
-                events: std::mem::take(&mut apply.events),
+                events: apply.events.drain(..).map(owned_event).collect(),
             });
         }
         if let Err(KvError::Engine(err)) = result {
@@ -321,6 +321,24 @@ async fn resync<E: Engine>(shared: &Shared<E>, options: &StoreOptions, published
     if let Some(listener) = &options.listener {
         listener.resumed_after(recovered.revision);
     }
+}
+
+/// `event` with bytes of its own. Keys and values decoded from a request are slices of the
+/// buffer the request arrived in; the watch hub keeps events for thousands of revisions, and
+/// each kept slice would keep its whole receive buffer alive (measured: 16k events of 1 KiB
+/// values held ~160 MiB instead of ~35).
+pub fn owned_event(mut event: Event) -> Event {
+    let own = |kv: &mut etcdpb::mvccpb::KeyValue| {
+        kv.key = Bytes::copy_from_slice(&kv.key);
+        kv.value = Bytes::copy_from_slice(&kv.value);
+    };
+    if let Some(kv) = event.kv.as_mut() {
+        own(kv);
+    }
+    if let Some(kv) = event.prev_kv.as_mut() {
+        own(kv);
+    }
+    event
 }
 
 fn fail_all(jobs: Vec<Job>, err: EngineError) -> EngineError {

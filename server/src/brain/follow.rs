@@ -61,7 +61,13 @@ fn apply<E: Engine>(hub: &Hub, store: &Store<E>, msg: FollowResponse) {
             .map(|r| {
                 Arc::new(CommittedRevision {
                     revision: r.revision,
-                    events: r.events,
+                    // Decoded events are slices of the stream's receive buffers: the hub
+                    // keeps them for long, so they get bytes of their own.
+                    events: r
+                        .events
+                        .into_iter()
+                        .map(backend::store::owned_event)
+                        .collect(),
                 })
             })
             .collect(),
