@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "proto/mvccpb/kv.proto",
     "proto/authpb/auth.proto",
     "proto/brainpb/brain.proto",
+    "proto/engrampb/watch_encoded.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -28,5 +29,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // be shared with the storage layer without copying.
         .bytes(".")
         .compile_fds(fds)?;
+
+    // etcd's Watch service once more, answering with `WatchResponseEncoded` (wire-identical
+    // to `WatchResponse`, events encoded once and shared): the server Engram registers. It
+    // lands in `OUT_DIR/etcdserverpb.Watch.rs`, so its gRPC path is etcd's own.
+    let watch = tonic_prost_build::manual::Service::builder()
+        .name("Watch")
+        .package("etcdserverpb")
+        .method(
+            tonic_prost_build::manual::Method::builder()
+                .name("watch")
+                .route_name("Watch")
+                .input_type("crate::etcdserverpb::WatchRequest")
+                .output_type("crate::etcdserverpb::WatchResponseEncoded")
+                .codec_path("crate::watch_codec::WatchCodec")
+                .client_streaming()
+                .server_streaming()
+                .build(),
+        )
+        .build();
+    tonic_prost_build::manual::Builder::new()
+        .build_client(false)
+        .build_server(true)
+        .compile(&[watch]);
     Ok(())
 }

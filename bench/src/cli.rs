@@ -103,6 +103,11 @@ pub struct Args {
     #[arg(long)]
     pub writers: Option<usize>,
 
+    /// watch: seconds to wait, after the last write, for the events still on their way
+    /// (events not delivered by then count as missing and are not in the latencies).
+    #[arg(long, default_value_t = 10.0)]
+    pub drain_timeout: f64,
+
     /// Write a JSON report to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -165,6 +170,9 @@ impl Args {
         if self.workload == WorkloadKind::Watch {
             if self.watchers == 0 || self.streams == 0 {
                 return Err("--watchers and --streams must be at least 1".into());
+            }
+            if !(self.drain_timeout.is_finite() && self.drain_timeout >= 0.0) {
+                return Err("--drain-timeout must be a number of seconds".into());
             }
             if self.value_size < 8 {
                 return Err("watch needs --value-size >= 8 (the send timestamp)".into());

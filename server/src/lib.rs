@@ -21,9 +21,11 @@ use brain::election::{ElectionConfig, MemberRecord};
 use brain::{Brain, BrainOptions};
 use config::{Command, Config, EngineKind};
 use etcdpb::brainpb::brain_server::BrainServer;
+// Watch answers with events encoded once and shared (wire-identical to etcd's WatchResponse).
+use etcdpb::encoded::watch_server::WatchServer;
 use etcdpb::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
-    lease_server::LeaseServer, maintenance_server::MaintenanceServer, watch_server::WatchServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
 };
 use futures::StreamExt;
 use header::Identity;

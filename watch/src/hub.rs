@@ -1,22 +1,106 @@
 //! The ordered event log: a bounded window of the most recent committed revisions.
 
 use backend::{CommitListener, CommittedRevision};
+use bytes::{Bytes, BytesMut};
+use etcdpb::mvccpb::Event;
+use prost::Message;
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use tokio::sync::watch;
 
 /// What the window holds for a reader asking from some revision.
-pub enum Window {
+pub enum Window<T = Arc<CommittedRevision>> {
     /// Whole revisions from the asked one on, in order (empty: nothing newer yet).
-    Revisions(Vec<Arc<CommittedRevision>>),
+    Revisions(Vec<T>),
     /// The asked revision left the window; it must be read from the store.
     Evicted { oldest: i64 },
+}
+
+impl<T> Window<T> {
+    /// The revisions read; none when the asked revision left the window.
+    pub fn into_revisions(self) -> Vec<T> {
+        match self {
+            Window::Revisions(revs) => revs,
+            Window::Evicted { .. } => Vec::new(),
+        }
+    }
+}
+
+/// One revision of the log as watchers read it: its events, and their wire encodings, made
+/// once (on first use) and shared by every watcher on every stream that receives them.
+pub struct LogRevision {
+    pub committed: Arc<CommittedRevision>,
+    /// Each event without its prev_kv.
+    bare: OnceLock<Box<[Bytes]>>,
+    /// Each event with its prev_kv (as etcd sends it to a prev_kv watcher).
+    full: OnceLock<Box<[Bytes]>>,
+}
+
+impl LogRevision {
+    pub fn new(committed: Arc<CommittedRevision>) -> Self {
+        LogRevision {
+            committed,
+            bare: OnceLock::new(),
+            full: OnceLock::new(),
+        }
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.committed.revision
+    }
+
+    pub fn events(&self) -> &[Event] {
+        &self.committed.events
+    }
+
+    /// The encoded events, without prev_kv.
+    pub fn bare(&self) -> &[Bytes] {
+        self.bare
+            .get_or_init(|| encode_all(&self.committed.events, false))
+    }
+
+    /// The encoded events, each with its prev_kv where it has one.
+    pub fn full(&self) -> &[Bytes] {
+        self.full
+            .get_or_init(|| encode_all(&self.committed.events, true))
+    }
+}
+
+/// Encodes `events` into one buffer and hands out a slice of it per event.
+fn encode_all(events: &[Event], prev_kv: bool) -> Box<[Bytes]> {
+    let bare = |e: &Event| Event {
+        prev_kv: None,
+        ..e.clone()
+    };
+    let len: usize = events
+        .iter()
+        .map(|e| {
+            if prev_kv || e.prev_kv.is_none() {
+                e.encoded_len()
+            } else {
+                bare(e).encoded_len()
+            }
+        })
+        .sum();
+    let mut buf = BytesMut::with_capacity(len);
+    let mut out = Vec::with_capacity(events.len());
+    for e in events {
+        let res = if prev_kv || e.prev_kv.is_none() {
+            e.encode(&mut buf)
+        } else {
+            bare(e).encode(&mut buf)
+        };
+        // The buffer was sized for every event (and BytesMut grows anyway).
+        debug_assert!(res.is_ok());
+        out.push(buf.split().freeze());
+    }
+    out.into_boxed_slice()
 }
 
 struct Ring {
     /// Revision of `revisions[0]` (or of the next revision when empty).
     first: i64,
-    revisions: VecDeque<Arc<CommittedRevision>>,
+    revisions: VecDeque<Arc<LogRevision>>,
     events: usize,
 }
 
@@ -76,6 +160,16 @@ impl Hub {
 
     /// Up to `max` revisions starting at `from`.
     pub fn read(&self, from: i64, max: usize) -> Window {
+        match self.read_log(from, max) {
+            Window::Revisions(revs) => {
+                Window::Revisions(revs.into_iter().map(|r| r.committed.clone()).collect())
+            }
+            Window::Evicted { oldest } => Window::Evicted { oldest },
+        }
+    }
+
+    /// Up to `max` revisions starting at `from`, with their shared encodings.
+    pub fn read_log(&self, from: i64, max: usize) -> Window<Arc<LogRevision>> {
         let ring = self.ring();
         if from < ring.first {
             return Window::Evicted { oldest: ring.first };
@@ -110,11 +204,12 @@ impl CommitListener for Hub {
                     ring.first = rev.revision;
                 }
                 ring.events += rev.events.len();
-                ring.revisions.push_back(Arc::new(rev));
+                ring.revisions
+                    .push_back(Arc::new(LogRevision::new(Arc::new(rev))));
             }
             while ring.events > self.capacity_events && ring.revisions.len() > 1 {
                 if let Some(old) = ring.revisions.pop_front() {
-                    ring.events -= old.events.len();
+                    ring.events -= old.committed.events.len();
                     ring.first += 1;
                 }
             }
@@ -124,5 +219,68 @@ impl CommitListener for Hub {
 
     fn resumed_after(&self, revision: i64) {
         self.restart_after(revision);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::Bytes;
+    use etcdpb::mvccpb::{KeyValue, event::EventType};
+
+    fn put(key: &str, rev: i64, create: i64, prev: bool) -> Event {
+        let kv = |m: i64| KeyValue {
+            key: Bytes::from(key.to_owned()),
+            create_revision: create,
+            mod_revision: m,
+            version: 1,
+            value: Bytes::from(vec![1u8; 100]),
+            lease: 0,
+        };
+        Event {
+            r#type: EventType::Put as i32,
+            kv: Some(kv(rev)),
+            prev_kv: prev.then(|| kv(rev - 1)),
+        }
+    }
+
+    #[test]
+    fn encodings_are_each_events_own() {
+        let events = vec![put("a", 5, 2, true), put("b", 5, 5, false)];
+        let rev = LogRevision::new(Arc::new(CommittedRevision {
+            revision: 5,
+            events: events.clone(),
+        }));
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!(Event::decode(rev.full()[i].clone()).unwrap(), *e);
+            let bare = Event {
+                prev_kv: None,
+                ..e.clone()
+            };
+            assert_eq!(Event::decode(rev.bare()[i].clone()).unwrap(), bare);
+        }
+    }
+
+    #[test]
+    fn window_evicts_oldest_and_reads_in_order() {
+        let hub = Hub::new(0, 2);
+        let rev = |r: i64| CommittedRevision {
+            revision: r,
+            events: vec![put("k", r, 1, false)],
+        };
+        hub.committed(vec![rev(1), rev(2)]);
+        hub.committed(vec![rev(3)]);
+        assert_eq!(hub.latest(), 3);
+        assert!(matches!(hub.read_log(1, 10), Window::Evicted { oldest: 2 }));
+        let Window::Revisions(revs) = hub.read_log(2, 10) else {
+            panic!("evicted")
+        };
+        let got: Vec<i64> = revs.iter().map(|r| r.revision()).collect();
+        assert_eq!(got, [2, 3]);
+        let Window::Revisions(revs) = hub.read(3, 10) else {
+            panic!("evicted")
+        };
+        assert_eq!(revs.len(), 1);
+        assert_eq!(revs[0].revision, 3);
     }
 }

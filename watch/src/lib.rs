@@ -11,6 +11,7 @@
 //! member see the same revisions in the same order.
 
 pub mod hub;
+pub mod outbound;
 pub mod replication;
 pub mod source;
 pub mod stats;

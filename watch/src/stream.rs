@@ -1,21 +1,21 @@
 //! One gRPC watch stream: its watchers, and the one task that answers on it.
 
-use crate::hub::{Hub, Window};
+use crate::hub::{Hub, LogRevision, Window};
+use crate::outbound;
 use crate::source::HistorySource;
 use crate::stats::{self, StreamStats};
-use crate::watcher::Watcher;
-use backend::CommittedRevision;
+use crate::watcher::{Encoding, Filter, Watcher};
 use backend::kv::KvError;
+use bytes::Bytes;
 use etcdpb::etcdserverpb::{
-    ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponse, watch_request::RequestUnion,
+    ResponseHeader, WatchCreateRequest, WatchRequest, WatchResponseEncoded,
+    watch_request::RequestUnion,
 };
-use etcdpb::mvccpb::Event;
 use futures::{Stream, StreamExt};
 use prost::Message;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
 
 /// Revisions served to one watcher per round, so that one far-behind watcher does not hold up
 /// the others on its stream for long.
@@ -44,7 +44,7 @@ struct Session<H> {
     hub: Arc<Hub>,
     history: H,
     options: StreamOptions,
-    out: mpsc::Sender<WatchResponse>,
+    out: outbound::Sender,
     watchers: BTreeMap<i64, Watcher>,
     next_id: i64,
     progress_requested: bool,
@@ -54,13 +54,44 @@ struct Session<H> {
     stats: StreamStats,
 }
 
+/// Revisions read for the watchers of one delivery round that wait from the same revision:
+/// read once, shared by all of them.
+enum Read {
+    Revisions {
+        revisions: Vec<Arc<LogRevision>>,
+        /// The revision through which `revisions` is complete.
+        through: i64,
+    },
+    /// The revision was compacted away.
+    Compacted,
+    /// The store failed; retried next round.
+    Failed,
+}
+
+/// What one delivery round has read and filtered, for the next watchers to reuse.
+#[derive(Default)]
+struct Round {
+    /// Reads by the revision they start from.
+    reads: Vec<(i64, Arc<Read>)>,
+    /// The events last filtered: watchers with the same start, filter and compacted revision
+    /// (on a busy stream, most of them) take a copy instead of filtering again.
+    last: Option<Filtered>,
+}
+
+struct Filtered {
+    from: i64,
+    compacted: i64,
+    filter: Filter,
+    events: Vec<Bytes>,
+}
+
 /// Serves one watch stream until the client closes it: reads requests from `inbound`, writes
 /// every response to `out` in order.
 pub async fn serve<H, In>(
     hub: Arc<Hub>,
     history: H,
     mut inbound: In,
-    out: mpsc::Sender<WatchResponse>,
+    out: outbound::Sender,
     options: StreamOptions,
 ) where
     H: HistorySource,
@@ -124,7 +155,7 @@ impl<H: HistorySource> Session<H> {
         })
     }
 
-    async fn send(&mut self, resp: WatchResponse) -> Result<(), Stop> {
+    async fn send(&mut self, resp: WatchResponseEncoded) -> Result<(), Stop> {
         self.out.send(resp).await.map_err(|_| Stop::Closed)
     }
 
@@ -135,7 +166,7 @@ impl<H: HistorySource> Session<H> {
                 if self.watchers.remove(&cancel.watch_id).is_some() {
                     self.stats.watcher_removed();
                     let header = self.header(self.hub.latest());
-                    self.send(WatchResponse {
+                    self.send(WatchResponseEncoded {
                         header,
                         watch_id: cancel.watch_id,
                         canceled: true,
@@ -159,7 +190,7 @@ impl<H: HistorySource> Session<H> {
         let id = if req.watch_id != 0 {
             if self.watchers.contains_key(&req.watch_id) {
                 return self
-                    .send(WatchResponse {
+                    .send(WatchResponseEncoded {
                         header,
                         watch_id: -1,
                         created: true,
@@ -192,7 +223,7 @@ impl<H: HistorySource> Session<H> {
                 }
                 self.watchers.insert(id, watcher);
                 self.stats.watcher_added();
-                self.send(WatchResponse {
+                self.send(WatchResponseEncoded {
                     header,
                     watch_id: id,
                     created: true,
@@ -201,7 +232,7 @@ impl<H: HistorySource> Session<H> {
                 .await
             }
             Err(err) => {
-                self.send(WatchResponse {
+                self.send(WatchResponseEncoded {
                     header,
                     watch_id: -1,
                     created: true,
@@ -215,7 +246,8 @@ impl<H: HistorySource> Session<H> {
     }
 
     /// Serves every watcher up to the log's latest revision, a bounded amount each. Returns
-    /// whether some watcher is still behind.
+    /// whether some watcher is still behind. Watchers waiting from the same revision (on a
+    /// busy stream, nearly all of them) share one read of the log.
     async fn deliver(&mut self) -> Result<bool, Stop> {
         let latest = self.hub.latest();
         let ids: Vec<i64> = self
@@ -224,24 +256,20 @@ impl<H: HistorySource> Session<H> {
             .filter(|(_, w)| w.behind(latest))
             .map(|(id, _)| *id)
             .collect();
+        let mut round = Round::default();
         let mut behind = false;
         for id in ids {
-            behind |= self.deliver_to(id, latest).await?;
+            behind |= self.deliver_to(id, latest, &mut round).await?;
         }
         Ok(behind)
     }
 
-    async fn deliver_to(&mut self, id: i64, latest: i64) -> Result<bool, Stop> {
-        let Some(from) = self.watchers.get(&id).map(|w| w.next_revision) else {
-            return Ok(false);
-        };
-        if from < self.history.compacted() {
-            return self.cancel_compacted(id).await.map(|_| false);
-        }
-        let (revisions, through) = match self.hub.read(from, REVISIONS_PER_ROUND) {
-            Window::Revisions(revs) => {
-                let through = revs.last().map_or(from - 1, |r| r.revision);
-                (revs, through)
+    /// The revisions from `from` on, as the log's window or the store has them.
+    async fn read(&self, from: i64) -> Read {
+        match self.hub.read_log(from, REVISIONS_PER_ROUND) {
+            Window::Revisions(revisions) => {
+                let through = revisions.last().map_or(from - 1, |r| r.revision());
+                Read::Revisions { revisions, through }
             }
             Window::Evicted { oldest } => {
                 match self
@@ -249,16 +277,42 @@ impl<H: HistorySource> Session<H> {
                     .history(from, oldest - 1, HISTORY_EVENTS_PER_ROUND)
                     .await
                 {
-                    Ok((revs, through)) => (revs.into_iter().map(Arc::new).collect(), through),
-                    Err(KvError::Compacted) => {
-                        return self.cancel_compacted(id).await.map(|_| false);
-                    }
+                    Ok((revs, through)) => Read::Revisions {
+                        revisions: revs
+                            .into_iter()
+                            .map(|r| Arc::new(LogRevision::new(Arc::new(r))))
+                            .collect(),
+                        through,
+                    },
+                    Err(KvError::Compacted) => Read::Compacted,
                     Err(err) => {
-                        tracing::warn!(%err, watch_id = id, "reading watch history failed; will retry");
-                        return Ok(true);
+                        tracing::warn!(%err, from, "reading watch history failed; will retry");
+                        Read::Failed
                     }
                 }
             }
+        }
+    }
+
+    async fn deliver_to(&mut self, id: i64, latest: i64, round: &mut Round) -> Result<bool, Stop> {
+        let Some(from) = self.watchers.get(&id).map(|w| w.next_revision) else {
+            return Ok(false);
+        };
+        if from < self.history.compacted() {
+            return self.cancel_compacted(id).await.map(|_| false);
+        }
+        let read = match round.reads.iter().find(|(f, _)| *f == from) {
+            Some((_, read)) => read.clone(),
+            None => {
+                let read = Arc::new(self.read(from).await);
+                round.reads.push((from, read.clone()));
+                read
+            }
+        };
+        let (revisions, through) = match &*read {
+            Read::Revisions { revisions, through } => (revisions, *through),
+            Read::Compacted => return self.cancel_compacted(id).await.map(|_| false),
+            Read::Failed => return Ok(true),
         };
         if through < from {
             return Ok(false);
@@ -267,11 +321,34 @@ impl<H: HistorySource> Session<H> {
         let Some(watcher) = self.watchers.get_mut(&id) else {
             return Ok(false);
         };
-        let events: Vec<Event> = revisions
-            .iter()
-            .flat_map(|rev: &Arc<CommittedRevision>| rev.events.iter())
-            .filter_map(|e| watcher.accept(e, compacted))
-            .collect();
+        let events = match &round.last {
+            Some(last)
+                if last.from == from
+                    && last.compacted == compacted
+                    && last.filter == watcher.filter =>
+            {
+                last.events.clone()
+            }
+            _ => {
+                let mut events: Vec<Bytes> = Vec::new();
+                for rev in revisions {
+                    for (i, event) in rev.events().iter().enumerate() {
+                        match watcher.filter.accept(event, compacted) {
+                            Some(Encoding::Bare) => events.push(rev.bare()[i].clone()),
+                            Some(Encoding::Full) => events.push(rev.full()[i].clone()),
+                            None => {}
+                        }
+                    }
+                }
+                round.last = Some(Filtered {
+                    from,
+                    compacted,
+                    filter: watcher.filter.clone(),
+                    events: events.clone(),
+                });
+                events
+            }
+        };
         watcher.next_revision = through + 1;
         let fragment = watcher.fragment;
         if !events.is_empty() {
@@ -282,7 +359,6 @@ impl<H: HistorySource> Session<H> {
         Ok(through < latest)
     }
 
-    /// etcd's answer to a watcher whose next revision was compacted away.
     /// etcd's answer to a watcher whose next revision was compacted away: a cancel with
     /// header revision 0. The watcher stops, but its id stays taken on the stream until the
     /// client cancels it, as in etcd.
@@ -291,7 +367,7 @@ impl<H: HistorySource> Session<H> {
             w.compacted = true;
         }
         let compact_revision = self.history.compacted();
-        self.send(WatchResponse {
+        self.send(WatchResponseEncoded {
             header: Some(ResponseHeader {
                 revision: 0,
                 ..self.options.header
@@ -308,10 +384,10 @@ impl<H: HistorySource> Session<H> {
         &mut self,
         id: i64,
         header: Option<ResponseHeader>,
-        events: Vec<Event>,
+        events: Vec<Bytes>,
         fragment: bool,
     ) -> Result<(), Stop> {
-        let whole = WatchResponse {
+        let whole = WatchResponseEncoded {
             header,
             watch_id: id,
             events,
@@ -324,7 +400,7 @@ impl<H: HistorySource> Session<H> {
         // etcd's split: fill a piece until it reaches the limit, then move its last event to
         // the next piece (a piece always has at least one event); all but the last piece say
         // `fragment`.
-        let base = WatchResponse {
+        let base = WatchResponseEncoded {
             header: whole.header,
             watch_id: id,
             fragment: true,
@@ -336,7 +412,7 @@ impl<H: HistorySource> Session<H> {
             let mut piece = Vec::new();
             let mut size = base;
             while let Some(event) = events.peek() {
-                let len = event.encoded_len();
+                let len = event.len();
                 let grown = size + 1 + prost::encoding::encoded_len_varint(len as u64) + len;
                 if !piece.is_empty() && grown >= limit {
                     break;
@@ -344,7 +420,7 @@ impl<H: HistorySource> Session<H> {
                 size = grown;
                 piece.extend(events.next());
             }
-            self.send(WatchResponse {
+            self.send(WatchResponseEncoded {
                 header: whole.header,
                 watch_id: id,
                 events: piece,
@@ -368,7 +444,7 @@ impl<H: HistorySource> Session<H> {
         }
         self.progress_requested = false;
         let header = self.header(latest);
-        self.send(WatchResponse {
+        self.send(WatchResponseEncoded {
             header,
             watch_id: -1,
             ..Default::default()
@@ -389,7 +465,7 @@ impl<H: HistorySource> Session<H> {
         }
         for id in due {
             let header = self.header(latest);
-            self.send(WatchResponse {
+            self.send(WatchResponseEncoded {
                 header,
                 watch_id: id,
                 ..Default::default()
@@ -397,5 +473,172 @@ impl<H: HistorySource> Session<H> {
             .await?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use backend::CommitListener;
+    use backend::CommittedRevision;
+    use backend::kv::KvResult;
+    use etcdpb::etcdserverpb::{WatchResponse, watch_create_request::FilterType};
+    use etcdpb::mvccpb::{Event, KeyValue, event::EventType};
+    use tokio::sync::mpsc;
+    use tokio_stream_shim::ReceiverStream;
+
+    /// No history: every revision is in the hub's window.
+    #[derive(Clone)]
+    struct NoHistory;
+
+    impl HistorySource for NoHistory {
+        async fn history(
+            &self,
+            _from: i64,
+            to: i64,
+            _max_events: usize,
+        ) -> KvResult<(Vec<CommittedRevision>, i64)> {
+            Ok((Vec::new(), to))
+        }
+
+        fn compacted(&self) -> i64 {
+            0
+        }
+    }
+
+    mod tokio_stream_shim {
+        use futures::Stream;
+        use std::pin::Pin;
+        use std::task::{Context, Poll};
+        use tokio::sync::mpsc;
+
+        pub struct ReceiverStream<T>(pub mpsc::UnboundedReceiver<T>);
+
+        impl<T> Stream for ReceiverStream<T> {
+            type Item = T;
+            fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+                self.0.poll_recv(cx)
+            }
+        }
+    }
+
+    fn kv(key: &str, create: i64, m: i64, value: &str) -> KeyValue {
+        KeyValue {
+            key: Bytes::from(key.to_owned()),
+            create_revision: create,
+            mod_revision: m,
+            version: m - create + 1,
+            value: Bytes::from(value.to_owned()),
+            lease: 0,
+        }
+    }
+
+    fn create(key: &str, end: &str, prev_kv: bool, filters: Vec<i32>) -> WatchRequest {
+        WatchRequest {
+            request_union: Some(RequestUnion::CreateRequest(WatchCreateRequest {
+                key: Bytes::from(key.to_owned()),
+                range_end: Bytes::from(end.to_owned()),
+                start_revision: 2,
+                prev_kv,
+                filters,
+                ..Default::default()
+            })),
+        }
+    }
+
+    /// Watchers with different filters on one stream each get their own events, in their
+    /// own encoding, and watchers with the same filter share them.
+    #[tokio::test]
+    async fn filters_and_prev_kv_per_watcher() {
+        let hub = Hub::new(1, 1000);
+        // rev 2: create a; rev 3: update a (prev_kv a@2) and put b; rev 4: delete a.
+        hub.committed(vec![
+            CommittedRevision {
+                revision: 2,
+                events: vec![Event {
+                    r#type: EventType::Put as i32,
+                    kv: Some(kv("a", 2, 2, "1")),
+                    prev_kv: None,
+                }],
+            },
+            CommittedRevision {
+                revision: 3,
+                events: vec![
+                    Event {
+                        r#type: EventType::Put as i32,
+                        kv: Some(kv("a", 2, 3, "2")),
+                        prev_kv: Some(kv("a", 2, 2, "1")),
+                    },
+                    Event {
+                        r#type: EventType::Put as i32,
+                        kv: Some(kv("b", 3, 3, "x")),
+                        prev_kv: None,
+                    },
+                ],
+            },
+            CommittedRevision {
+                revision: 4,
+                events: vec![Event {
+                    r#type: EventType::Delete as i32,
+                    kv: Some(KeyValue {
+                        key: Bytes::from_static(b"a"),
+                        mod_revision: 4,
+                        ..Default::default()
+                    }),
+                    prev_kv: Some(kv("a", 2, 3, "2")),
+                }],
+            },
+        ]);
+        let (req_tx, req_rx) = mpsc::unbounded_channel();
+        let (out_tx, mut out_rx) = outbound::channel(1 << 20);
+        let options = StreamOptions {
+            progress_interval: Duration::from_secs(3600),
+            max_response_bytes: 1 << 20,
+            header: ResponseHeader::default(),
+        };
+        tokio::spawn(serve(
+            hub.clone(),
+            NoHistory,
+            ReceiverStream(req_rx),
+            out_tx,
+            options,
+        ));
+        let watchers = [
+            create("a", "c", true, vec![]),  // 0: prefix with prev_kv
+            create("a", "c", false, vec![]), // 1: prefix without
+            create("a", "c", false, vec![]), // 2: same as 1
+            create("a", "", true, vec![FilterType::Noput as i32]), // 3: key a, deletes only
+        ];
+        let mut got: BTreeMap<i64, Vec<Event>> = BTreeMap::new();
+        for w in watchers {
+            req_tx.send(w).unwrap();
+        }
+        let mut created = 0;
+        while created < 4 || got.values().map(Vec::len).sum::<usize>() < 4 + 4 + 4 + 1 {
+            let resp = out_rx.next().await.unwrap();
+            let resp = WatchResponse::decode(resp.encode_to_vec().as_slice()).unwrap();
+            if resp.created {
+                assert_eq!(resp.watch_id, created);
+                assert!(!got.contains_key(&resp.watch_id), "created before events");
+                created += 1;
+            }
+            got.entry(resp.watch_id).or_default().extend(resp.events);
+        }
+        let strip = |mut e: Event| {
+            e.prev_kv = None;
+            e
+        };
+        let all: Vec<Event> = hub
+            .read_log(2, 10)
+            .into_revisions()
+            .iter()
+            .flat_map(|r| r.events().to_vec())
+            .collect();
+        // With prev_kv: the create has none, the update and delete have theirs.
+        assert_eq!(got[&0], all);
+        let bare: Vec<Event> = all.iter().cloned().map(strip).collect();
+        assert_eq!(got[&1], bare);
+        assert_eq!(got[&2], bare);
+        assert_eq!(got[&3], vec![all[3].clone()]);
     }
 }

@@ -6,12 +6,8 @@ use etcdpb::mvccpb::{Event, event::EventType};
 
 pub struct Watcher {
     pub id: i64,
-    key: Bytes,
-    /// `None`: the key alone; `Some(empty)`: every key from `key` on; else `[key, end)`.
-    end: Option<Bytes>,
-    no_put: bool,
-    no_delete: bool,
-    pub prev_kv: bool,
+    /// Which events it receives, and how.
+    pub filter: Filter,
     pub progress_notify: bool,
     pub fragment: bool,
     /// The next revision this watcher has not been served yet.
@@ -20,6 +16,18 @@ pub struct Watcher {
     pub sent_since_tick: bool,
     /// Canceled because its history was compacted: receives nothing more, but keeps its id.
     pub compacted: bool,
+}
+
+/// What decides which events a watcher receives and in which encoding: watchers with equal
+/// filters, served the same revisions, receive the same events.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Filter {
+    key: Bytes,
+    /// `None`: the key alone; `Some(empty)`: every key from `key` on; else `[key, end)`.
+    end: Option<Bytes>,
+    no_put: bool,
+    no_delete: bool,
+    prev_kv: bool,
 }
 
 /// Why etcd refuses to create a watcher (its mvcc error texts).
@@ -58,11 +66,13 @@ impl Watcher {
         let has = |f: FilterType| req.filters.contains(&(f as i32));
         Ok(Watcher {
             id,
-            key,
-            end,
-            no_put: has(FilterType::Noput),
-            no_delete: has(FilterType::Nodelete),
-            prev_kv: req.prev_kv,
+            filter: Filter {
+                key,
+                end,
+                no_put: has(FilterType::Noput),
+                no_delete: has(FilterType::Nodelete),
+                prev_kv: req.prev_kv,
+            },
             progress_notify: req.progress_notify,
             fragment: req.fragment,
             next_revision,
@@ -71,6 +81,13 @@ impl Watcher {
         })
     }
 
+    /// Whether this watcher still waits for revisions up to `latest`.
+    pub fn behind(&self, latest: i64) -> bool {
+        !self.compacted && self.next_revision <= latest
+    }
+}
+
+impl Filter {
     fn covers(&self, key: &[u8]) -> bool {
         match &self.end {
             None => key == &self.key[..],
@@ -79,15 +96,10 @@ impl Watcher {
         }
     }
 
-    /// Whether this watcher still waits for revisions up to `latest`.
-    pub fn behind(&self, latest: i64) -> bool {
-        !self.compacted && self.next_revision <= latest
-    }
-
-    /// The event as this watcher receives it, if it receives it at all. An event at the
+    /// Whether a watcher with this filter receives the event, and in which encoding. An event at the
     /// compacted revision itself is seen as etcd shows it after compaction: its put without a
     /// prev_kv (older versions are gone), its delete not at all (the tombstone is gone).
-    pub fn accept(&self, event: &Event, compacted: i64) -> Option<Event> {
+    pub fn accept(&self, event: &Event, compacted: i64) -> Option<Encoding> {
         let kv = event.kv.as_ref()?;
         if !self.covers(&kv.key) {
             return None;
@@ -100,11 +112,24 @@ impl Watcher {
         if at_compacted && !is_put {
             return None;
         }
-        let mut event = event.clone();
         // etcd attaches prev_kv only when asked, and never to a create.
-        if !self.prev_kv || (is_put && kv.create_revision == kv.mod_revision) || at_compacted {
-            event.prev_kv = None;
+        if !self.prev_kv
+            || event.prev_kv.is_none()
+            || (is_put && kv.create_revision == kv.mod_revision)
+            || at_compacted
+        {
+            Some(Encoding::Bare)
+        } else {
+            Some(Encoding::Full)
         }
-        Some(event)
     }
+}
+
+/// Which of an event's two encodings a watcher receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// Without prev_kv.
+    Bare,
+    /// With prev_kv.
+    Full,
 }

@@ -21,8 +21,6 @@ use super::{Ctx, Failure, RunResult, key, prefix_end};
 use crate::cli::Args;
 use crate::stats::Stats;
 
-/// How long to wait for the last events after the writers are done.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long to wait for all watch-create confirmations of a stream.
 const CREATE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -184,9 +182,9 @@ impl WatchWorkload {
         })
         .await;
 
-        // 4. Drain: wait for every expected delivery (or give up after DRAIN_TIMEOUT).
+        // 4. Drain: wait for every expected delivery (or give up after --drain-timeout).
         let expected = writes.ops * watchers as u64;
-        let drain_deadline = Instant::now() + DRAIN_TIMEOUT;
+        let drain_deadline = Instant::now() + Duration::from_secs_f64(args.drain_timeout);
         while delivered.load(Ordering::Relaxed) < expected && Instant::now() < drain_deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
