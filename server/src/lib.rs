@@ -218,6 +218,7 @@ impl<E: Engine + Clone> Member<E> {
                 WatchServer::new(service::watch::WatchService::new(
                     brain.clone(),
                     watch_options,
+                    config.election_lease * 2,
                 ))
                 .max_encoding_message_size(MAX_SEND_BYTES),
             )

@@ -450,3 +450,98 @@ async fn a_leader_that_shuts_down_hands_over_at_once() {
         .collect();
     assert_eq!(names, [local.members[other].name.clone()]);
 }
+
+/// The shared engine as one member reaches it: `broken` cuts that member off (every read and
+/// write fails), as a network partition from the storage would.
+#[derive(Clone)]
+struct Reachable {
+    inner: Engine,
+    broken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Reachable {
+    fn check(&self) -> backend::engine::EngineResult<()> {
+        if self.broken.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(backend::engine::EngineError::Storage("unreachable".into()));
+        }
+        Ok(())
+    }
+}
+
+impl backend::engine::Engine for Reachable {
+    type Snapshot = <LsmEngine as backend::engine::Engine>::Snapshot;
+
+    async fn snapshot(&self) -> backend::engine::EngineResult<Self::Snapshot> {
+        self.check()?;
+        self.inner.snapshot().await
+    }
+
+    async fn write(&self, batch: backend::engine::WriteBatch) -> backend::engine::EngineResult<()> {
+        self.check()?;
+        self.inner.write(batch).await
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
+}
+
+/// A client that asks for a leader (`hasleader`, as kube-apiserver's watches do) is refused by,
+/// or moved off, a member that cannot reach the storage and so knows no leader.
+#[tokio::test]
+async fn watches_requiring_a_leader_leave_a_member_without_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let engine: Engine = Arc::new(LsmEngine::open(dir.path(), 16 << 20).unwrap());
+    let reach = |broken: bool| Reachable {
+        inner: engine.clone(),
+        broken: Arc::new(std::sync::atomic::AtomicBool::new(broken)),
+    };
+    let a = LocalMember::start("brain-a", &reach(false), FLAGS).unwrap();
+    let b_engine = reach(false);
+    let b = LocalMember::start("brain-b", &b_engine, FLAGS).unwrap();
+    for _ in 0..200 {
+        if a.is_leader() && b.member().brain.leader().is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(a.is_leader() && !b.is_leader());
+
+    let options = etcd_client::ConnectOptions::new().with_require_leader(true);
+    let mut on_b = Client::connect([b.url.as_str()], Some(options.clone()))
+        .await
+        .unwrap();
+    let mut stream = on_b.watch("/k", None).await.unwrap();
+    let mut writer = support::connect(&a.url).await;
+    writer.put("/k", "1", None).await.unwrap();
+    assert_eq!(puts_seen(&mut stream, 1).await[0].0, "/k");
+
+    // b loses the storage: it soon knows no leader, and its hasleader stream ends with etcd's
+    // error instead of hanging without events.
+    b_engine
+        .broken
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    let ended = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(err) => return Some(message(&err)),
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    assert_eq!(ended.as_deref(), Some("etcdserver: no leader"));
+    // A new hasleader watch on b is refused at once; one without hasleader is accepted.
+    let mut refused = Client::connect([b.url.as_str()], Some(options))
+        .await
+        .unwrap();
+    let err = match refused.watch("/k", None).await {
+        Ok(mut s) => s.message().await.unwrap_err(),
+        Err(err) => err,
+    };
+    assert_eq!(message(&err), "etcdserver: no leader");
+    let mut plain = support::connect(&b.url).await;
+    plain.watch("/k", None).await.unwrap();
+}
