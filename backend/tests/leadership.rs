@@ -2,29 +2,16 @@
 //! a follower's store only reads at the revisions it is given, and a batch whose outcome was
 //! unknown never lets a later batch reuse its revisions.
 
+mod support;
+
 use backend::engine::{Condition, Engine, EngineError, EngineResult, MemoryEngine, WriteBatch};
 use backend::kv::KvError;
 use backend::mvcc::keys;
 use backend::{Store, StoreOptions};
 use bytes::Bytes;
-use etcdpb::etcdserverpb::{PutRequest, RangeRequest};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-
-fn put(key: &str, value: &str) -> PutRequest {
-    PutRequest {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        ..Default::default()
-    }
-}
-
-fn get(key: &str) -> RangeRequest {
-    RangeRequest {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        ..Default::default()
-    }
-}
+use support::{get, put, put_revision};
 
 async fn set_term(engine: &impl Engine, term: u64) {
     let mut batch = WriteBatch::default();
@@ -81,13 +68,7 @@ async fn a_follower_reads_at_the_revision_it_is_given() {
         follower.put(put("x", "1")).await.unwrap_err(),
         KvError::NotLeader
     ));
-    let rev = leader
-        .put(put("a", "1"))
-        .await
-        .unwrap()
-        .header
-        .unwrap()
-        .revision;
+    let rev = put_revision(&leader, "a", "1").await;
     // Not yet told about the revision: the follower does not show it.
     assert!(follower.range(&get("a")).await.unwrap().kvs.is_empty());
     let waiter = {
@@ -142,22 +123,10 @@ async fn a_batch_with_an_unknown_outcome_never_shares_its_revisions() {
     let store = Store::open(engine.clone(), StoreOptions::default())
         .await
         .unwrap();
-    let first = store
-        .put(put("a", "1"))
-        .await
-        .unwrap()
-        .header
-        .unwrap()
-        .revision;
+    let first = put_revision(&store, "a", "1").await;
     // The second write commits but is reported failed.
     assert!(store.put(put("b", "2")).await.is_err());
-    let third = store
-        .put(put("c", "3"))
-        .await
-        .unwrap()
-        .header
-        .unwrap()
-        .revision;
+    let third = put_revision(&store, "c", "3").await;
     let b = store.range(&get("b")).await.unwrap();
     assert_eq!(b.kvs.len(), 1, "the ambiguous write did commit");
     let b_rev = b.kvs[0].mod_revision;

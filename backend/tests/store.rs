@@ -1,32 +1,20 @@
 //! The store's contract, checked on every engine that runs here: revisions, group-commit
 //! atomicity under concurrent reads, compaction, and recovery of the revision counter.
 
+mod support;
+
 use backend::engine::{BTreeEngine, Engine, LsmEngine, MemoryEngine};
 use backend::kv::KvError;
 use backend::{Store, StoreOptions};
 use bytes::Bytes;
 use etcdpb::etcdserverpb::{
-    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
-    TxnRequest, compare, request_op::Request,
+    CompactionRequest, Compare, DeleteRangeRequest, RangeRequest, RequestOp, TxnRequest, compare,
+    request_op::Request,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
-
-fn put(key: &str, value: &str) -> PutRequest {
-    PutRequest {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        value: Bytes::copy_from_slice(value.as_bytes()),
-        ..Default::default()
-    }
-}
-
-fn get(key: &str) -> RangeRequest {
-    RangeRequest {
-        key: Bytes::copy_from_slice(key.as_bytes()),
-        ..Default::default()
-    }
-}
+use support::{get, put};
 
 fn prefix(p: &str, revision: i64) -> RangeRequest {
     let mut end = p.as_bytes().to_vec();

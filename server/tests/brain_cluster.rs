@@ -77,6 +77,18 @@ async fn puts_seen(stream: &mut etcd_client::WatchStream, n: usize) -> Vec<(Stri
     seen
 }
 
+/// MemberList's names, sorted.
+async fn member_names(c: &mut Client) -> Vec<String> {
+    let list = c.member_list().await.unwrap();
+    let mut names: Vec<String> = list
+        .members()
+        .iter()
+        .map(|m| m.name().to_string())
+        .collect();
+    names.sort();
+    names
+}
+
 fn message(err: &etcd_client::Error) -> String {
     match err {
         etcd_client::Error::GRpcStatus(s) => s.message().to_string(),
@@ -94,16 +106,10 @@ async fn one_leader_and_every_member_knows_it() {
         let status = c.status().await.unwrap();
         assert_eq!(status.leader(), leader_id, "{} names the leader", node.name);
         assert!(status.raft_term() >= 1);
-        let mut names: Vec<String> = c
-            .member_list()
-            .await
-            .unwrap()
-            .members()
-            .iter()
-            .map(|m| m.name().to_string())
-            .collect();
-        names.sort();
-        assert_eq!(names, ["brain-0", "brain-1", "brain-2"]);
+        assert_eq!(
+            member_names(&mut c).await,
+            ["brain-0", "brain-1", "brain-2"]
+        );
     }
 }
 
@@ -440,15 +446,10 @@ async fn a_leader_that_shuts_down_hands_over_at_once() {
     assert_eq!(local.leader(Duration::from_secs(10)).await, Some(other));
     let mut c = support::connect(&local.members[other].url).await;
     c.put("/after-handover", "1", None).await.unwrap();
-    let names: Vec<String> = c
-        .member_list()
-        .await
-        .unwrap()
-        .members()
-        .iter()
-        .map(|m| m.name().to_string())
-        .collect();
-    assert_eq!(names, [local.members[other].name.clone()]);
+    assert_eq!(
+        member_names(&mut c).await,
+        [local.members[other].name.clone()]
+    );
 }
 
 /// The shared engine as one member reaches it: `broken` cuts that member off (every read and

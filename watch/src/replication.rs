@@ -18,9 +18,6 @@ use std::sync::Arc;
 const REVISIONS_PER_MESSAGE: usize = 1024;
 /// Events per message when reading history from the store.
 const HISTORY_EVENTS_PER_MESSAGE: usize = 4096;
-/// How often a caught-up stream looks for a new compacted revision (compaction makes no
-/// revision, so the log alone would not carry it).
-const COMPACTION_POLL: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// One message of the stream.
 #[derive(Debug, Clone)]
@@ -41,11 +38,15 @@ pub fn follow<H: HistorySource>(
     history: H,
     from: i64,
 ) -> impl Stream<Item = KvResult<Batch>> + Send {
+    // Compaction makes no revision: the log alone would not carry it, so the stream also
+    // wakes when the compacted revision moves. (A stream outlives no change of leader: the
+    // store it listens to stays the leader's for its whole life.)
     let latest = hub.subscribe();
-    let start = (hub, history, latest, from, i64::MIN);
+    let compactions = history.compactions();
+    let start = (hub, history, (latest, compactions), from, i64::MIN);
     futures::stream::unfold(Some(start), |state| async move {
         // `sent`: the compacted revision the follower was last told.
-        let (hub, history, mut latest, next, sent) = state?;
+        let (hub, history, (mut latest, mut compactions), next, sent) = state?;
         loop {
             let compacted = history.compacted();
             if next < compacted {
@@ -60,11 +61,12 @@ pub fn follow<H: HistorySource>(
                         through: next - 1,
                         compacted,
                     };
-                    return Some((Ok(batch), Some((hub, history, latest, next, compacted))));
+                    let state = (hub, history, (latest, compactions), next, compacted);
+                    return Some((Ok(batch), Some(state)));
                 }
                 tokio::select! {
                     changed = latest.changed() => if changed.is_err() { return None },
-                    () = tokio::time::sleep(COMPACTION_POLL) => {}
+                    changed = compactions.changed() => if changed.is_err() { return None },
                 }
                 continue;
             }
@@ -98,7 +100,13 @@ pub fn follow<H: HistorySource>(
                 }
                 continue;
             }
-            let after = (hub, history, latest, batch.through + 1, batch.compacted);
+            let after = (
+                hub,
+                history,
+                (latest, compactions),
+                batch.through + 1,
+                batch.compacted,
+            );
             return Some((Ok(batch), Some(after)));
         }
     })

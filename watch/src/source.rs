@@ -19,6 +19,9 @@ pub trait HistorySource: Clone + Send + Sync + 'static {
 
     /// The compacted revision: a watch may not start below it.
     fn compacted(&self) -> i64;
+
+    /// Changes whenever the compacted revision moves.
+    fn compactions(&self) -> tokio::sync::watch::Receiver<i64>;
 }
 
 impl<E: Engine> HistorySource for Store<E> {
@@ -33,5 +36,9 @@ impl<E: Engine> HistorySource for Store<E> {
 
     fn compacted(&self) -> i64 {
         Store::compacted(self)
+    }
+
+    fn compactions(&self) -> tokio::sync::watch::Receiver<i64> {
+        Store::compactions(self)
     }
 }

@@ -504,6 +504,10 @@ mod tests {
         fn compacted(&self) -> i64 {
             0
         }
+
+        fn compactions(&self) -> tokio::sync::watch::Receiver<i64> {
+            tokio::sync::watch::channel(0).1
+        }
     }
 
     mod tokio_stream_shim {

@@ -10,14 +10,17 @@ use crate::engine::{Engine, EngineResult, Snapshot};
 use crate::mvcc::Version;
 use crate::mvcc::keys::{self, REVS};
 use bytes::Bytes;
-use std::sync::Arc;
+use std::sync::Weak;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Versions examined per step.
 const PAGE: usize = 1024;
 
+/// Sweeps up to each new compacted revision. Holds the store only while sweeping: the
+/// compacted-revision channel lives in the store, so it closes (and this task ends) once
+/// everything else let go of the store.
 pub(super) async fn run<E: Engine>(
-    shared: Arc<Shared<E>>,
+    store: Weak<Shared<E>>,
     writer: mpsc::WeakSender<Job>,
     mut target: watch::Receiver<i64>,
     mut swept: i64,
@@ -25,6 +28,9 @@ pub(super) async fn run<E: Engine>(
     loop {
         let goal = *target.borrow_and_update();
         if goal > swept {
+            let Some(shared) = store.upgrade() else {
+                return;
+            };
             match sweep(&shared, &writer, goal).await {
                 Ok(true) => {
                     swept = goal;

@@ -87,6 +87,9 @@ struct Shared<E> {
     counts: crate::mvcc::count_cache::CountCache,
     /// Tells waiters each newly published revision.
     published: tokio::sync::watch::Sender<i64>,
+    /// Tells the compactor and the leader's event log each new compacted revision
+    /// (compaction makes no revision, so nothing else would carry it).
+    compaction: tokio::sync::watch::Sender<i64>,
     /// Whether the durable revision counter exists yet: every batch requires it to hold the
     /// published revision (absent before the first write), so that a batch whose outcome was
     /// unknown (a timeout) but that did commit can never be followed by one reusing its
@@ -98,6 +101,12 @@ struct Shared<E> {
 }
 
 impl<E> Shared<E> {
+    /// Makes `revision` the compacted one for readers, and tells whoever waits on it.
+    fn set_compacted(&self, revision: i64) {
+        self.compacted.store(revision, Ordering::Release);
+        self.compaction.send_replace(revision);
+    }
+
     /// Makes `revision` the one readers see, and wakes whoever waits for it.
     fn publish(&self, revision: i64) {
         self.revision.store(revision, Ordering::Release);
@@ -191,20 +200,20 @@ impl<E: Engine> Store<E> {
             counts: Default::default(),
             stats: Default::default(),
             published: tokio::sync::watch::Sender::new(revision),
+            compaction: tokio::sync::watch::Sender::new(compacted),
             revision_stored: revision_stored.into(),
             deposed: tokio::sync::watch::Sender::new(false),
         });
         let (writer_tx, writer_rx) = mpsc::channel(options.max_batch.max(1) * 4);
-        let (compact_tx, compact_rx) = tokio::sync::watch::channel(compacted);
         tokio::spawn(compactor::run(
-            shared.clone(),
+            Arc::downgrade(&shared),
             writer_tx.downgrade(),
-            compact_rx,
+            shared.compaction.subscribe(),
             swept,
         ));
         let max_request_bytes = options.max_request_bytes;
         tokio::spawn(expiry::run(shared.clone(), writer_tx.downgrade()));
-        let writer = tokio::spawn(writer::run(shared.clone(), writer_rx, options, compact_tx));
+        let writer = tokio::spawn(writer::run(shared.clone(), writer_rx, options));
         // Without its writer the store would keep serving reads while every write hangs: a
         // silent outage. A writer that panicked takes the process down, so that a supervisor
         // restarts it on the durable state.
@@ -239,6 +248,7 @@ impl<E: Engine> Store<E> {
             counts: Default::default(),
             stats: Default::default(),
             published: tokio::sync::watch::Sender::new(recovered.revision),
+            compaction: tokio::sync::watch::Sender::new(recovered.compacted),
             revision_stored: recovered.revision_stored.into(),
             deposed: tokio::sync::watch::Sender::new(false),
         });
@@ -269,7 +279,7 @@ impl<E: Engine> Store<E> {
     /// Never moves back.
     pub fn advance(&self, revision: i64, compacted: i64) {
         if compacted > self.compacted() {
-            self.shared.compacted.store(compacted, Ordering::Release);
+            self.shared.set_compacted(compacted);
         }
         if revision > self.revision() {
             self.shared.publish(revision);
@@ -290,6 +300,11 @@ impl<E: Engine> Store<E> {
     /// The compacted revision (-1 before the first compaction).
     pub fn compacted(&self) -> i64 {
         self.shared.compacted.load(Ordering::Acquire)
+    }
+
+    /// Changes whenever the compacted revision moves.
+    pub fn compactions(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.shared.compaction.subscribe()
     }
 
     pub fn engine(&self) -> &E {

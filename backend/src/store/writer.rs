@@ -18,7 +18,7 @@ use etcdpb::mvccpb::Event;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{mpsc, oneshot};
 
 /// The events of one committed revision, in the order its ops ran.
 #[derive(Debug, Clone)]
@@ -93,13 +93,12 @@ pub(super) async fn run<E: Engine>(
     shared: Arc<Shared<E>>,
     mut rx: mpsc::Receiver<Job>,
     options: StoreOptions,
-    compact_tx: watch::Sender<i64>,
 ) {
     let max_batch = options.max_batch.max(1);
     let mut jobs = Vec::with_capacity(max_batch);
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         let batch = std::mem::take(&mut jobs);
-        if let Err(err) = commit(&shared, &options, &compact_tx, batch).await {
+        if let Err(err) = commit(&shared, &options, batch).await {
             tracing::error!(%err, "write batch failed");
         }
     }
@@ -110,7 +109,6 @@ pub(super) async fn run<E: Engine>(
 async fn commit<E: Engine>(
     shared: &Shared<E>,
     options: &StoreOptions,
-    compact_tx: &watch::Sender<i64>,
     jobs: Vec<Job>,
 ) -> Result<(), EngineError> {
     let started = std::time::Instant::now();
@@ -268,8 +266,7 @@ async fn commit<E: Engine>(
         }
     }
     if let Some(rev) = extra.compacted {
-        shared.compacted.store(rev, Ordering::Release);
-        let _ = compact_tx.send(rev);
+        shared.set_compacted(rev);
     }
     if let Some(listener) = &options.listener
         && !committed.is_empty()
@@ -317,6 +314,9 @@ async fn resync<E: Engine>(shared: &Shared<E>, options: &StoreOptions, published
         }
     }
     shared.revision_stored.store(true, Ordering::Release);
+    if recovered.compacted > shared.compacted.load(Ordering::Acquire) {
+        shared.set_compacted(recovered.compacted);
+    }
     shared.publish(recovered.revision);
     if let Some(listener) = &options.listener {
         listener.resumed_after(recovered.revision);

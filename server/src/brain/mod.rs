@@ -60,6 +60,15 @@ pub enum Role<E> {
 }
 
 impl<E> Role<E> {
+    /// Where a write goes in this role; None while no leader is known.
+    fn route(&self) -> Option<Route<E>> {
+        match self {
+            Role::Leader { store, .. } => Some(Route::Local(store.clone())),
+            Role::Follower { leader, .. } => Some(Route::Forward(leader.clone())),
+            Role::Candidate { .. } => None,
+        }
+    }
+
     pub fn store(&self) -> &Store<E> {
         match self {
             Role::Candidate { store }
@@ -152,24 +161,14 @@ impl<E: Engine + Clone> Brain<E> {
 
     /// Where writes go now; waits up to about two election leases for a leader to be known.
     pub async fn route(&self) -> KvResult<Route<E>> {
-        match &*self.role.borrow() {
-            Role::Leader { store, .. } => return Ok(Route::Local(store.clone())),
-            Role::Follower { leader, .. } => return Ok(Route::Forward(leader.clone())),
-            Role::Candidate { .. } => {}
+        if let Some(route) = self.role.borrow().route() {
+            return Ok(route);
         }
         let mut roles = self.role.subscribe();
         let wait = self.options.election.lease * 2 + Duration::from_secs(1);
-        let found = tokio::time::timeout(
-            wait,
-            roles.wait_for(|r| !matches!(r, Role::Candidate { .. })),
-        )
-        .await;
+        let found = tokio::time::timeout(wait, roles.wait_for(|r| r.route().is_some())).await;
         match found {
-            Ok(Ok(role)) => match &*role {
-                Role::Leader { store, .. } => Ok(Route::Local(store.clone())),
-                Role::Follower { leader, .. } => Ok(Route::Forward(leader.clone())),
-                Role::Candidate { .. } => Err(KvError::NoLeader),
-            },
+            Ok(Ok(role)) => role.route().ok_or(KvError::NoLeader),
             _ => Err(KvError::NoLeader),
         }
     }
@@ -409,5 +408,9 @@ impl<E: Engine + Clone> ::watch::HistorySource for BrainHistory<E> {
 
     fn compacted(&self) -> i64 {
         self.0.store().compacted()
+    }
+
+    fn compactions(&self) -> tokio::sync::watch::Receiver<i64> {
+        self.0.store().compactions()
     }
 }
