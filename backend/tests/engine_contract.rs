@@ -537,6 +537,43 @@ async fn last_mutation_of_a_key_wins<E: Engine>(engine: &E) {
     );
 }
 
+/// A batch written without a sync is applied at once: later snapshots see it, and later
+/// conditions are checked against it, before any sync.
+async fn unsynced_writes_are_visible_and_ordered<E: Engine>(engine: &E) {
+    let mut batch = WriteBatch::default();
+    batch.require("rev", None);
+    batch.put("rev", "1");
+    batch.put("a", "1");
+    engine
+        .write_unsynced(batch)
+        .await
+        .expect("first unsynced batch");
+    assert_eq!(get(engine, b"a").await, Some(b("1")));
+
+    // The next batch is conditioned on what the first wrote.
+    let mut batch = WriteBatch::default();
+    batch.require("rev", Some(b("1")));
+    batch.put("rev", "2");
+    batch.delete("a");
+    batch.put("b", "2");
+    engine
+        .write_unsynced(batch)
+        .await
+        .expect("second unsynced batch");
+
+    // A stale condition fails against the unsynced state and changes nothing.
+    let mut batch = WriteBatch::default();
+    batch.require("rev", Some(b("1")));
+    batch.put("c", "3");
+    assert_condition_failed(engine.write_unsynced(batch).await, b"rev");
+
+    engine.sync().await.expect("sync");
+    assert_eq!(
+        scan(engine, &range("", None), 100, false).await,
+        entries([(b"b", b"2"), (b"rev", b"2")])
+    );
+}
+
 async fn snapshots_are_isolated<E: Engine>(engine: &E) {
     put_all(engine, &[(b"a", b"1"), (b"c", b"1")]).await;
     let before = engine.snapshot().await.expect("snapshot");
@@ -734,6 +771,7 @@ macro_rules! contract {
             check!(conditions_guard_the_whole_batch);
             check!(last_mutation_of_a_key_wins);
             check!(snapshots_are_isolated);
+            check!(unsynced_writes_are_visible_and_ordered);
             check!(large_values_and_batches);
             check!(shared racing_writers_one_wins);
             check!(history_release_keeps_recent_snapshots);

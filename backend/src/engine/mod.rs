@@ -211,6 +211,19 @@ pub trait Engine: Send + Sync + 'static {
     /// returns `Ok`, the batch survives a crash of the process and of the machine.
     fn write(&self, batch: WriteBatch) -> impl Future<Output = EngineResult<()>> + Send;
 
+    /// As [`Engine::write`], but may return before the batch is durable: it is checked,
+    /// applied, visible to later snapshots and ordered after every earlier batch, and it is
+    /// durable once a later [`Engine::sync`] returns. The writer evaluates its next batch while
+    /// the engine syncs the previous one; engines without a cheaper path write durably here.
+    fn write_unsynced(&self, batch: WriteBatch) -> impl Future<Output = EngineResult<()>> + Send {
+        self.write(batch)
+    }
+
+    /// Makes every batch written before this call durable.
+    fn sync(&self) -> impl Future<Output = EngineResult<()>> + Send {
+        async { Ok(()) }
+    }
+
     /// Bytes the engine occupies on its medium (for Status and the space quota).
     fn size_on_disk(&self) -> u64;
 

@@ -17,6 +17,14 @@ impl<E: Engine> Engine for Arc<E> {
         E::write(self, batch).await
     }
 
+    async fn write_unsynced(&self, batch: WriteBatch) -> EngineResult<()> {
+        E::write_unsynced(self, batch).await
+    }
+
+    async fn sync(&self) -> EngineResult<()> {
+        E::sync(self).await
+    }
+
     fn size_on_disk(&self) -> u64 {
         E::size_on_disk(self)
     }

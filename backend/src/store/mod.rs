@@ -10,6 +10,7 @@ mod compactor;
 mod expiry;
 mod history;
 mod maintenance;
+mod pipeline;
 pub mod stats;
 mod writer;
 
@@ -213,7 +214,7 @@ impl<E: Engine> Store<E> {
         ));
         let max_request_bytes = options.max_request_bytes;
         tokio::spawn(expiry::run(shared.clone(), writer_tx.downgrade()));
-        let writer = tokio::spawn(writer::run(shared.clone(), writer_rx, options));
+        let writer = tokio::spawn(pipeline::run(shared.clone(), writer_rx, options));
         // Without its writer the store would keep serving reads while every write hangs: a
         // silent outage. A writer that panicked takes the process down, so that a supervisor
         // restarts it on the durable state.

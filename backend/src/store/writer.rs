@@ -1,6 +1,8 @@
-//! The single writer: group commit of queued requests into one durable engine batch.
+//! The single writer: group commit of queued requests into one engine batch (made durable and
+//! published by the [`pipeline`](super::pipeline)).
 
 use super::Shared;
+use super::pipeline::{Failure, Pending};
 use crate::engine::{Engine, EngineError, WriteBatch};
 use crate::kv::{Apply, KvError, KvResult, revision_entry};
 use crate::mvcc::keys;
@@ -16,9 +18,8 @@ use etcdpb::etcdserverpb::{
 };
 use etcdpb::mvccpb::Event;
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 /// The events of one committed revision, in the order its ops ran.
 #[derive(Debug, Clone)]
@@ -89,34 +90,25 @@ struct Extra {
     index_removals: Vec<(Bytes, i64)>,
 }
 
-pub(super) async fn run<E: Engine>(
-    shared: Arc<Shared<E>>,
-    mut rx: mpsc::Receiver<Job>,
-    options: StoreOptions,
-) {
-    let max_batch = options.max_batch.max(1);
-    let mut jobs = Vec::with_capacity(max_batch);
-    while rx.recv_many(&mut jobs, max_batch).await > 0 {
-        let batch = std::mem::take(&mut jobs);
-        if let Err(err) = commit(&shared, &options, batch).await {
-            tracing::error!(%err, "write batch failed");
-        }
-    }
-}
-
-/// Evaluates `jobs` in order, commits their effects as one engine batch, then publishes and
-/// answers. On an engine failure every job of the batch fails and nothing is published.
-async fn commit<E: Engine>(
+/// Evaluates `jobs` in order on top of revision `applied` and writes their effects to the
+/// engine as one batch, not yet synced. On an engine failure every job of the batch fails.
+pub(super) async fn apply<E: Engine>(
     shared: &Shared<E>,
     options: &StoreOptions,
+    applied: i64,
     jobs: Vec<Job>,
-) -> Result<(), EngineError> {
+) -> Result<Pending, Failure> {
     let started = std::time::Instant::now();
-    let published = shared.revision.load(Ordering::Acquire);
+    let published = applied;
     let mut compacted = shared.compacted.load(Ordering::Acquire);
     let snapshot = match shared.engine.snapshot().await {
         Ok(s) => s,
-        Err(err) => return Err(fail_all(jobs, err)),
+        Err(err) => {
+            return Err(Failure {
+                fenced: false,
+                err: fail_all(jobs, err),
+            });
+        }
     };
     let mut overlay = Overlay::default();
     let mut extra = Extra::default();
@@ -186,7 +178,7 @@ async fn commit<E: Engine>(
             for reply in all {
                 let _ = reply.send(Err(KvError::Engine(EngineError::Storage(err.to_string()))));
             }
-            return Err(err);
+            return Err(Failure { fenced: false, err });
         }
         replies.push((job.reply, result));
     }
@@ -210,11 +202,13 @@ async fn commit<E: Engine>(
         keys::meta_revision(),
         stored.then(|| encode_counter(published)),
     );
-    let writing = (!batch.is_empty()).then(std::time::Instant::now);
-    let written = if batch.is_empty() {
+    let wrote = !batch.is_empty();
+    let writing = std::time::Instant::now();
+    let written = if !wrote {
         Ok(())
     } else {
-        match tokio::time::timeout(options.write_timeout, shared.engine.write(batch)).await {
+        let write = shared.engine.write_unsynced(batch);
+        match tokio::time::timeout(options.write_timeout, write).await {
             Ok(result) => result,
             Err(_) => Err(EngineError::Storage(format!(
                 "engine write took longer than {:?}; its outcome is unknown",
@@ -240,87 +234,28 @@ async fn commit<E: Engine>(
             };
             let _ = reply.send(Err(answer));
         }
-        if !fenced {
-            resync(shared, options, published).await;
-        }
-        return Err(err);
+        return Err(Failure { fenced, err });
     }
-    sample.commit = writing.map(|w| w.elapsed());
-    sample.requests = replies.len();
-    sample.total = started.elapsed();
-    shared.stats.record_batch(sample);
+    if revision != published {
+        shared.revision_stored.store(true, Ordering::Release);
+    }
     tracing::trace!(
         requests = replies.len(),
         evaluate_us = evaluated.as_micros() as u64,
-        total_us = started.elapsed().as_micros() as u64,
-        "batch committed"
+        "batch written"
     );
-    if revision != published {
-        shared.revision_stored.store(true, Ordering::Release);
-        shared.publish(revision);
-    }
-    for (id, granted) in lease_changes {
-        match granted {
-            Some(ttl) => shared.leases.insert(id, ttl),
-            None => shared.leases.remove(id),
-        }
-    }
-    if let Some(rev) = extra.compacted {
-        shared.set_compacted(rev);
-    }
-    if let Some(listener) = &options.listener
-        && !committed.is_empty()
-    {
-        listener.committed(committed);
-    }
-    for (reply, result) in replies {
-        let _ = reply.send(result);
-    }
-    Ok(())
-}
-
-/// After a failed batch: a write that failed with an unknown outcome may have committed after
-/// all. If the durable revision moved past what was published, that batch is in the store:
-/// publish its revision (its events are read back from history by whoever needs them) and
-/// take over its lease changes, so the next batch neither reuses its revisions nor fails on
-/// them forever.
-async fn resync<E: Engine>(shared: &Shared<E>, options: &StoreOptions, published: i64) {
-    let recovered = match super::recover(&shared.engine).await {
-        Ok(r) => r,
-        Err(err) => {
-            tracing::warn!(%err, "re-reading the store after a failed batch");
-            return;
-        }
-    };
-    if recovered.revision <= published {
-        return;
-    }
-    tracing::warn!(
-        published,
-        durable = recovered.revision,
-        "a batch whose outcome was unknown did commit; resuming after it"
-    );
-    let live = recovered.leases.ids();
-    for id in shared.leases.ids() {
-        if live.binary_search(&id).is_err() {
-            shared.leases.remove(id);
-        }
-    }
-    for id in live {
-        if shared.leases.get(id).is_none()
-            && let Some(lease) = recovered.leases.get(id)
-        {
-            shared.leases.insert(id, lease.ttl);
-        }
-    }
-    shared.revision_stored.store(true, Ordering::Release);
-    if recovered.compacted > shared.compacted.load(Ordering::Acquire) {
-        shared.set_compacted(recovered.compacted);
-    }
-    shared.publish(recovered.revision);
-    if let Some(listener) = &options.listener {
-        listener.resumed_after(recovered.revision);
-    }
+    Ok(Pending {
+        base: published,
+        revision,
+        wrote,
+        committed,
+        replies,
+        lease_changes,
+        compacted: extra.compacted,
+        sample,
+        started,
+        engine_time: wrote.then(|| writing.elapsed()),
+    })
 }
 
 /// `event` with bytes of its own. Keys and values decoded from a request are slices of the

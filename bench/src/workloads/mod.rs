@@ -4,6 +4,7 @@
 mod kube;
 mod kv;
 mod watch;
+mod watch_wire;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};

@@ -10,13 +10,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Result;
 use bytes::Bytes;
-use etcdpb::etcdserverpb::watch_client::WatchClient;
 use etcdpb::etcdserverpb::watch_request::RequestUnion;
-use etcdpb::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest, WatchResponse};
+use etcdpb::etcdserverpb::{PutRequest, WatchCreateRequest, WatchRequest};
 use tokio::sync::{mpsc, watch as signal};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
+use super::watch_wire::{self, WatchResponse};
 use super::{Ctx, Failure, RunResult, key, prefix_end};
 use crate::cli::Args;
 use crate::stats::Stats;
@@ -66,8 +66,7 @@ impl WatchWorkload {
         }
         // Servers may hold the response headers until the first response, so the
         // create requests are queued before the call is made.
-        let mut client = WatchClient::new(self.ctx.channel());
-        let mut stream = client.watch(ReceiverStream::new(rx)).await?.into_inner();
+        let mut stream = watch_wire::watch(self.ctx.channel(), ReceiverStream::new(rx)).await?;
         let mut created = 0;
         let deadline = Instant::now() + CREATE_TIMEOUT;
         while created < n {

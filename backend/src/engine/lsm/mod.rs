@@ -68,7 +68,7 @@ impl LsmEngine {
     fn current(&self, key: &[u8]) -> EngineResult<Option<Bytes>> {
         if !long_keys::is_long(key) {
             let value = self.keyspace.get(key).map_err(storage)?;
-            return Ok(value.map(|v| Bytes::copy_from_slice(&v)));
+            return Ok(value.map(Bytes::from));
         }
         let bucket = self.bucket(&long_keys::bucket_of(key))?;
         Ok(bucket.0.get(key).cloned())
@@ -82,7 +82,15 @@ impl LsmEngine {
         }
     }
 
-    fn write_blocking(&self, batch: WriteBatch) -> EngineResult<()> {
+    /// Checks and applies `batch`; `durability` says whether the journal is synced before
+    /// returning (`None`: it is only written to the journal's buffer, and synced by a later
+    /// [`Database::persist`], which covers every earlier batch: fjall syncs a sealed journal
+    /// when it rotates to a new one).
+    fn write_blocking(
+        &self,
+        batch: WriteBatch,
+        durability: Option<PersistMode>,
+    ) -> EngineResult<()> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
         for condition in &batch.conditions {
             if self.current(&condition.key)?.as_deref() != condition.expected.as_deref() {
@@ -91,7 +99,7 @@ impl LsmEngine {
                 });
             }
         }
-        let mut out = self.db.batch().durability(Some(PersistMode::SyncData));
+        let mut out = self.db.batch().durability(durability);
         // Long keys are applied to their buckets, which are written once at the end.
         let mut buckets: BTreeMap<Vec<u8>, Bucket> = BTreeMap::new();
         for mutation in batch.mutations {
@@ -158,7 +166,7 @@ impl Snapshot for LsmSnapshot {
             return Ok(bucket.0.get(key).cloned());
         }
         let value = self.snapshot.get(&self.keyspace, key).map_err(storage)?;
-        Ok(value.map(|v| Bytes::copy_from_slice(&v)))
+        Ok(value.map(Bytes::from))
     }
 
     async fn scan(
@@ -189,7 +197,7 @@ impl Snapshot for LsmSnapshot {
         let mut push = |guard: fjall::Guard| -> EngineResult<bool> {
             let (k, v) = guard.into_inner().map_err(storage)?;
             if !long_keys::is_bucket(&k) {
-                out.push((Bytes::copy_from_slice(&k), Bytes::copy_from_slice(&v)));
+                out.push((Bytes::from(k), Bytes::from(v)));
                 return Ok(out.len() < limit);
             }
             let bucket = Bucket::decode(&k, &v)
@@ -276,7 +284,23 @@ impl Engine for LsmEngine {
 
     async fn write(&self, batch: WriteBatch) -> EngineResult<()> {
         let engine = self.clone();
-        tokio::task::spawn_blocking(move || engine.write_blocking(batch))
+        tokio::task::spawn_blocking(move || {
+            engine.write_blocking(batch, Some(PersistMode::SyncData))
+        })
+        .await
+        .map_err(storage)?
+    }
+
+    async fn write_unsynced(&self, batch: WriteBatch) -> EngineResult<()> {
+        let engine = self.clone();
+        tokio::task::spawn_blocking(move || engine.write_blocking(batch, None))
+            .await
+            .map_err(storage)?
+    }
+
+    async fn sync(&self) -> EngineResult<()> {
+        let db = self.db.clone();
+        tokio::task::spawn_blocking(move || db.persist(PersistMode::SyncData).map_err(storage))
             .await
             .map_err(storage)?
     }
