@@ -83,6 +83,11 @@ pub struct Config {
     #[arg(long, default_value_t = 16_384)]
     pub watch_window_events: usize,
 
+    /// MiB of keys and values (with previous values) the watch window keeps at most, whatever
+    /// its event count: older history is read back from the store.
+    #[arg(long, default_value_t = 16)]
+    pub watch_window_mb: usize,
+
     /// Raise the NOSPACE alarm when the store is larger than this many bytes (etcd's flag;
     /// 0, the default, sets no quota: Engram's size is bounded by its disk, not by a quota).
     #[arg(long, default_value_t = 0)]

@@ -179,7 +179,10 @@ impl<E: Engine + Clone> Member<E> {
                 max_request_bytes: config.max_request_bytes,
                 ..StoreOptions::default()
             },
-            window_events: config.watch_window_events,
+            window: watch::WindowLimits {
+                events: config.watch_window_events,
+                bytes: config.watch_window_mb.saturating_mul(1 << 20),
+            },
             client_tls: tls::client_config(&config)?,
         };
         let (stop, stop_rx) = tokio::sync::watch::channel(false);

@@ -102,27 +102,53 @@ struct Ring {
     first: i64,
     revisions: VecDeque<Arc<LogRevision>>,
     events: usize,
+    /// Bytes of keys and values the window holds (see [`size_of`]).
+    bytes: usize,
+}
+
+/// What the window is allowed to keep in memory. Revisions are evicted, oldest first, once
+/// either bound is passed; the newest revision always stays.
+#[derive(Debug, Clone, Copy)]
+pub struct WindowLimits {
+    pub events: usize,
+    /// Keys and values (current and previous) of the kept events. Events count alike whatever
+    /// their size; with Kubernetes objects of a few KiB (and each update carrying its previous
+    /// version for prev_kv watchers) an event bound alone let the window take more memory than
+    /// the rest of the server.
+    pub bytes: usize,
+}
+
+/// The bytes a revision's events hold in keys and values.
+fn size_of(rev: &CommittedRevision) -> usize {
+    let kv = |kv: &Option<etcdpb::mvccpb::KeyValue>| {
+        kv.as_ref().map_or(0, |kv| kv.key.len() + kv.value.len())
+    };
+    rev.events.iter().map(|e| kv(&e.kv) + kv(&e.prev_kv)).sum()
 }
 
 /// The single ordered stream of committed revisions that all watchers follow.
 pub struct Hub {
     ring: Mutex<Ring>,
     latest: watch::Sender<i64>,
-    capacity_events: usize,
+    limits: WindowLimits,
 }
 
 impl Hub {
     /// A hub whose log starts after `revision` (the store's revision when it opened), keeping
-    /// about `capacity_events` events in memory.
-    pub fn new(revision: i64, capacity_events: usize) -> Arc<Self> {
+    /// the newest revisions within `limits` in memory.
+    pub fn new(revision: i64, limits: WindowLimits) -> Arc<Self> {
         Arc::new(Hub {
             ring: Mutex::new(Ring {
                 first: revision + 1,
                 revisions: VecDeque::new(),
                 events: 0,
+                bytes: 0,
             }),
             latest: watch::Sender::new(revision),
-            capacity_events: capacity_events.max(1),
+            limits: WindowLimits {
+                events: limits.events.max(1),
+                bytes: limits.bytes.max(1),
+            },
         })
     }
 
@@ -153,6 +179,7 @@ impl Hub {
             }
             ring.revisions.clear();
             ring.events = 0;
+            ring.bytes = 0;
             ring.first = revision + 1;
         }
         self.latest.send_replace(revision);
@@ -201,15 +228,20 @@ impl CommitListener for Hub {
                     tracing::error!(got = rev.revision, expected, "event log out of sequence");
                     ring.revisions.clear();
                     ring.events = 0;
+                    ring.bytes = 0;
                     ring.first = rev.revision;
                 }
                 ring.events += rev.events.len();
+                ring.bytes += size_of(&rev);
                 ring.revisions
                     .push_back(Arc::new(LogRevision::new(Arc::new(rev))));
             }
-            while ring.events > self.capacity_events && ring.revisions.len() > 1 {
+            while (ring.events > self.limits.events || ring.bytes > self.limits.bytes)
+                && ring.revisions.len() > 1
+            {
                 if let Some(old) = ring.revisions.pop_front() {
                     ring.events -= old.committed.events.len();
+                    ring.bytes -= size_of(&old.committed);
                     ring.first += 1;
                 }
             }
@@ -263,7 +295,13 @@ mod tests {
 
     #[test]
     fn window_evicts_oldest_and_reads_in_order() {
-        let hub = Hub::new(0, 2);
+        let hub = Hub::new(
+            0,
+            WindowLimits {
+                events: 2,
+                bytes: usize::MAX,
+            },
+        );
         let rev = |r: i64| CommittedRevision {
             revision: r,
             events: vec![put("k", r, 1, false)],
@@ -282,5 +320,39 @@ mod tests {
         };
         assert_eq!(revs.len(), 1);
         assert_eq!(revs[0].revision, 3);
+    }
+
+    #[test]
+    fn window_is_bounded_by_bytes_too() {
+        // Each revision holds "k" + 100 bytes of value: 101 bytes.
+        let hub = Hub::new(
+            0,
+            WindowLimits {
+                events: 1000,
+                bytes: 250,
+            },
+        );
+        let rev = |r: i64| CommittedRevision {
+            revision: r,
+            events: vec![put("k", r, 1, false)],
+        };
+        hub.committed(vec![rev(1), rev(2), rev(3)]);
+        assert!(matches!(hub.read_log(1, 10), Window::Evicted { oldest: 2 }));
+        // Previous values count as well: a revision with prev_kv holds 202 bytes.
+        hub.committed(vec![CommittedRevision {
+            revision: 4,
+            events: vec![put("k", 4, 1, true)],
+        }]);
+        assert!(matches!(hub.read_log(3, 10), Window::Evicted { oldest: 4 }));
+        // The newest revision stays whatever its size.
+        let big = Hub::new(
+            0,
+            WindowLimits {
+                events: 1000,
+                bytes: 1,
+            },
+        );
+        big.committed(vec![rev(1)]);
+        assert!(matches!(big.read_log(1, 10), Window::Revisions(r) if r.len() == 1));
     }
 }

@@ -18,6 +18,6 @@ pub mod stats;
 pub mod stream;
 mod watcher;
 
-pub use hub::Hub;
+pub use hub::{Hub, WindowLimits};
 pub use source::HistorySource;
 pub use stream::{StreamOptions, serve};

@@ -554,7 +554,13 @@ mod tests {
     /// own encoding, and watchers with the same filter share them.
     #[tokio::test]
     async fn filters_and_prev_kv_per_watcher() {
-        let hub = Hub::new(1, 1000);
+        let hub = Hub::new(
+            1,
+            crate::hub::WindowLimits {
+                events: 1000,
+                bytes: usize::MAX,
+            },
+        );
         // rev 2: create a; rev 3: update a (prev_kv a@2) and put b; rev 4: delete a.
         hub.committed(vec![
             CommittedRevision {

@@ -29,8 +29,8 @@ pub struct BrainOptions {
     pub election: ElectionConfig,
     /// Store options of the leader's store (the listener is the member's hub).
     pub store: StoreOptions,
-    /// Events the hub keeps in memory.
-    pub window_events: usize,
+    /// What the hub keeps in memory.
+    pub window: ::watch::WindowLimits,
     /// TLS for talking to the leader when its URL is https.
     pub client_tls: Option<ClientTlsConfig>,
 }
@@ -104,7 +104,7 @@ impl<E: Engine + Clone> Brain<E> {
         stop: watch::Receiver<bool>,
     ) -> KvResult<(Arc<Self>, Vec<tokio::task::JoinHandle<()>>)> {
         let store = Store::open_follower(engine.clone(), options.store.max_request_bytes).await?;
-        let hub = Hub::new(store.revision(), options.window_events);
+        let hub = Hub::new(store.revision(), options.window);
         let brain = Arc::new(Brain {
             engine: engine.clone(),
             hub,
