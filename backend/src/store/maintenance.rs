@@ -56,6 +56,10 @@ impl<E: Engine> Store<E> {
         chunk: usize,
     ) -> KvResult<mpsc::Receiver<Result<Bytes, EngineError>>> {
         let snapshot = self.shared.engine.snapshot().await?;
+        // The snapshot may hold a batch the writer has not synced yet; syncing after taking it
+        // makes everything it holds durable, so a backup never holds a revision that a crash
+        // of this server could still take back.
+        self.shared.engine.sync().await?;
         let (tx, rx) = mpsc::channel(4);
         tokio::spawn(crate::snapshot::dump(snapshot, chunk, tx));
         Ok(rx)
