@@ -16,20 +16,12 @@ pub enum Window<T = Arc<CommittedRevision>> {
     Evicted { oldest: i64 },
 }
 
-impl<T> Window<T> {
-    /// The revisions read; none when the asked revision left the window.
-    pub fn into_revisions(self) -> Vec<T> {
-        match self {
-            Window::Revisions(revs) => revs,
-            Window::Evicted { .. } => Vec::new(),
-        }
-    }
-}
-
 /// One revision of the log as watchers read it: its events, and their wire encodings, made
 /// once (on first use) and shared by every watcher on every stream that receives them.
 pub struct LogRevision {
     pub committed: Arc<CommittedRevision>,
+    /// Bytes of keys and values its events hold (what the window's byte bound counts).
+    bytes: usize,
     /// Each event without its prev_kv.
     bare: OnceLock<Box<[Bytes]>>,
     /// Each event with its prev_kv (as etcd sends it to a prev_kv watcher).
@@ -39,6 +31,7 @@ pub struct LogRevision {
 impl LogRevision {
     pub fn new(committed: Arc<CommittedRevision>) -> Self {
         LogRevision {
+            bytes: size_of(&committed),
             committed,
             bare: OnceLock::new(),
             full: OnceLock::new(),
@@ -102,7 +95,7 @@ struct Ring {
     first: i64,
     revisions: VecDeque<Arc<LogRevision>>,
     events: usize,
-    /// Bytes of keys and values the window holds (see [`size_of`]).
+    /// Bytes of keys and values the window holds (see [`LogRevision::bytes`]).
     bytes: usize,
 }
 
@@ -231,17 +224,17 @@ impl CommitListener for Hub {
                     ring.bytes = 0;
                     ring.first = rev.revision;
                 }
-                ring.events += rev.events.len();
-                ring.bytes += size_of(&rev);
-                ring.revisions
-                    .push_back(Arc::new(LogRevision::new(Arc::new(rev))));
+                let rev = LogRevision::new(Arc::new(rev));
+                ring.events += rev.committed.events.len();
+                ring.bytes += rev.bytes;
+                ring.revisions.push_back(Arc::new(rev));
             }
             while (ring.events > self.limits.events || ring.bytes > self.limits.bytes)
                 && ring.revisions.len() > 1
             {
                 if let Some(old) = ring.revisions.pop_front() {
                     ring.events -= old.committed.events.len();
-                    ring.bytes -= size_of(&old.committed);
+                    ring.bytes -= old.bytes;
                     ring.first += 1;
                 }
             }

@@ -485,7 +485,7 @@ mod tests {
     use etcdpb::etcdserverpb::{WatchResponse, watch_create_request::FilterType};
     use etcdpb::mvccpb::{Event, KeyValue, event::EventType};
     use tokio::sync::mpsc;
-    use tokio_stream_shim::ReceiverStream;
+    use tokio_stream::wrappers::UnboundedReceiverStream;
 
     /// No history: every revision is in the hub's window.
     #[derive(Clone)]
@@ -507,22 +507,6 @@ mod tests {
 
         fn compactions(&self) -> tokio::sync::watch::Receiver<i64> {
             tokio::sync::watch::channel(0).1
-        }
-    }
-
-    mod tokio_stream_shim {
-        use futures::Stream;
-        use std::pin::Pin;
-        use std::task::{Context, Poll};
-        use tokio::sync::mpsc;
-
-        pub struct ReceiverStream<T>(pub mpsc::UnboundedReceiver<T>);
-
-        impl<T> Stream for ReceiverStream<T> {
-            type Item = T;
-            fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
-                self.0.poll_recv(cx)
-            }
         }
     }
 
@@ -609,7 +593,7 @@ mod tests {
         tokio::spawn(serve(
             hub.clone(),
             NoHistory,
-            ReceiverStream(req_rx),
+            UnboundedReceiverStream::new(req_rx),
             out_tx,
             options,
         ));
@@ -638,12 +622,10 @@ mod tests {
             e.prev_kv = None;
             e
         };
-        let all: Vec<Event> = hub
-            .read_log(2, 10)
-            .into_revisions()
-            .iter()
-            .flat_map(|r| r.events().to_vec())
-            .collect();
+        let Window::Revisions(revisions) = hub.read(2, 10) else {
+            panic!("revision 2 left the window");
+        };
+        let all: Vec<Event> = revisions.iter().flat_map(|r| r.events.clone()).collect();
         // With prev_kv: the create has none, the update and delete have theirs.
         assert_eq!(got[&0], all);
         let bare: Vec<Event> = all.iter().cloned().map(strip).collect();

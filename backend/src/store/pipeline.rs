@@ -11,9 +11,9 @@
 //! state it may have read, is durable.
 
 use super::Shared;
-use super::writer::{CommittedRevision, Job, Reply, apply};
+use super::writer::{CommittedRevision, Job, Reply, apply, storage_error};
 use crate::engine::{Engine, EngineError};
-use crate::kv::{KvError, KvResult};
+use crate::kv::KvResult;
 use crate::store::StoreOptions;
 use crate::store::stats::BatchSample;
 use std::collections::BTreeMap;
@@ -35,8 +35,13 @@ pub(super) async fn run<E: Engine>(
     while rx.recv_many(&mut jobs, max_batch).await > 0 {
         let batch = std::mem::take(&mut jobs);
         // Lease and compaction changes are read from the shared state, which a batch updates
-        // only once it is durable: the next batch waits for such a batch to settle.
-        if in_flight.as_ref().is_some_and(|f| f.changes_state) {
+        // only once it is durable: the next batch waits for such a batch to settle. A batch
+        // already settled is collected first too, so that one whose sync failed has the store
+        // re-read before anything is evaluated on top of it.
+        if in_flight
+            .as_ref()
+            .is_some_and(|f| f.changes_state || f.task.is_finished())
+        {
             settle_in_flight(&shared, &options, &mut in_flight).await;
             applied = shared.revision.load(Ordering::Acquire);
         }
@@ -46,11 +51,12 @@ pub(super) async fn run<E: Engine>(
                 // only after every batch it may have read from is durable.
                 if !settle_in_flight(&shared, &options, &mut in_flight).await {
                     // This batch was evaluated on top of one that failed to become durable.
+                    // The store was re-read since (publishing whatever of both did reach the
+                    // disk), so their requests' outcome is unknown.
                     let err = EngineError::Storage(
                         "an earlier batch failed to become durable; outcome unknown".into(),
                     );
                     pending.fail(&err);
-                    resync(&shared, &options).await;
                     applied = shared.revision.load(Ordering::Acquire);
                     continue;
                 }
@@ -64,8 +70,8 @@ pub(super) async fn run<E: Engine>(
             }
             Err(Failure { fenced, err }) => {
                 tracing::error!(%err, "write batch failed");
-                settle_in_flight(&shared, &options, &mut in_flight).await;
-                if !fenced {
+                // A failed in-flight batch re-reads the store itself.
+                if settle_in_flight(&shared, &options, &mut in_flight).await && !fenced {
                     resync(&shared, &options).await;
                 }
                 applied = shared.revision.load(Ordering::Acquire);
@@ -132,7 +138,7 @@ impl Pending {
 
     fn fail(self, err: &EngineError) {
         for (reply, _) in self.replies {
-            let _ = reply.send(Err(KvError::Engine(EngineError::Storage(err.to_string()))));
+            let _ = reply.send(Err(storage_error(err)));
         }
     }
 }
@@ -168,7 +174,7 @@ async fn settle<E: Engine>(
         if let Err(err) = synced {
             tracing::error!(%err, "write batch failed to become durable");
             for (reply, _) in replies {
-                let _ = reply.send(Err(KvError::Engine(EngineError::Storage(err.to_string()))));
+                let _ = reply.send(Err(storage_error(&err)));
             }
             return false;
         }

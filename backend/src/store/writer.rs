@@ -90,16 +90,17 @@ struct Extra {
     index_removals: Vec<(Bytes, i64)>,
 }
 
-/// Evaluates `jobs` in order on top of revision `applied` and writes their effects to the
-/// engine as one batch, not yet synced. On an engine failure every job of the batch fails.
+/// Evaluates `jobs` in order on top of revision `base` (the newest revision written to the
+/// engine: the published one, or one beyond it while that batch is being synced) and writes
+/// their effects to the engine as one batch, not yet synced. On an engine failure every job of
+/// the batch fails.
 pub(super) async fn apply<E: Engine>(
     shared: &Shared<E>,
     options: &StoreOptions,
-    applied: i64,
+    base: i64,
     jobs: Vec<Job>,
 ) -> Result<Pending, Failure> {
     let started = std::time::Instant::now();
-    let published = applied;
     let mut compacted = shared.compacted.load(Ordering::Acquire);
     let snapshot = match shared.engine.snapshot().await {
         Ok(s) => s,
@@ -112,7 +113,7 @@ pub(super) async fn apply<E: Engine>(
     };
     let mut overlay = Overlay::default();
     let mut extra = Extra::default();
-    let mut revision = published;
+    let mut revision = base;
     let mut committed = Vec::new();
     let mut replies = Vec::with_capacity(jobs.len());
     let mut sample = BatchSample::default();
@@ -122,7 +123,7 @@ pub(super) async fn apply<E: Engine>(
             overlay: &mut overlay,
             begin: revision,
             compacted,
-            published,
+            published: base,
             leases: &shared.leases,
             changed: false,
             events: Vec::new(),
@@ -176,7 +177,7 @@ pub(super) async fn apply<E: Engine>(
             let mut all = vec![job.reply];
             all.extend(replies.into_iter().map(|(reply, _)| reply));
             for reply in all {
-                let _ = reply.send(Err(KvError::Engine(EngineError::Storage(err.to_string()))));
+                let _ = reply.send(Err(storage_error(&err)));
             }
             return Err(Failure { fenced: false, err });
         }
@@ -185,23 +186,13 @@ pub(super) async fn apply<E: Engine>(
 
     let evaluated = started.elapsed();
     let lease_changes = std::mem::take(&mut overlay.leases);
-    let batch = build_batch(
-        overlay,
-        &lease_changes,
-        &extra,
-        &committed,
-        published,
-        revision,
-    );
+    let batch = build_batch(overlay, &lease_changes, &extra, &committed, base, revision);
     let mut batch = batch;
     if let Some(fence) = &options.fence {
         batch.conditions.push(fence.clone());
     }
     let stored = shared.revision_stored.load(Ordering::Acquire);
-    batch.require(
-        keys::meta_revision(),
-        stored.then(|| encode_counter(published)),
-    );
+    batch.require(keys::meta_revision(), stored.then(|| encode_counter(base)));
     let wrote = !batch.is_empty();
     let writing = std::time::Instant::now();
     let written = if !wrote {
@@ -230,13 +221,13 @@ pub(super) async fn apply<E: Engine>(
             let answer = if fenced {
                 KvError::NotLeader
             } else {
-                KvError::Engine(EngineError::Storage(err.to_string()))
+                storage_error(&err)
             };
             let _ = reply.send(Err(answer));
         }
         return Err(Failure { fenced, err });
     }
-    if revision != published {
+    if revision != base {
         shared.revision_stored.store(true, Ordering::Release);
     }
     tracing::trace!(
@@ -245,7 +236,7 @@ pub(super) async fn apply<E: Engine>(
         "batch written"
     );
     Ok(Pending {
-        base: published,
+        base,
         revision,
         wrote,
         committed,
@@ -276,11 +267,15 @@ pub fn owned_event(mut event: Event) -> Event {
     event
 }
 
+/// The answer to each request of a batch that failed with `err` (engine errors are not
+/// `Clone`; every request gets the same message).
+pub(super) fn storage_error(err: &EngineError) -> KvError {
+    KvError::Engine(EngineError::Storage(err.to_string()))
+}
+
 fn fail_all(jobs: Vec<Job>, err: EngineError) -> EngineError {
     for job in jobs {
-        let _ = job
-            .reply
-            .send(Err(KvError::Engine(EngineError::Storage(err.to_string()))));
+        let _ = job.reply.send(Err(storage_error(&err)));
     }
     err
 }

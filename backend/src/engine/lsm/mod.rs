@@ -143,6 +143,15 @@ impl LsmEngine {
     }
 }
 
+/// Runs fjall's blocking `work` (journal writes, fsyncs, condition reads) off the async
+/// threads.
+async fn blocking<F>(work: F) -> EngineResult<()>
+where
+    F: FnOnce() -> EngineResult<()> + Send + 'static,
+{
+    tokio::task::spawn_blocking(work).await.map_err(storage)?
+}
+
 /// A fjall snapshot: a sequence number below which everything is visible, and nothing above.
 pub struct LsmSnapshot {
     snapshot: fjall::Snapshot,
@@ -290,25 +299,17 @@ impl Engine for LsmEngine {
 
     async fn write(&self, batch: WriteBatch) -> EngineResult<()> {
         let engine = self.clone();
-        tokio::task::spawn_blocking(move || {
-            engine.write_blocking(batch, Some(PersistMode::SyncData))
-        })
-        .await
-        .map_err(storage)?
+        blocking(move || engine.write_blocking(batch, Some(PersistMode::SyncData))).await
     }
 
     async fn write_unsynced(&self, batch: WriteBatch) -> EngineResult<()> {
         let engine = self.clone();
-        tokio::task::spawn_blocking(move || engine.write_blocking(batch, None))
-            .await
-            .map_err(storage)?
+        blocking(move || engine.write_blocking(batch, None)).await
     }
 
     async fn sync(&self) -> EngineResult<()> {
         let db = self.db.clone();
-        tokio::task::spawn_blocking(move || db.persist(PersistMode::SyncData).map_err(storage))
-            .await
-            .map_err(storage)?
+        blocking(move || db.persist(PersistMode::SyncData).map_err(storage)).await
     }
 
     fn size_on_disk(&self) -> u64 {
