@@ -10,8 +10,8 @@
 //! skipped and pass.
 
 use backend::engine::{
-    BTreeEngine, Engine, EngineError, Entry, KeyRange, LsmEngine, MemoryEngine, Snapshot,
-    WriteBatch, for_each_page,
+    BTreeEngine, Engine, EngineError, Entry, KeyRange, LsmEngine, LsmOptions, MemoryEngine,
+    Snapshot, WriteBatch, for_each_page,
 };
 use bytes::Bytes;
 use std::sync::Arc;
@@ -789,6 +789,19 @@ async fn open_lsm() -> Option<(LsmEngine, TempDir)> {
     Some((engine, dir))
 }
 
+/// The LSM engine with value separation on, and a memtable small enough that the checks'
+/// larger batches are flushed into tables and blob files.
+async fn open_lsm_separated() -> Option<(LsmEngine, TempDir)> {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = LsmOptions {
+        memtable_bytes: Some(256 << 10),
+        separate_values_from: Some(64),
+        ..LsmOptions::with_cache(16 << 20)
+    };
+    let engine = LsmEngine::open_with(dir.path(), &options).expect("open lsm");
+    Some((engine, dir))
+}
+
 async fn open_btree() -> Option<(BTreeEngine, TempDir)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let engine = BTreeEngine::open(dir.path(), 16 << 20).expect("open btree");
@@ -797,6 +810,7 @@ async fn open_btree() -> Option<(BTreeEngine, TempDir)> {
 
 contract!(memory, open_memory());
 contract!(lsm, open_lsm());
+contract!(lsm_separated, open_lsm_separated());
 contract!(btree, open_btree());
 
 #[cfg(feature = "tikv")]

@@ -156,6 +156,13 @@ pub struct Args {
     /// --scale: concurrent preload requests (each a Txn of up to 128 puts).
     #[arg(long, default_value_t = 32)]
     pub preload_clients: usize,
+
+    /// --scale: after each preload, wait up to this many seconds for the server to go idle
+    /// (under a tenth of a core over 2 s) before measuring, so a step measures the store at
+    /// that size rather than the background work a bulk load left behind (an LSM's
+    /// compactions). The wait is reported per step; 0 measures right after the preload.
+    #[arg(long, default_value_t = 300.0)]
+    pub settle: f64,
 }
 
 impl Args {
@@ -177,6 +184,9 @@ impl Args {
             if self.value_size < 8 {
                 return Err("watch needs --value-size >= 8 (the send timestamp)".into());
             }
+        }
+        if !(self.settle.is_finite() && self.settle >= 0.0) {
+            return Err("--settle must be a number of seconds".into());
         }
         if let Some(r) = self.rate
             && (!r.is_finite() || r <= 0.0)

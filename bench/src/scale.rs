@@ -41,6 +41,8 @@ pub struct Step {
     /// Keys this step's preload wrote, and how long it took.
     pub preload_keys: u64,
     pub preload_secs: f64,
+    /// How long the server took to go idle after the preload (capped by `--settle`).
+    pub settle_secs: f64,
     pub run: RunResult,
     /// Server CPU seconds during the measured creates.
     pub cpu_secs: f64,
@@ -153,9 +155,10 @@ async fn run_system(args: &Args, server: &mut Server) -> Result<SystemScale> {
         }
         preloaded += todo;
         stored += todo;
+        let settle_secs = settle(server, args.settle).await;
         eprintln!(
-            "engram-bench: scale: {}: preloaded {todo} keys in {preload_secs:.1}s ({:.0} keys/s); \
-             measuring create at {stored} keys",
+            "engram-bench: scale: {}: preloaded {todo} keys in {preload_secs:.1}s ({:.0} keys/s), \
+             idle {settle_secs:.1}s later; measuring create at {stored} keys",
             system.name(),
             todo as f64 / preload_secs.max(1e-9)
         );
@@ -174,6 +177,7 @@ async fn run_system(args: &Args, server: &mut Server) -> Result<SystemScale> {
             keys: stored,
             preload_keys: todo,
             preload_secs,
+            settle_secs,
             cpu_secs: (after.cpu_secs - before.cpu_secs).max(0.0),
             peak_rss: after.peak_rss,
             db_size: db_size(&ctx).await.ok(),
@@ -227,6 +231,26 @@ async fn db_size(ctx: &Ctx) -> Result<u64> {
         .map_err(|e| anyhow!("status: {e}"))?
         .into_inner();
     Ok(u64::try_from(r.db_size).unwrap_or(0))
+}
+
+/// Server CPU (cores) under which it counts as idle, and the window it is measured over.
+const IDLE_CORES: f64 = 0.1;
+const IDLE_WINDOW: Duration = Duration::from_secs(2);
+
+/// Waits until `server` uses less than `IDLE_CORES` over `IDLE_WINDOW`, at most `limit`
+/// seconds; returns how long that took.
+async fn settle(server: &Server, limit: f64) -> f64 {
+    let t0 = Instant::now();
+    let limit = Duration::from_secs_f64(limit);
+    while t0.elapsed() < limit {
+        let before = server.usage().cpu_secs;
+        tokio::time::sleep(IDLE_WINDOW).await;
+        let used = server.usage().cpu_secs - before;
+        if used < IDLE_CORES * IDLE_WINDOW.as_secs_f64() {
+            break;
+        }
+    }
+    t0.elapsed().as_secs_f64()
 }
 
 /// Writes keys `from..to` of `prefix` in Txns of `TXN_OPS` puts, `clients` in flight.
@@ -299,7 +323,7 @@ async fn preload(
 /// One table per step: the systems side by side, with the engram/etcd ratio.
 pub fn tables(args: &Args, systems: &[SystemScale]) -> String {
     type Metric = fn(&Step) -> Option<f64>;
-    let rows: [(&str, Metric, usize); 9] = [
+    let rows: [(&str, Metric, usize); 10] = [
         ("create ops/s", |s| Some(s.run.ops_per_sec()), 0),
         ("p50 ms", |s| Some(s.run.stats.quantile_ms(0.50)), 3),
         ("p99 ms", |s| Some(s.run.stats.quantile_ms(0.99)), 3),
@@ -312,6 +336,7 @@ pub fn tables(args: &Args, systems: &[SystemScale]) -> String {
         ("db MiB", |s| s.db_size.map(|b| b as f64 / MIB), 1),
         ("peak RSS MiB", |s| Some(s.peak_rss as f64 / MIB), 1),
         ("preload keys/s", Step::preload_rate, 0),
+        ("idle after preload s", |s| Some(s.settle_secs), 1),
         ("errors", |s| Some(s.run.stats.error_count() as f64), 0),
     ];
     let mut out = format!(
@@ -400,6 +425,7 @@ pub fn to_json(args: &Args, systems: &[SystemScale]) -> Value {
                         "keys": st.keys,
                         "preload_keys": st.preload_keys,
                         "preload_secs": st.preload_secs,
+                        "settle_secs": st.settle_secs,
                         "ops": st.run.ops,
                         "elapsed_secs": st.run.elapsed.as_secs_f64(),
                         "ops_per_sec": st.run.ops_per_sec(),

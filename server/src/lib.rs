@@ -16,7 +16,7 @@ mod status;
 mod tls;
 
 use backend::StoreOptions;
-use backend::engine::{BTreeEngine, Engine, LsmEngine, MemoryEngine};
+use backend::engine::{BTreeEngine, Engine, LsmEngine, LsmOptions, MemoryEngine};
 use brain::election::{ElectionConfig, MemberRecord};
 use brain::{Brain, BrainOptions};
 use config::{Command, Config, EngineKind};
@@ -55,13 +55,16 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
         engine,
     }) = &config.command
     {
-        return restore(snapshot, data_dir, *engine, config.cache_size_mb).await;
+        return restore(snapshot, data_dir, *engine, &config).await;
     }
     match config.engine {
         EngineKind::Lsm => {
-            let cache = (config.cache_size_mb as u64) << 20;
-            let memtable = config.memtable_size_mb << 20;
-            let engine = LsmEngine::open_with_memtable(&config.data_dir, cache, Some(memtable))?;
+            let engine = LsmEngine::open_with(&config.data_dir, &lsm_options(&config))?;
+            // Creation-time options may differ from the flags on an existing directory.
+            tracing::info!(
+                separates_values = engine.separates_values(),
+                "lsm engine opened"
+            );
             serve(config, Arc::new(engine)).await
         }
         EngineKind::Btree => {
@@ -88,19 +91,31 @@ async fn serve_tikv(_config: Config) -> Result<(), BoxError> {
     Err("this engram was built without the TiKV engine (cargo feature `tikv`)".into())
 }
 
+/// The LSM engine's options from the flags.
+fn lsm_options(config: &Config) -> LsmOptions {
+    LsmOptions {
+        cache_bytes: (config.cache_size_mb as u64) << 20,
+        memtable_bytes: Some(config.memtable_size_mb << 20),
+        separate_values_from: (config.value_separation_bytes > 0)
+            .then_some(config.value_separation_bytes),
+    }
+}
+
 /// `engram restore`: a snapshot file into a fresh data directory.
 async fn restore(
     snapshot: &std::path::Path,
     data_dir: &std::path::Path,
     engine: EngineKind,
-    cache_size_mb: usize,
+    config: &Config,
 ) -> Result<(), BoxError> {
+    let cache_size_mb = config.cache_size_mb;
     let file = std::io::BufReader::new(
         std::fs::File::open(snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?,
     );
     let entries = match engine {
         EngineKind::Lsm => {
-            let engine = LsmEngine::open(data_dir, (cache_size_mb as u64) << 20)?;
+            // The restored directory is created here, so it takes the creation-time options.
+            let engine = LsmEngine::open_with(data_dir, &lsm_options(config))?;
             backend::snapshot::restore(&engine, file).await?
         }
         EngineKind::Btree => {
@@ -439,4 +454,35 @@ async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn lsm_options_follow_the_flags() {
+        let config = Config::try_parse_from([
+            "engram",
+            "--cache-size-mb",
+            "8",
+            "--memtable-size-mb",
+            "32",
+            "--value-separation-bytes",
+            "512",
+        ])
+        .unwrap();
+        assert_eq!(
+            lsm_options(&config),
+            LsmOptions {
+                cache_bytes: 8 << 20,
+                memtable_bytes: Some(32 << 20),
+                separate_values_from: Some(512),
+            }
+        );
+        let defaults = Config::try_parse_from(["engram"]).unwrap();
+        assert_eq!(lsm_options(&defaults).separate_values_from, None);
+        assert_eq!(lsm_options(&defaults).memtable_bytes, Some(64 << 20));
+    }
 }

@@ -14,7 +14,7 @@ mod shared;
 mod tikv;
 
 pub use btree::BTreeEngine;
-pub use lsm::LsmEngine;
+pub use lsm::{LsmEngine, LsmOptions};
 pub use memory::MemoryEngine;
 #[cfg(feature = "tikv")]
 pub use tikv::{TikvEngine, TikvSnapshot, tikv_metrics_text};
