@@ -789,8 +789,9 @@ async fn open_lsm() -> Option<(LsmEngine, TempDir)> {
     Some((engine, dir))
 }
 
-/// The LSM engine with value separation on, and a memtable small enough that the checks'
-/// larger batches are flushed into tables and blob files.
+/// The LSM engine with value separation on, and a memtable small enough that the 1 MiB value
+/// of `large_values_and_batches` makes it flush, so later reads may come from tables and blob
+/// files (the lsm module's unit tests check blob files deterministically).
 async fn open_lsm_separated() -> Option<(LsmEngine, TempDir)> {
     let dir = tempfile::tempdir().expect("tempdir");
     let options = LsmOptions {
