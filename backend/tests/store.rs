@@ -3,7 +3,7 @@
 
 mod support;
 
-use backend::engine::{BTreeEngine, Engine, LsmEngine, MemoryEngine};
+use backend::engine::{BTreeEngine, Engine, LsmEngine, LsmOptions, MemoryEngine};
 use backend::kv::KvError;
 use backend::{Store, StoreOptions};
 use bytes::Bytes;
@@ -203,7 +203,11 @@ async fn atomic_batches_on_btree_engine() {
 async fn atomic_batches_on_lsm_engine() {
     let dir = tempfile::tempdir().unwrap();
     // A tiny memtable: flushes happen all through the run, while readers hold snapshots.
-    let engine = LsmEngine::open_with_memtable(dir.path(), 16 << 20, Some(32 << 10)).unwrap();
+    let options = LsmOptions {
+        memtable_bytes: Some(32 << 10),
+        ..LsmOptions::with_cache(16 << 20)
+    };
+    let engine = LsmEngine::open_with(dir.path(), &options).unwrap();
     atomic_batches_under_concurrent_reads(
         Store::open(engine, StoreOptions::default()).await.unwrap(),
     )

@@ -133,3 +133,52 @@ fn compare_put() {
 fn compare_create() {
     compare("create");
 }
+
+/// A short `--scale` on both systems: each step measured at exactly its size, after the
+/// server went idle (within `--settle`), without errors.
+#[test]
+fn scale_two_steps() {
+    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let (engram, etcd) = (engram_bin(), etcd_bin());
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("scale.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_engram-bench"))
+        .args(["--scale", "--scale-steps", "500,1000", "--settle", "20"])
+        .args(["--ops", "100", "--clients", "8", "--value-size", "256"])
+        .arg("--engram-bin")
+        .arg(&engram)
+        .arg("--etcd-bin")
+        .arg(&etcd)
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run engram-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "engram-bench --scale failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    assert!(stdout.contains("idle after preload s"), "{stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("read json")).expect("json");
+    let systems = report["systems"].as_array().expect("systems array");
+    let names: Vec<&str> = systems
+        .iter()
+        .filter_map(|s| s["system"].as_str())
+        .collect();
+    assert_eq!(names, ["etcd", "engram"], "{report:#}");
+    for s in systems {
+        let name = &s["system"];
+        let steps = s["steps"].as_array().expect("steps");
+        let keys: Vec<u64> = steps.iter().filter_map(|st| st["keys"].as_u64()).collect();
+        assert_eq!(keys, [500, 1000], "{name}: {s:#}");
+        for st in steps {
+            assert_eq!(st["ops"].as_u64(), Some(100), "{name}: {st:#}");
+            assert_eq!(st["errors"], serde_json::json!({}), "{name}: {st:#}");
+            let settle = st["settle_secs"].as_f64().expect("settle_secs");
+            assert!((0.0..=25.0).contains(&settle), "{name}: {st:#}");
+        }
+    }
+}

@@ -108,7 +108,6 @@ async fn restore(
     engine: EngineKind,
     config: &Config,
 ) -> Result<(), BoxError> {
-    let cache_size_mb = config.cache_size_mb;
     let file = std::io::BufReader::new(
         std::fs::File::open(snapshot).map_err(|e| format!("{}: {e}", snapshot.display()))?,
     );
@@ -119,7 +118,7 @@ async fn restore(
             backend::snapshot::restore(&engine, file).await?
         }
         EngineKind::Btree => {
-            let engine = BTreeEngine::open(data_dir, cache_size_mb << 20)?;
+            let engine = BTreeEngine::open(data_dir, config.cache_size_mb << 20)?;
             backend::snapshot::restore(&engine, file).await?
         }
         EngineKind::Memory | EngineKind::Tikv => {

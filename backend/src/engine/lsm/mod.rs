@@ -66,22 +66,6 @@ impl LsmEngine {
         Self::open_with(data_dir, &LsmOptions::with_cache(cache_bytes))
     }
 
-    /// As [`LsmEngine::open`], with the memtable size fixed (tests use tiny memtables to make
-    /// flushes happen under load).
-    pub fn open_with_memtable(
-        data_dir: &Path,
-        cache_bytes: u64,
-        memtable_bytes: Option<u64>,
-    ) -> EngineResult<Self> {
-        Self::open_with(
-            data_dir,
-            &LsmOptions {
-                memtable_bytes,
-                ..LsmOptions::with_cache(cache_bytes)
-            },
-        )
-    }
-
     pub fn open_with(data_dir: &Path, options: &LsmOptions) -> EngineResult<Self> {
         super::check_no_other_engine(data_dir, super::btree::DB_FILE, "btree")?;
         std::fs::create_dir_all(data_dir).map_err(storage)?;
