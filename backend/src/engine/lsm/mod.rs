@@ -6,9 +6,12 @@
 //! Every batch is made durable with a journal fsync before `write` returns (fjall does not
 //! sync unless asked), and the compare-and-swap conditions are checked under the engine's own
 //! write lock, so no other batch can slip in between check and commit. Keys beyond fjall's
-//! 64 KiB limit are kept in buckets (see [`long_keys`]), invisibly to the store above.
+//! 64 KiB limit are kept in buckets (see [`long_keys`]), invisibly to the store above. While
+//! fjall writes tables in the background, [`writeback`] has the kernel write them out as they
+//! grow, so that their final fsync does not stall the journal's.
 
 mod long_keys;
+mod writeback;
 
 use super::{Engine, EngineError, EngineResult, Entry, KeyRange, Mutation, Snapshot, WriteBatch};
 use bytes::Bytes;
@@ -34,6 +37,9 @@ pub struct LsmEngine {
     keyspace: Keyspace,
     /// Serialises check-and-commit of batches.
     write_lock: Arc<Mutex<()>>,
+    /// Starts writeback of tables while fjall writes them (see [`writeback`]); stops with the
+    /// last clone of the engine.
+    _pacer: Option<Arc<writeback::WritebackPacer>>,
 }
 
 /// How the LSM engine is opened.
@@ -69,7 +75,8 @@ impl LsmEngine {
     pub fn open_with(data_dir: &Path, options: &LsmOptions) -> EngineResult<Self> {
         super::check_no_other_engine(data_dir, super::btree::DB_FILE, "btree")?;
         std::fs::create_dir_all(data_dir).map_err(storage)?;
-        let db = Database::builder(data_dir.join(LSM_DIR))
+        let lsm_dir = data_dir.join(LSM_DIR);
+        let db = Database::builder(&lsm_dir)
             .cache_size(options.cache_bytes)
             // One background worker for flushes and compactions. With more, fjall's first
             // worker hands every compaction message back to the queue and takes it again
@@ -102,6 +109,7 @@ impl LsmEngine {
             db,
             keyspace,
             write_lock: Arc::new(Mutex::new(())),
+            _pacer: writeback::WritebackPacer::start(&lsm_dir).map(Arc::new),
         })
     }
 

@@ -1,0 +1,278 @@
+//! Early writeback of the tables and blob files fjall writes in the background.
+//!
+//! fjall writes a flushed memtable (64 MiB by default) or a compaction's output through the
+//! page cache and fsyncs each file once, when it is complete. On ext4 (`data=ordered`) that
+//! fsync makes the kernel write the whole file at once, and the journal commit which Engram's
+//! own journal fdatasync needs at the same moment waits for it: measured under a sustained
+//! create load, the flush worker's fsync took ~130 ms every ~5 s and the commit fdatasync that
+//! overlapped it ~90-125 ms, against a p50 of 0.8 ms. Those were the write stalls in p99.9.
+//!
+//! The pacer asks the kernel to start writing each growing file every few milliseconds
+//! (`sync_file_range(SYNC_FILE_RANGE_WRITE)`, which only starts writeback and waits for
+//! nothing), so when fjall's fsync comes little is left to write, and a concurrent commit
+//! waits for at most one step's worth. It is RocksDB's `bytes_per_sync`, from outside fjall.
+//! Measured with the same load (200k creates, 256 clients, four runs each way): commit
+//! fdatasyncs over 50 ms went from 6 to 2-3 per run, their p99.9 from 60-104 ms to 12-25 ms,
+//! and the load's p99 from 81-88 ms to 67-77 ms; throughput did not change.
+//!
+//! It changes no data and no durability: fjall still fsyncs every file before it relies on it,
+//! and Engram still syncs the journal before answering. A file the pacer misses (created and
+//! finished between two looks) is simply written the old way. Only Linux has
+//! `sync_file_range`; elsewhere the pacer does not start.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+/// How often growing files are looked at.
+const TICK: Duration = Duration::from_millis(5);
+/// How often the folders are looked at while no file grows: a new file is found within this,
+/// and an idle server spends next to nothing on the pacer.
+const IDLE_TICK: Duration = Duration::from_millis(50);
+/// Writeback is started once a file has grown by this much since the last start: about what
+/// a disk writes in a few milliseconds, so a commit never waits for much more.
+const STEP_BYTES: u64 = 256 << 10;
+/// A file that has not grown for this many ticks is finished (tables and blob files are
+/// immutable once written): its tail is started and it is no longer looked at.
+const FINISHED_AFTER_TICKS: u32 = 100;
+
+/// The background thread; stops when dropped.
+pub struct WritebackPacer {
+    stop: Option<mpsc::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl WritebackPacer {
+    /// Paces every file under `lsm_dir`'s keyspace folders (`keyspaces/*/{tables,blobs}/*`).
+    /// Returns `None` where the platform cannot pace writeback.
+    pub fn start(lsm_dir: &Path) -> Option<WritebackPacer> {
+        if !cfg!(target_os = "linux") {
+            return None;
+        }
+        let (stop, stopped) = mpsc::channel();
+        let dir = lsm_dir.to_path_buf();
+        let thread = std::thread::Builder::new()
+            .name("engram-writeback".into())
+            .spawn(move || run(&dir, stopped))
+            .map_err(|err| tracing::warn!(%err, "writeback pacer not started"))
+            .ok()?;
+        Some(WritebackPacer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for WritebackPacer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// One file being written.
+struct Growing {
+    file: File,
+    /// Bytes whose writeback has been started.
+    started: u64,
+    /// Length at the last look.
+    seen: u64,
+    idle_ticks: u32,
+}
+
+/// What the pacer knows of a file.
+enum Known {
+    Growing(Growing),
+    Finished,
+}
+
+fn run(dir: &Path, stopped: mpsc::Receiver<()>) {
+    let mut known: HashMap<PathBuf, Known> = HashMap::new();
+    // Files present at start are complete: fjall finished them before it opened.
+    for path in data_files(dir) {
+        known.insert(path, Known::Finished);
+    }
+    let mut tick = IDLE_TICK;
+    while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
+        let listed = data_files(dir);
+        let present: HashSet<&PathBuf> = listed.iter().collect();
+        known.retain(|path, _| present.contains(path));
+        for path in listed {
+            let entry = known.entry(path);
+            let state = entry.or_insert_with_key(|path| match File::open(path) {
+                Ok(file) => Known::Growing(Growing {
+                    file,
+                    started: 0,
+                    seen: 0,
+                    idle_ticks: 0,
+                }),
+                // Deleted between listing and opening (a compaction's input), or unreadable:
+                // nothing to pace.
+                Err(_) => Known::Finished,
+            });
+            if let Known::Growing(growing) = state
+                && pace(growing)
+            {
+                *state = Known::Finished;
+            }
+        }
+        let growing = known.values().any(|k| matches!(k, Known::Growing(_)));
+        tick = if growing { TICK } else { IDLE_TICK };
+    }
+}
+
+/// Starts writeback of what `growing` gained; true once it is finished.
+fn pace(growing: &mut Growing) -> bool {
+    let Ok(len) = growing.file.metadata().map(|m| m.len()) else {
+        return true;
+    };
+    if len > growing.seen {
+        growing.seen = len;
+        growing.idle_ticks = 0;
+    } else {
+        growing.idle_ticks += 1;
+    }
+    let pending = growing.seen - growing.started;
+    // A full step at once; a smaller tail when the file stops growing.
+    if pending >= STEP_BYTES || (pending > 0 && growing.idle_ticks > 0) {
+        start_writeback(&growing.file, growing.started, growing.seen);
+        growing.started = growing.seen;
+    }
+    growing.idle_ticks >= FINISHED_AFTER_TICKS
+}
+
+/// The data files of every keyspace: `keyspaces/<id>/{tables,blobs}/<file>`.
+fn data_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let Ok(keyspaces) = std::fs::read_dir(dir.join("keyspaces")) else {
+        return files;
+    };
+    for keyspace in keyspaces.flatten() {
+        for folder in ["tables", "blobs"] {
+            let Ok(entries) = std::fs::read_dir(keyspace.path().join(folder)) else {
+                continue;
+            };
+            files.extend(
+                entries
+                    .flatten()
+                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+                    .map(|e| e.path()),
+            );
+        }
+    }
+    files
+}
+
+#[cfg(target_os = "linux")]
+fn start_writeback(file: &File, from: u64, to: u64) {
+    use std::os::fd::AsRawFd;
+    let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else {
+        return;
+    };
+    // SAFETY: the descriptor is open for the duration of the call; SYNC_FILE_RANGE_WRITE
+    // only starts writeback of already written pages and touches no memory of ours.
+    let rc = unsafe {
+        libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE)
+    };
+    if rc != 0 {
+        tracing::debug!(err = %std::io::Error::last_os_error(), "sync_file_range failed");
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn start_writeback(_file: &File, _from: u64, _to: u64) {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn growing(path: &Path) -> Growing {
+        Growing {
+            file: File::open(path).unwrap(),
+            started: 0,
+            seen: 0,
+            idle_ticks: 0,
+        }
+    }
+
+    #[test]
+    fn writeback_starts_by_steps_then_the_tail_once_the_file_stops_growing() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("table");
+        let mut out = File::create(&path).unwrap();
+        let mut file = growing(&path);
+
+        out.write_all(&vec![7; STEP_BYTES as usize + 10]).unwrap();
+        assert!(!pace(&mut file));
+        assert_eq!(
+            file.started,
+            STEP_BYTES + 10,
+            "a full step is started at once"
+        );
+
+        out.write_all(&[7; 100]).unwrap();
+        assert!(!pace(&mut file));
+        assert_eq!(
+            file.started,
+            STEP_BYTES + 10,
+            "a small tail waits while it grows"
+        );
+        assert!(!pace(&mut file));
+        assert_eq!(
+            file.started,
+            STEP_BYTES + 110,
+            "the tail is started once it stops"
+        );
+
+        for _ in 2..FINISHED_AFTER_TICKS {
+            assert!(!pace(&mut file));
+        }
+        assert!(pace(&mut file), "an idle file is finished");
+    }
+
+    #[test]
+    fn only_keyspace_tables_and_blob_files_are_paced() {
+        let dir = tempfile::tempdir().unwrap();
+        for folder in [
+            "keyspaces/0/tables",
+            "keyspaces/7/blobs",
+            "keyspaces/7/other",
+        ] {
+            std::fs::create_dir_all(dir.path().join(folder)).unwrap();
+        }
+        for file in [
+            "keyspaces/0/tables/1",
+            "keyspaces/7/blobs/2",
+            "keyspaces/7/other/3",
+            "keyspaces/7/v1",
+            "0.jnl",
+        ] {
+            File::create(dir.path().join(file)).unwrap();
+        }
+        let mut found = data_files(dir.path());
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                dir.path().join("keyspaces/0/tables/1"),
+                dir.path().join("keyspaces/7/blobs/2"),
+            ]
+        );
+    }
+
+    /// The pacer runs where `sync_file_range` exists, and dropping it joins its thread (a
+    /// pacer that did not stop would hang this test).
+    #[test]
+    fn the_pacer_runs_on_linux_and_stops_when_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let pacer = WritebackPacer::start(dir.path());
+        assert_eq!(pacer.is_some(), cfg!(target_os = "linux"));
+        drop(pacer);
+    }
+}
