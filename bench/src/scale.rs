@@ -233,9 +233,6 @@ async fn db_size(ctx: &Ctx) -> Result<u64> {
     Ok(u64::try_from(r.db_size).unwrap_or(0))
 }
 
-/// The table row of the idle wait after a preload.
-const IDLE_ROW: &str = "idle after preload s";
-
 /// Server CPU (cores) under which it counts as idle, and the window it is measured over.
 const IDLE_CORES: f64 = 0.1;
 const IDLE_WINDOW: Duration = Duration::from_secs(2);
@@ -326,21 +323,34 @@ async fn preload(
 /// One table per step: the systems side by side, with the engram/etcd ratio.
 pub fn tables(args: &Args, systems: &[SystemScale]) -> String {
     type Metric = fn(&Step) -> Option<f64>;
-    let rows: [(&str, Metric, usize); 10] = [
-        ("create ops/s", |s| Some(s.run.ops_per_sec()), 0),
-        ("p50 ms", |s| Some(s.run.stats.quantile_ms(0.50)), 3),
-        ("p99 ms", |s| Some(s.run.stats.quantile_ms(0.99)), 3),
-        ("p99.9 ms", |s| Some(s.run.stats.quantile_ms(0.999)), 3),
+    // (name, value, decimals, whether engram/etcd is a meaningful ratio)
+    let rows: [(&str, Metric, usize, bool); 10] = [
+        ("create ops/s", |s| Some(s.run.ops_per_sec()), 0, true),
+        ("p50 ms", |s| Some(s.run.stats.quantile_ms(0.50)), 3, true),
+        ("p99 ms", |s| Some(s.run.stats.quantile_ms(0.99)), 3, true),
+        (
+            "p99.9 ms",
+            |s| Some(s.run.stats.quantile_ms(0.999)),
+            3,
+            true,
+        ),
         (
             "CPU s/1k ops",
             |s| (s.run.ops > 0).then(|| s.cpu_secs * 1000.0 / s.run.ops as f64),
             3,
+            true,
         ),
-        ("db MiB", |s| s.db_size.map(|b| b as f64 / MIB), 1),
-        ("peak RSS MiB", |s| Some(s.peak_rss as f64 / MIB), 1),
-        ("preload keys/s", Step::preload_rate, 0),
-        (IDLE_ROW, |s| Some(s.settle_secs), 1),
-        ("errors", |s| Some(s.run.stats.error_count() as f64), 0),
+        ("db MiB", |s| s.db_size.map(|b| b as f64 / MIB), 1, true),
+        ("peak RSS MiB", |s| Some(s.peak_rss as f64 / MIB), 1, true),
+        ("preload keys/s", Step::preload_rate, 0, true),
+        // How long a server took to go idle is reported, not compared.
+        ("idle after preload s", |s| Some(s.settle_secs), 1, false),
+        (
+            "errors",
+            |s| Some(s.run.stats.error_count() as f64),
+            0,
+            true,
+        ),
     ];
     let mut out = format!(
         "scale: create ops={} clients={} conns={} value-size={} preload=Txn x{TXN_OPS} puts, {} in flight\n",
@@ -379,7 +389,7 @@ pub fn tables(args: &Args, systems: &[SystemScale]) -> String {
             header.push("engram/etcd".into());
         }
         let mut lines = vec![header];
-        for (name, f, prec) in rows {
+        for (name, f, prec, compared) in rows {
             let mut line = vec![name.to_string()];
             for st in &steps {
                 line.push(match st {
@@ -388,11 +398,10 @@ pub fn tables(args: &Args, systems: &[SystemScale]) -> String {
                 });
             }
             if let (Some(e), Some(g)) = (etcd, engram) {
-                // How long a server took to go idle is reported, not compared.
-                line.push(if name == IDLE_ROW {
-                    "-".into()
-                } else {
+                line.push(if compared {
                     ratio(f(g), f(e))
+                } else {
+                    "-".into()
                 });
             }
             lines.push(line);

@@ -10,7 +10,7 @@ use std::sync::Mutex;
 
 use serde_json::Value;
 
-/// The two tests each start servers: run them one at a time.
+/// The tests each start servers: run them one at a time.
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn workspace() -> PathBuf {
@@ -72,15 +72,16 @@ fn etcd_bin() -> PathBuf {
     venv_etcd().expect("etcd not found after scripts/install-etcd")
 }
 
-/// Runs a short `--compare` of `workload` and checks the JSON report.
-fn compare(workload: &str) {
+/// Runs engram-bench with `args` against the debug engram and the real etcd (one run at a
+/// time), asserts it succeeded and that its JSON report covers etcd then engram; returns
+/// stdout and the report's systems.
+fn run_bench(args: &[&str]) -> (String, Value) {
     let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let (engram, etcd) = (engram_bin(), etcd_bin());
     let dir = tempfile::tempdir().expect("temp dir");
     let json = dir.path().join("report.json");
     let out = Command::new(env!("CARGO_BIN_EXE_engram-bench"))
-        .args(["--compare", "--workload", workload])
-        .args(["--ops", "300", "--clients", "8", "--conns", "2"])
+        .args(args)
         .arg("--engram-bin")
         .arg(&engram)
         .arg("--etcd-bin")
@@ -89,27 +90,44 @@ fn compare(workload: &str) {
         .arg(&json)
         .output()
         .expect("run engram-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "engram-bench failed ({}):\n{stdout}\n{stderr}",
+        "engram-bench {args:?} failed ({}):\n{stdout}\n{stderr}",
         out.status
-    );
-    assert!(
-        stdout.contains("engram/etcd"),
-        "no comparison table:\n{stdout}"
     );
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&json).expect("read json")).expect("json");
-    assert_eq!(report["workload"], workload);
-    let systems = report["systems"].as_array().expect("systems array");
-    let names: Vec<&str> = systems
+    let names: Vec<&str> = report["systems"]
+        .as_array()
+        .expect("systems array")
         .iter()
         .filter_map(|s| s["system"].as_str())
         .collect();
     assert_eq!(names, ["etcd", "engram"], "{report:#}");
-    for s in systems {
+    (stdout, report)
+}
+
+/// Runs a short `--compare` of `workload` and checks the JSON report.
+fn compare(workload: &str) {
+    let (stdout, report) = run_bench(&[
+        "--compare",
+        "--workload",
+        workload,
+        "--ops",
+        "300",
+        "--clients",
+        "8",
+        "--conns",
+        "2",
+    ]);
+    assert!(
+        stdout.contains("engram/etcd"),
+        "no comparison table:\n{stdout}"
+    );
+    assert_eq!(report["workload"], workload);
+    for s in report["systems"].as_array().expect("systems array") {
         let name = &s["system"];
         assert!(s["ops"].as_u64().unwrap_or(0) > 0, "{name}: no ops: {s:#}");
         assert_eq!(s["error_count"].as_u64(), Some(0), "{name}: errors: {s:#}");
@@ -138,38 +156,21 @@ fn compare_create() {
 /// server went idle (within `--settle`), without errors.
 #[test]
 fn scale_two_steps() {
-    let _guard = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
-    let (engram, etcd) = (engram_bin(), etcd_bin());
-    let dir = tempfile::tempdir().expect("temp dir");
-    let json = dir.path().join("scale.json");
-    let out = Command::new(env!("CARGO_BIN_EXE_engram-bench"))
-        .args(["--scale", "--scale-steps", "500,1000", "--settle", "20"])
-        .args(["--ops", "100", "--clients", "8", "--value-size", "256"])
-        .arg("--engram-bin")
-        .arg(&engram)
-        .arg("--etcd-bin")
-        .arg(&etcd)
-        .arg("--json")
-        .arg(&json)
-        .output()
-        .expect("run engram-bench");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "engram-bench --scale failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    let (stdout, report) = run_bench(&[
+        "--scale",
+        "--scale-steps",
+        "500,1000",
+        "--settle",
+        "20",
+        "--ops",
+        "100",
+        "--clients",
+        "8",
+        "--value-size",
+        "256",
+    ]);
     assert!(stdout.contains("idle after preload s"), "{stdout}");
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json).expect("read json")).expect("json");
-    let systems = report["systems"].as_array().expect("systems array");
-    let names: Vec<&str> = systems
-        .iter()
-        .filter_map(|s| s["system"].as_str())
-        .collect();
-    assert_eq!(names, ["etcd", "engram"], "{report:#}");
-    for s in systems {
+    for s in report["systems"].as_array().expect("systems array") {
         let name = &s["system"];
         let steps = s["steps"].as_array().expect("steps");
         let keys: Vec<u64> = steps.iter().filter_map(|st| st["keys"].as_u64()).collect();

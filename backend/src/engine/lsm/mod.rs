@@ -444,6 +444,49 @@ mod tests {
         );
     }
 
+    /// The pacer finds the tables fjall really writes (its folder layout is fjall's, not
+    /// ours: this fails if an upgrade moves it) and starts their writeback; dropping the
+    /// engine stops it.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_writeback_pacer_follows_the_tables_fjall_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = LsmOptions {
+            memtable_bytes: Some(1 << 20),
+            ..LsmOptions::with_cache(1 << 20)
+        };
+        let engine = LsmEngine::open_with(dir.path(), &options).unwrap();
+        let pacer = engine._pacer.clone().expect("a pacer on Linux");
+        assert_eq!(pacer.started_bytes(), 0);
+        // 4 MiB of 1 KiB values through a 1 MiB memtable: tables of about a MiB each.
+        for chunk in 0..32u32 {
+            let mut batch = WriteBatch::default();
+            for i in chunk * 128..(chunk + 1) * 128 {
+                batch.put(
+                    Bytes::from(format!("k{i:06}")),
+                    Bytes::from(vec![b'v'; 1024]),
+                );
+            }
+            engine.write(batch).await.unwrap();
+        }
+        engine.keyspace.rotate_memtable_and_wait().unwrap();
+        // The pacer looks every 50 ms at most; this only bounds a hang.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while pacer.started_bytes() < writeback::STEP_BYTES && std::time::Instant::now() < deadline
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(
+            pacer.started_bytes() >= writeback::STEP_BYTES,
+            "writeback started for {} bytes of tables",
+            pacer.started_bytes()
+        );
+        drop(pacer);
+        drop(engine);
+        // The data directory reopens (the pacer held no lock on it).
+        LsmEngine::open_with(dir.path(), &options).unwrap();
+    }
+
     #[tokio::test]
     async fn long_keys_behave_like_short_ones() {
         let dir = tempfile::tempdir().unwrap();

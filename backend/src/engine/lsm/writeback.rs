@@ -23,6 +23,8 @@
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -36,7 +38,7 @@ const TICK: Duration = Duration::from_millis(5);
 const IDLE_TICK: Duration = Duration::from_millis(50);
 /// Writeback is started once a file has grown by this much since the last start: about what
 /// a disk writes in a few milliseconds, so a commit never waits for much more.
-const STEP_BYTES: u64 = 256 << 10;
+pub(super) const STEP_BYTES: u64 = 256 << 10;
 /// A file that has not grown for this many ticks is finished (tables and blob files are
 /// immutable once written): its tail is started and it is no longer looked at.
 const FINISHED_AFTER_TICKS: u32 = 100;
@@ -45,6 +47,8 @@ const FINISHED_AFTER_TICKS: u32 = 100;
 pub struct WritebackPacer {
     stop: Option<mpsc::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// Bytes whose writeback the pacer has started, over its life.
+    started: Arc<AtomicU64>,
 }
 
 impl WritebackPacer {
@@ -56,15 +60,24 @@ impl WritebackPacer {
         }
         let (stop, stopped) = mpsc::channel();
         let dir = lsm_dir.to_path_buf();
+        let started = Arc::new(AtomicU64::new(0));
+        let counter = started.clone();
         let thread = std::thread::Builder::new()
             .name("engram-writeback".into())
-            .spawn(move || run(&dir, stopped))
+            .spawn(move || run(&dir, stopped, &counter))
             .map_err(|err| tracing::warn!(%err, "writeback pacer not started"))
             .ok()?;
         Some(WritebackPacer {
             stop: Some(stop),
             thread: Some(thread),
+            started,
         })
+    }
+
+    /// Bytes whose writeback the pacer has started so far.
+    #[cfg(test)]
+    pub fn started_bytes(&self) -> u64 {
+        self.started.load(Ordering::Relaxed)
     }
 }
 
@@ -74,6 +87,10 @@ impl Drop for WritebackPacer {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+        tracing::debug!(
+            started_bytes = self.started.load(Ordering::Relaxed),
+            "writeback pacer stopped"
+        );
     }
 }
 
@@ -93,12 +110,12 @@ enum Known {
     Finished,
 }
 
-fn run(dir: &Path, stopped: mpsc::Receiver<()>) {
+fn run(dir: &Path, stopped: mpsc::Receiver<()>, started: &AtomicU64) {
     let mut known: HashMap<PathBuf, Known> = HashMap::new();
     let mut folders = Folders::default();
     folders.changed(dir);
     // Files present at start are complete: fjall finished them before it opened.
-    for path in data_files(dir) {
+    for path in folders.files() {
         known.insert(path, Known::Finished);
     }
     let mut tick = IDLE_TICK;
@@ -106,7 +123,7 @@ fn run(dir: &Path, stopped: mpsc::Receiver<()>) {
         // Files are listed again only when a folder changed (a file created or deleted): an
         // idle tick costs a few stats.
         if folders.changed(dir) {
-            let listed = data_files(dir);
+            let listed = folders.files();
             let present: HashSet<&PathBuf> = listed.iter().collect();
             known.retain(|path, _| present.contains(path));
             for path in listed {
@@ -125,24 +142,30 @@ fn run(dir: &Path, stopped: mpsc::Receiver<()>) {
                     });
             }
         }
-        let mut growing = false;
+        let mut any_growing = false;
         for state in known.values_mut() {
-            if let Known::Growing(file) = state {
-                if pace(file) {
+            if let Known::Growing(growing) = state {
+                let (finished, bytes) = pace(growing);
+                started.fetch_add(bytes, Ordering::Relaxed);
+                if finished {
                     *state = Known::Finished;
                 } else {
-                    growing = true;
+                    any_growing = true;
                 }
             }
         }
-        tick = if growing { TICK } else { IDLE_TICK };
+        tick = if any_growing { TICK } else { IDLE_TICK };
     }
 }
 
-/// The folders whose entries the pacer follows (`keyspaces`, each keyspace's folder, and its
-/// `tables` and `blobs`), with their modification times at the last look.
+/// The folders whose entries the pacer follows (`keyspaces/`, each keyspace's folder, and its
+/// `tables/` and `blobs/`), with their modification times at the last look.
 #[derive(Default)]
-struct Folders(Vec<(PathBuf, Option<std::time::SystemTime>)>);
+struct Folders {
+    watched: Vec<(PathBuf, Option<std::time::SystemTime>)>,
+    /// The folders holding data files: each keyspace's `tables/` and `blobs/`.
+    data: Vec<PathBuf>,
+}
 
 impl Folders {
     /// Whether an entry was added to or removed from any of them since the last call (true on
@@ -150,21 +173,20 @@ impl Folders {
     /// next change; its file is then written without pacing, as before the pacer existed.
     fn changed(&mut self, dir: &Path) -> bool {
         let modified = |path: &Path| std::fs::metadata(path).and_then(|m| m.modified()).ok();
-        if !self.0.is_empty() && self.0.iter().all(|(path, at)| modified(path) == *at) {
+        if !self.watched.is_empty() && self.watched.iter().all(|(path, at)| modified(path) == *at) {
             return false;
         }
         let root = dir.join("keyspaces");
-        let mut watched = vec![root.clone()];
-        if let Ok(keyspaces) = std::fs::read_dir(&root) {
-            for keyspace in keyspaces.flatten() {
-                let keyspace = keyspace.path();
-                watched.push(keyspace.join("tables"));
-                watched.push(keyspace.join("blobs"));
-                watched.push(keyspace);
-            }
-        }
-        self.0 = watched
-            .into_iter()
+        let keyspaces: Vec<PathBuf> = std::fs::read_dir(&root)
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default();
+        self.data = keyspaces
+            .iter()
+            .flat_map(|keyspace| [keyspace.join("tables"), keyspace.join("blobs")])
+            .collect();
+        self.watched = std::iter::once(root)
+            .chain(keyspaces)
+            .chain(self.data.iter().cloned())
             .map(|path| {
                 let at = modified(&path);
                 (path, at)
@@ -172,12 +194,24 @@ impl Folders {
             .collect();
         true
     }
+
+    /// The data files in the folders as of the last [`Folders::changed`].
+    fn files(&self) -> Vec<PathBuf> {
+        self.data
+            .iter()
+            .filter_map(|folder| std::fs::read_dir(folder).ok())
+            .flat_map(|entries| entries.flatten())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .map(|e| e.path())
+            .collect()
+    }
 }
 
-/// Starts writeback of what `growing` gained; true once it is finished.
-fn pace(growing: &mut Growing) -> bool {
+/// Starts writeback of what `growing` gained; returns whether it is finished, and how many
+/// bytes' writeback was started.
+fn pace(growing: &mut Growing) -> (bool, u64) {
     let Ok(len) = growing.file.metadata().map(|m| m.len()) else {
-        return true;
+        return (true, 0);
     };
     if len > growing.seen {
         growing.seen = len;
@@ -186,41 +220,23 @@ fn pace(growing: &mut Growing) -> bool {
         growing.idle_ticks += 1;
     }
     let pending = growing.seen - growing.started;
+    let mut started = 0;
     // A full step at once; a smaller tail when the file stops growing.
     if pending >= STEP_BYTES || (pending > 0 && growing.idle_ticks > 0) {
-        start_writeback(&growing.file, growing.started, growing.seen);
+        if start_writeback(&growing.file, growing.started, growing.seen) {
+            started = pending;
+        }
         growing.started = growing.seen;
     }
-    growing.idle_ticks >= FINISHED_AFTER_TICKS
+    (growing.idle_ticks >= FINISHED_AFTER_TICKS, started)
 }
 
-/// The data files of every keyspace: `keyspaces/<id>/{tables,blobs}/<file>`.
-fn data_files(dir: &Path) -> Vec<PathBuf> {
-    let mut files = Vec::new();
-    let Ok(keyspaces) = std::fs::read_dir(dir.join("keyspaces")) else {
-        return files;
-    };
-    for keyspace in keyspaces.flatten() {
-        for folder in ["tables", "blobs"] {
-            let Ok(entries) = std::fs::read_dir(keyspace.path().join(folder)) else {
-                continue;
-            };
-            files.extend(
-                entries
-                    .flatten()
-                    .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-                    .map(|e| e.path()),
-            );
-        }
-    }
-    files
-}
-
+/// Asks the kernel to start writing `from..to` of `file`; false if it refused.
 #[cfg(target_os = "linux")]
-fn start_writeback(file: &File, from: u64, to: u64) {
+fn start_writeback(file: &File, from: u64, to: u64) -> bool {
     use std::os::fd::AsRawFd;
     let (Ok(offset), Ok(len)) = (i64::try_from(from), i64::try_from(to - from)) else {
-        return;
+        return false;
     };
     // SAFETY: the descriptor is open for the duration of the call; SYNC_FILE_RANGE_WRITE
     // only starts writeback of already written pages and touches no memory of ours.
@@ -230,10 +246,13 @@ fn start_writeback(file: &File, from: u64, to: u64) {
     if rc != 0 {
         tracing::debug!(err = %std::io::Error::last_os_error(), "sync_file_range failed");
     }
+    rc == 0
 }
 
 #[cfg(not(target_os = "linux"))]
-fn start_writeback(_file: &File, _from: u64, _to: u64) {}
+fn start_writeback(_file: &File, _from: u64, _to: u64) -> bool {
+    false
+}
 
 #[cfg(test)]
 mod tests {
@@ -249,6 +268,11 @@ mod tests {
         }
     }
 
+    /// What `pace` reports as started, where the kernel can start writeback.
+    fn started(bytes: u64) -> u64 {
+        if cfg!(target_os = "linux") { bytes } else { 0 }
+    }
+
     #[test]
     fn writeback_starts_by_steps_then_the_tail_once_the_file_stops_growing() {
         let dir = tempfile::tempdir().unwrap();
@@ -257,31 +281,30 @@ mod tests {
         let mut file = growing(&path);
 
         out.write_all(&vec![7; STEP_BYTES as usize + 10]).unwrap();
-        assert!(!pace(&mut file));
+        out.flush().unwrap();
         assert_eq!(
-            file.started,
-            STEP_BYTES + 10,
+            pace(&mut file),
+            (false, started(STEP_BYTES + 10)),
             "a full step is started at once"
         );
 
         out.write_all(&[7; 100]).unwrap();
-        assert!(!pace(&mut file));
         assert_eq!(
-            file.started,
-            STEP_BYTES + 10,
+            pace(&mut file),
+            (false, 0),
             "a small tail waits while it grows"
         );
-        assert!(!pace(&mut file));
         assert_eq!(
-            file.started,
-            STEP_BYTES + 110,
-            "the tail is started once it stops"
+            pace(&mut file),
+            (false, started(100)),
+            "the tail is started once the file stops growing"
         );
+        assert_eq!(file.started, STEP_BYTES + 110);
 
         for _ in 2..FINISHED_AFTER_TICKS {
-            assert!(!pace(&mut file));
+            assert_eq!(pace(&mut file), (false, 0));
         }
-        assert!(pace(&mut file), "an idle file is finished");
+        assert_eq!(pace(&mut file), (true, 0), "an idle file is finished");
     }
 
     #[test]
@@ -303,7 +326,9 @@ mod tests {
         ] {
             File::create(dir.path().join(file)).unwrap();
         }
-        let mut found = data_files(dir.path());
+        let mut folders = Folders::default();
+        folders.changed(dir.path());
+        let mut found = folders.files();
         found.sort();
         assert_eq!(
             found,
@@ -339,15 +364,5 @@ mod tests {
         std::thread::sleep(Duration::from_millis(20));
         std::fs::remove_file(tables.join("1")).unwrap();
         assert!(folders.changed(dir.path()), "a deleted table");
-    }
-
-    /// The pacer runs where `sync_file_range` exists, and dropping it joins its thread (a
-    /// pacer that did not stop would hang this test).
-    #[test]
-    fn the_pacer_runs_on_linux_and_stops_when_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let pacer = WritebackPacer::start(dir.path());
-        assert_eq!(pacer.is_some(), cfg!(target_os = "linux"));
-        drop(pacer);
     }
 }
