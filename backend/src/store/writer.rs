@@ -3,8 +3,9 @@
 
 use super::Shared;
 use super::pipeline::{Failure, Pending};
-use crate::engine::{Engine, EngineError, WriteBatch};
+use crate::engine::{Engine, EngineError, Snapshot, WriteBatch};
 use crate::kv::{Apply, KvError, KvResult, revision_entry};
+use crate::lease::LeaseTable;
 use crate::mvcc::keys;
 use crate::mvcc::overlay::Overlay;
 use crate::mvcc::record::{encode_counter, encode_index};
@@ -90,41 +91,66 @@ struct Extra {
     index_removals: Vec<(Bytes, i64)>,
 }
 
-/// Evaluates `jobs` in order on top of revision `base` (the newest revision written to the
-/// engine: the published one, or one beyond it while that batch is being synced) and writes
-/// their effects to the engine as one batch, not yet synced. On an engine failure every job of
-/// the batch fails.
-pub(super) async fn apply<E: Engine>(
-    shared: &Shared<E>,
-    options: &StoreOptions,
+/// A group-commit batch being filled: requests are evaluated into it one by one, in arrival
+/// order, on top of revision `base` (the newest revision written to the engine: the published
+/// one, or the last of the batch being synced), and its effects go to the engine in one write.
+///
+/// It is filled while the batch before it is being synced and written when that sync returns,
+/// so that each sync carries everything that arrived during the previous one. (Closing a batch
+/// as soon as the writer was free split a steady load into a large batch and a batch of the
+/// one or two requests that came in between, each paying a full journal sync.)
+pub(super) struct OpenBatch<S> {
+    snapshot: S,
     base: i64,
-    jobs: Vec<Job>,
-) -> Result<Pending, Failure> {
-    let started = std::time::Instant::now();
-    let mut compacted = shared.compacted.load(Ordering::Acquire);
-    let snapshot = match shared.engine.snapshot().await {
-        Ok(s) => s,
-        Err(err) => {
-            return Err(Failure {
-                fenced: false,
-                err: fail_all(jobs, err),
-            });
-        }
-    };
-    let mut overlay = Overlay::default();
-    let mut extra = Extra::default();
-    let mut revision = base;
-    let mut committed = Vec::new();
-    let mut replies = Vec::with_capacity(jobs.len());
-    let mut sample = BatchSample::default();
-    for job in jobs {
+    compacted: i64,
+    overlay: Overlay,
+    extra: Extra,
+    /// The revision of the last request evaluated that wrote.
+    revision: i64,
+    committed: Vec<CommittedRevision>,
+    replies: Vec<(oneshot::Sender<KvResult<Reply>>, KvResult<Reply>)>,
+    sample: BatchSample,
+    started: std::time::Instant,
+}
+
+impl<S: Snapshot> OpenBatch<S> {
+    /// An empty batch on top of revision `base`, which must be in the engine already.
+    pub(super) async fn begin<E: Engine<Snapshot = S>>(
+        shared: &Shared<E>,
+        base: i64,
+    ) -> Result<Self, EngineError> {
+        let started = std::time::Instant::now();
+        let snapshot = shared.engine.snapshot().await?;
+        Ok(OpenBatch {
+            snapshot,
+            base,
+            compacted: shared.compacted.load(Ordering::Acquire),
+            overlay: Overlay::default(),
+            extra: Extra::default(),
+            revision: base,
+            committed: Vec::new(),
+            replies: Vec::new(),
+            sample: BatchSample::default(),
+            started,
+        })
+    }
+
+    /// Requests evaluated so far.
+    pub(super) fn len(&self) -> usize {
+        self.replies.len()
+    }
+
+    /// Evaluates `job` as if every request before it in the batch had been committed. On an
+    /// engine failure the overlay may hold part of the request: every request of the batch
+    /// fails, and so does the batch.
+    pub(super) async fn evaluate(&mut self, job: Job, leases: &LeaseTable) -> Result<(), Failure> {
         let mut apply = Apply {
-            snapshot: &snapshot,
-            overlay: &mut overlay,
-            begin: revision,
-            compacted,
-            published: base,
-            leases: &shared.leases,
+            snapshot: &self.snapshot,
+            overlay: &mut self.overlay,
+            begin: self.revision,
+            compacted: self.compacted,
+            published: self.base,
+            leases,
             changed: false,
             events: Vec::new(),
         };
@@ -133,16 +159,16 @@ pub(super) async fn apply<E: Engine>(
             Op::DeleteRange(req) => apply.delete_range(&req).await.map(Reply::DeleteRange),
             Op::Txn(req) => apply.txn(&req).await.map(Reply::Txn),
             Op::Compact(rev) => {
-                if rev <= compacted {
+                if rev <= self.compacted {
                     Err(KvError::Compacted)
-                } else if rev > revision {
+                } else if rev > self.revision {
                     Err(KvError::FutureRevision)
                 } else {
-                    compacted = rev;
-                    extra.compacted = Some(rev);
+                    self.compacted = rev;
+                    self.extra.compacted = Some(rev);
                     Ok(Reply::Compact(CompactionResponse {
                         header: Some(ResponseHeader {
-                            revision,
+                            revision: self.revision,
                             ..Default::default()
                         }),
                     }))
@@ -154,99 +180,119 @@ pub(super) async fn apply<E: Engine>(
                 Err(err) => Err(err),
             },
             Op::CompactStep(step) => {
-                match plan_removals(&View::new(&snapshot), &mut extra, step).await {
+                match plan_removals(&View::new(&self.snapshot), &mut self.extra, step).await {
                     Ok(()) => Ok(Reply::CompactStep),
                     Err(err) => Err(KvError::Engine(err)),
                 }
             }
         };
         match &result {
-            Ok(Reply::LeaseGrant(_)) => sample.leases_granted += 1,
-            Ok(Reply::LeaseRevoke(_)) => sample.leases_revoked += 1,
+            Ok(Reply::LeaseGrant(_)) => self.sample.leases_granted += 1,
+            Ok(Reply::LeaseRevoke(_)) => self.sample.leases_revoked += 1,
             _ => {}
         }
         if apply.changed && result.is_ok() {
-            revision += 1;
-            committed.push(CommittedRevision {
-                revision,
+            self.revision += 1;
+            self.committed.push(CommittedRevision {
+                revision: self.revision,
                 events: apply.events.drain(..).map(owned_event).collect(),
             });
         }
         if let Err(KvError::Engine(err)) = result {
-            // The overlay may hold part of this request: the whole batch is void.
-            let mut all = vec![job.reply];
-            all.extend(replies.into_iter().map(|(reply, _)| reply));
-            for reply in all {
-                let _ = reply.send(Err(storage_error(&err)));
-            }
+            let _ = job.reply.send(Err(storage_error(&err)));
+            self.fail(&err);
             return Err(Failure { fenced: false, err });
         }
-        replies.push((job.reply, result));
+        self.replies.push((job.reply, result));
+        Ok(())
     }
 
-    let evaluated = started.elapsed();
-    let lease_changes = std::mem::take(&mut overlay.leases);
-    let batch = build_batch(overlay, &lease_changes, &extra, &committed, base, revision);
-    let mut batch = batch;
-    if let Some(fence) = &options.fence {
-        batch.conditions.push(fence.clone());
-    }
-    let stored = shared.revision_stored.load(Ordering::Acquire);
-    batch.require(keys::meta_revision(), stored.then(|| encode_counter(base)));
-    let wrote = !batch.is_empty();
-    let writing = std::time::Instant::now();
-    let written = if !wrote {
-        Ok(())
-    } else {
-        let write = shared.engine.write_unsynced(batch);
-        match tokio::time::timeout(options.write_timeout, write).await {
-            Ok(result) => result,
-            Err(_) => Err(EngineError::Storage(format!(
-                "engine write took longer than {:?}; its outcome is unknown",
-                options.write_timeout
-            ))),
+    /// Answers every request evaluated so far with `err`.
+    pub(super) fn fail(&mut self, err: &EngineError) {
+        for (reply, _) in self.replies.drain(..) {
+            let _ = reply.send(Err(storage_error(err)));
         }
-    };
-    if let Err(err) = written {
-        let fenced = matches!(
-            (&err, &options.fence),
-            (EngineError::ConditionFailed { key }, Some(fence)) if *key == fence.key
-        );
-        if fenced {
-            // A newer election took the lead: nothing more may be written through this store.
-            tracing::warn!("write fenced off: another member leads now");
-            shared.deposed.send_replace(true);
-        }
-        for (reply, _) in replies {
-            let answer = if fenced {
-                KvError::NotLeader
-            } else {
-                storage_error(&err)
-            };
-            let _ = reply.send(Err(answer));
-        }
-        return Err(Failure { fenced, err });
     }
-    if revision != base {
-        shared.revision_stored.store(true, Ordering::Release);
+
+    /// Writes the batch's effects to the engine, not yet synced. On an engine failure every
+    /// request of the batch fails.
+    pub(super) async fn write<E: Engine<Snapshot = S>>(
+        self,
+        shared: &Shared<E>,
+        options: &StoreOptions,
+    ) -> Result<Pending, Failure> {
+        let OpenBatch {
+            snapshot,
+            base,
+            mut overlay,
+            extra,
+            revision,
+            committed,
+            replies,
+            sample,
+            started,
+            ..
+        } = self;
+        // The snapshot pins engine state; the batch needs it no longer.
+        drop(snapshot);
+        let lease_changes = std::mem::take(&mut overlay.leases);
+        let mut batch = build_batch(overlay, &lease_changes, &extra, &committed, base, revision);
+        if let Some(fence) = &options.fence {
+            batch.conditions.push(fence.clone());
+        }
+        let stored = shared.revision_stored.load(Ordering::Acquire);
+        batch.require(keys::meta_revision(), stored.then(|| encode_counter(base)));
+        let wrote = !batch.is_empty();
+        let writing = std::time::Instant::now();
+        let written = if !wrote {
+            Ok(())
+        } else {
+            let write = shared.engine.write_unsynced(batch);
+            match tokio::time::timeout(options.write_timeout, write).await {
+                Ok(result) => result,
+                Err(_) => Err(EngineError::Storage(format!(
+                    "engine write took longer than {:?}; its outcome is unknown",
+                    options.write_timeout
+                ))),
+            }
+        };
+        if let Err(err) = written {
+            let fenced = matches!(
+                (&err, &options.fence),
+                (EngineError::ConditionFailed { key }, Some(fence)) if *key == fence.key
+            );
+            if fenced {
+                // A newer election took the lead: nothing more may be written through this store.
+                tracing::warn!("write fenced off: another member leads now");
+                shared.deposed.send_replace(true);
+            }
+            for (reply, _) in replies {
+                let answer = if fenced {
+                    KvError::NotLeader
+                } else {
+                    storage_error(&err)
+                };
+                let _ = reply.send(Err(answer));
+            }
+            return Err(Failure { fenced, err });
+        }
+        if revision != base {
+            shared.revision_stored.store(true, Ordering::Release);
+        }
+        tracing::trace!(requests = replies.len(), "batch written");
+        Ok(Pending {
+            base,
+            revision,
+            wrote,
+            committed,
+            replies,
+            lease_changes,
+            compacted: extra.compacted,
+            sample,
+            started,
+            engine_time: wrote.then(|| writing.elapsed()),
+        })
     }
-    tracing::trace!(
-        requests = replies.len(),
-        evaluate_us = evaluated.as_micros() as u64,
-        "batch written"
-    );
-    Ok(Pending {
-        base,
-        revision,
-        wrote,
-        committed,
-        replies,
-        lease_changes,
-        compacted: extra.compacted,
-        sample,
-        started,
-        engine_time: wrote.then(|| writing.elapsed()),
-    })
 }
 
 /// `event` with bytes of its own. Keys and values decoded from a request are slices of the
@@ -271,13 +317,6 @@ pub fn owned_event(mut event: Event) -> Event {
 /// `Clone`; every request gets the same message).
 pub(super) fn storage_error(err: &EngineError) -> KvError {
     KvError::Engine(EngineError::Storage(err.to_string()))
-}
-
-fn fail_all(jobs: Vec<Job>, err: EngineError) -> EngineError {
-    for job in jobs {
-        let _ = job.reply.send(Err(storage_error(&err)));
-    }
-    err
 }
 
 /// Decides what a compaction step removes, against the writer's current view.
