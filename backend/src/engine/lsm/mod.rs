@@ -8,15 +8,18 @@
 //! write lock, so no other batch can slip in between check and commit. Keys beyond fjall's
 //! 64 KiB limit are kept in buckets (see [`long_keys`]), invisibly to the store above. While
 //! fjall writes tables in the background, [`writeback`] has the kernel write them out as they
-//! grow, so that their final fsync does not stall the journal's.
+//! grow, so that their final fsync does not stall the journal's, and [`memtables`] frees flushed
+//! memtables where no write waits for it.
 
 mod long_keys;
+mod memtables;
 mod writeback;
 
 use super::{Engine, EngineError, EngineResult, Entry, KeyRange, Mutation, Snapshot, WriteBatch};
 use bytes::Bytes;
 use fjall::{
-    Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode, Readable,
+    AbstractTree, Database, Keyspace, KeyspaceCreateOptions, KvSeparationOptions, PersistMode,
+    Readable,
 };
 use long_keys::Bucket;
 use std::collections::BTreeMap;
@@ -40,6 +43,9 @@ pub struct LsmEngine {
     /// Starts writeback of tables while fjall writes them (see [`writeback`]); stops with the
     /// last clone of the engine.
     _pacer: Option<Arc<writeback::WritebackPacer>>,
+    /// Holds each memtable written into, to free it once fjall is done with it (see
+    /// [`memtables`]).
+    memtables: Option<Arc<memtables::MemtableReaper>>,
 }
 
 /// How the LSM engine is opened.
@@ -110,6 +116,7 @@ impl LsmEngine {
             keyspace,
             write_lock: Arc::new(Mutex::new(())),
             _pacer: writeback::WritebackPacer::start(&lsm_dir).map(Arc::new),
+            memtables: memtables::MemtableReaper::start().map(Arc::new),
         })
     }
 
@@ -188,7 +195,12 @@ impl LsmEngine {
                 out.insert(&self.keyspace, stored, bucket.encode());
             }
         }
-        out.commit().map_err(storage)
+        out.commit().map_err(storage)?;
+        if let Some(reaper) = &self.memtables {
+            let memtable = self.keyspace.tree.active_memtable();
+            reaper.observe(memtable.id(), memtable);
+        }
+        Ok(())
     }
 }
 
@@ -444,21 +456,18 @@ mod tests {
         );
     }
 
-    /// The pacer finds the tables fjall really writes (its folder layout is fjall's, not
-    /// ours: this fails if an upgrade moves it) and starts their writeback; dropping the
-    /// engine stops it.
-    #[cfg(target_os = "linux")]
-    #[tokio::test]
-    async fn the_writeback_pacer_follows_the_tables_fjall_writes() {
-        let dir = tempfile::tempdir().unwrap();
+    /// Opens an engine with a 1 MiB memtable.
+    fn small_memtables(dir: &Path) -> (LsmEngine, LsmOptions) {
         let options = LsmOptions {
             memtable_bytes: Some(1 << 20),
             ..LsmOptions::with_cache(1 << 20)
         };
-        let engine = LsmEngine::open_with(dir.path(), &options).unwrap();
-        let pacer = engine._pacer.clone().expect("a pacer on Linux");
-        assert_eq!(pacer.started_bytes(), 0);
-        // 4 MiB of 1 KiB values through a 1 MiB memtable: tables of about a MiB each.
+        (LsmEngine::open_with(dir, &options).unwrap(), options)
+    }
+
+    /// 4 MiB of 1 KiB values through a 1 MiB memtable: four flushed memtables, tables of about
+    /// a MiB each.
+    async fn write_through_small_memtables(engine: &LsmEngine) {
         for chunk in 0..32u32 {
             let mut batch = WriteBatch::default();
             for i in chunk * 128..(chunk + 1) * 128 {
@@ -470,6 +479,40 @@ mod tests {
             engine.write(batch).await.unwrap();
         }
         engine.keyspace.rotate_memtable_and_wait().unwrap();
+    }
+
+    /// Flushed memtables are freed by the reaper, not under fjall's version lock: the reaper
+    /// really gets hold of the memtables fjall writes into (through a hidden fjall API: this
+    /// fails if an upgrade changes it).
+    #[tokio::test]
+    async fn flushed_memtables_are_freed_by_the_reaper() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, _) = small_memtables(dir.path());
+        let reaper = engine.memtables.clone().expect("a memtable reaper");
+        write_through_small_memtables(&engine).await;
+        // fjall lets go of old memtables when it rotates the next one; this only bounds a hang.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while reaper.freed() < 2 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert!(reaper.freed() >= 2, "{} memtables freed", reaper.freed());
+        // Everything is still there.
+        let snap = engine.snapshot().await.unwrap();
+        let all = KeyRange::new(Bytes::new(), None);
+        assert_eq!(snap.scan(&all, 10_000, false).await.unwrap().len(), 4096);
+    }
+
+    /// The pacer finds the tables fjall really writes (its folder layout is fjall's, not
+    /// ours: this fails if an upgrade moves it) and starts their writeback; dropping the
+    /// engine stops it.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn the_writeback_pacer_follows_the_tables_fjall_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (engine, options) = small_memtables(dir.path());
+        let pacer = engine._pacer.clone().expect("a pacer on Linux");
+        assert_eq!(pacer.started_bytes(), 0);
+        write_through_small_memtables(&engine).await;
         // The pacer looks every 50 ms at most; this only bounds a hang.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while pacer.started_bytes() < writeback::STEP_BYTES && std::time::Instant::now() < deadline
