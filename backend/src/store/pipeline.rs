@@ -69,30 +69,29 @@ pub(super) async fn run<E: Engine>(
             }
             job = rx.recv(), if may_evaluate => {
                 let Some(job) = job else { break };
-                if !evaluate(&shared, &mut open, applied, job).await {
+                // Whatever else is queued is evaluated at once too (one pass through the
+                // select per burst of requests, not per request).
+                let mut next = Some(job);
+                let mut failed = false;
+                while let Some(job) = next.take() {
+                    if !evaluate(&shared, &mut open, applied, job).await {
+                        failed = true;
+                        break;
+                    }
+                    if open.as_ref().map_or(0, OpenBatch::len) < max_batch {
+                        next = rx.try_recv().ok();
+                    }
+                }
+                if failed {
                     recover_from_failed_batch(&shared, &options, &mut in_flight, &mut applied)
                         .await;
                     continue;
                 }
-                if in_flight.is_none() {
-                    // Nothing is syncing: take what is queued already and write at once.
-                    let mut failed = false;
-                    while open.as_ref().map_or(0, OpenBatch::len) < max_batch
-                        && let Ok(job) = rx.try_recv()
-                    {
-                        if !evaluate(&shared, &mut open, applied, job).await {
-                            failed = true;
-                            break;
-                        }
-                    }
-                    if failed {
-                        recover_from_failed_batch(&shared, &options, &mut in_flight, &mut applied)
-                            .await;
-                        continue;
-                    }
-                    if let Some(batch) = open.take() {
-                        start(&shared, &options, batch, &mut in_flight, &mut applied).await;
-                    }
+                // Nothing is syncing: write at once.
+                if in_flight.is_none()
+                    && let Some(batch) = open.take()
+                {
+                    start(&shared, &options, batch, &mut in_flight, &mut applied).await;
                 }
             }
         }
