@@ -7,10 +7,12 @@
 //! sync unless asked), and the compare-and-swap conditions are checked under the engine's own
 //! write lock, so no other batch can slip in between check and commit. Keys beyond fjall's
 //! 64 KiB limit are kept in buckets (see [`long_keys`]), invisibly to the store above. While
-//! fjall writes tables in the background, [`writeback`] has the kernel write them out as they
-//! grow, so that their final fsync does not stall the journal's, and [`memtables`] frees flushed
-//! memtables where no write waits for it.
+//! fjall writes and deletes files in the background, the [`files`] pacer has the kernel write
+//! them out as they grow and free them in steps once deleted, so that neither stalls the
+//! journal's sync; [`memtables`] frees flushed memtables where no write waits for it.
 
+mod deletion;
+mod files;
 mod long_keys;
 mod memtables;
 mod writeback;
@@ -40,9 +42,9 @@ pub struct LsmEngine {
     keyspace: Keyspace,
     /// Serialises check-and-commit of batches.
     write_lock: Arc<Mutex<()>>,
-    /// Starts writeback of tables while fjall writes them (see [`writeback`]); stops with the
+    /// Paces the kernel's work on fjall's files (see [`files`]); stops with the
     /// last clone of the engine.
-    _pacer: Option<Arc<writeback::WritebackPacer>>,
+    _pacer: Option<Arc<files::FilePacer>>,
     /// Holds each memtable written into, to free it once fjall is done with it (see
     /// [`memtables`]).
     memtables: Option<Arc<memtables::MemtableReaper>>,
@@ -115,7 +117,7 @@ impl LsmEngine {
             db,
             keyspace,
             write_lock: Arc::new(Mutex::new(())),
-            _pacer: writeback::WritebackPacer::start(&lsm_dir).map(Arc::new),
+            _pacer: files::FilePacer::start(&lsm_dir).map(Arc::new),
             memtables: memtables::MemtableReaper::start().map(Arc::new),
         })
     }
@@ -502,28 +504,48 @@ mod tests {
         assert_eq!(snap.scan(&all, 10_000, false).await.unwrap().len(), 4096);
     }
 
-    /// The pacer finds the tables fjall really writes (its folder layout is fjall's, not
-    /// ours: this fails if an upgrade moves it) and starts their writeback; dropping the
-    /// engine stops it.
+    /// The pacer finds the tables fjall really writes and deletes (its folder layout is
+    /// fjall's, not ours: this fails if an upgrade moves it), starts their writeback and frees
+    /// the deleted ones; dropping the engine stops it.
     #[cfg(target_os = "linux")]
     #[tokio::test]
-    async fn the_writeback_pacer_follows_the_tables_fjall_writes() {
+    async fn the_file_pacer_follows_the_files_fjall_writes_and_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let (engine, options) = small_memtables(dir.path());
         let pacer = engine._pacer.clone().expect("a pacer on Linux");
         assert_eq!(pacer.started_bytes(), 0);
+        // The pacer looks every 50 ms at most; the deadlines only bound a hang.
+        let wait_for = |secs: u64, done: &dyn Fn() -> bool| {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+            while !done() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        };
         write_through_small_memtables(&engine).await;
-        // The pacer looks every 50 ms at most; this only bounds a hang.
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while pacer.started_bytes() < writeback::STEP_BYTES && std::time::Instant::now() < deadline
-        {
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-        }
+        wait_for(30, &|| pacer.started_bytes() >= writeback::STEP_BYTES);
         assert!(
             pacer.started_bytes() >= writeback::STEP_BYTES,
             "writeback started for {} bytes of tables",
             pacer.started_bytes()
         );
+        // The same keys again: compactions replace the first tables, which fjall deletes once
+        // no version of the tree refers to them (it looks when it rotates a memtable).
+        for _ in 0..10 {
+            write_through_small_memtables(&engine).await;
+            wait_for(2, &|| pacer.freed_bytes() >= 1 << 20);
+            if pacer.freed_bytes() >= 1 << 20 {
+                break;
+            }
+        }
+        assert!(
+            pacer.freed_bytes() >= 1 << 20,
+            "{} bytes of deleted tables freed",
+            pacer.freed_bytes()
+        );
+        let snap = engine.snapshot().await.unwrap();
+        let all = KeyRange::new(Bytes::new(), None);
+        assert_eq!(snap.scan(&all, 10_000, false).await.unwrap().len(), 4096);
+        drop(snap);
         drop(pacer);
         drop(engine);
         // The data directory reopens (the pacer held no lock on it).
