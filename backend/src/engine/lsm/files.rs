@@ -30,8 +30,23 @@ const TICK: Duration = Duration::from_millis(5);
 /// seconds; listing every folder on every look cost 13).
 const IDLE_TICK: Duration = Duration::from_millis(50);
 /// Files kept open to be freed gradually, at most (a store of 64 MiB tables holds this many
-/// files per 16 GiB; beyond it, files are deleted the way fjall does it).
+/// files per 16 GiB; beyond it, files are deleted the way fjall does it), and never more than
+/// an eighth of the process's descriptor limit, which clients' connections and fjall need.
 const MAX_HELD: usize = 256;
+
+/// How many descriptors the pacer may hold in this process.
+fn max_held() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit only writes the struct it is given.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) };
+    if rc != 0 {
+        return 0;
+    }
+    usize::try_from(limit.rlim_cur / 8).map_or(MAX_HELD, |n| n.min(MAX_HELD))
+}
 
 /// The background thread; stops when dropped.
 pub struct FilePacer {
@@ -127,13 +142,14 @@ fn open(path: &Path) -> Option<File> {
 }
 
 fn run(dir: &Path, stopped: mpsc::Receiver<()>, counters: &Counters) {
+    let max_held = max_held();
     let mut known: HashMap<PathBuf, Known> = HashMap::new();
     let mut deleting: Vec<Deleting> = Vec::new();
     let mut folders = Folders::default();
     folders.changed(dir);
     // Files present at start are complete: fjall finished them before it opened.
     for (path, _) in folders.files(dir) {
-        let held = (known.len() < MAX_HELD).then(|| open(&path)).flatten();
+        let held = (known.len() < max_held).then(|| open(&path)).flatten();
         known.insert(path, Known::Held(held));
     }
     let mut tick = IDLE_TICK;
@@ -164,7 +180,7 @@ fn run(dir: &Path, stopped: mpsc::Receiver<()>, counters: &Counters) {
                 // unreadable, is not followed.
                 let state = match kind {
                     Kind::Data => open(&path).map(|file| Known::Growing(Growing::new(file))),
-                    Kind::Journal => Some(Known::Held(if held < MAX_HELD {
+                    Kind::Journal => Some(Known::Held(if held < max_held {
                         open(&path)
                     } else {
                         None
@@ -189,7 +205,7 @@ fn run(dir: &Path, stopped: mpsc::Receiver<()>, counters: &Counters) {
                 let Known::Growing(growing) = std::mem::replace(state, Known::Held(None)) else {
                     continue;
                 };
-                if held <= MAX_HELD {
+                if held <= max_held {
                     *state = Known::Held(Some(growing.file));
                 } else {
                     held -= 1;
