@@ -142,93 +142,130 @@ fn open(path: &Path) -> Option<File> {
 }
 
 fn run(dir: &Path, stopped: mpsc::Receiver<()>, counters: &Counters) {
-    let max_held = max_held();
-    let mut known: HashMap<PathBuf, Known> = HashMap::new();
-    let mut deleting: Vec<Deleting> = Vec::new();
-    let mut folders = Folders::default();
-    folders.changed(dir);
-    // Files present at start are complete: fjall finished them before it opened.
-    for (path, _) in folders.files(dir) {
-        let held = (known.len() < max_held).then(|| open(&path)).flatten();
-        known.insert(path, Known::Held(held));
-    }
+    let mut pacer = Pacer::open(dir);
     let mut tick = IDLE_TICK;
     while let Err(mpsc::RecvTimeoutError::Timeout) = stopped.recv_timeout(tick) {
         // Files are listed again only when a folder changed (a file created or deleted): an
         // idle tick costs a few stats.
-        if folders.changed(dir) {
-            let listed = folders.files(dir);
-            let present: HashSet<&PathBuf> = listed.iter().map(|(path, _)| path).collect();
-            let gone: Vec<PathBuf> = known
-                .keys()
-                .filter(|path| !present.contains(path))
-                .cloned()
-                .collect();
-            for path in gone {
-                if let Some(file) = known.remove(&path).and_then(Known::file)
-                    && let Some(file) = Deleting::unlinked(file)
-                {
-                    deleting.push(file);
-                }
-            }
-            let mut held = held_files(&known, &deleting);
-            for (path, kind) in listed {
-                if known.contains_key(&path) {
-                    continue;
-                }
-                // A file deleted between listing and opening (a compaction's input), or
-                // unreadable, is not followed.
-                let state = match kind {
-                    Kind::Data => open(&path).map(|file| Known::Growing(Growing::new(file))),
-                    Kind::Journal => Some(Known::Held(if held < max_held {
-                        open(&path)
-                    } else {
-                        None
-                    })),
-                };
-                if let Some(state) = state {
-                    held += usize::from(!matches!(state, Known::Held(None)));
-                    known.insert(path, state);
-                }
+        if pacer.folders.changed(dir) {
+            pacer.follow(dir);
+        }
+        tick = if pacer.step(counters) {
+            TICK
+        } else {
+            IDLE_TICK
+        };
+    }
+}
+
+/// The pacer thread's state.
+struct Pacer {
+    folders: Folders,
+    known: HashMap<PathBuf, Known>,
+    /// Files fjall deleted, being freed.
+    deleting: Vec<Deleting>,
+    /// Descriptors it may hold.
+    max_held: usize,
+}
+
+impl Pacer {
+    fn open(dir: &Path) -> Pacer {
+        let mut pacer = Pacer {
+            folders: Folders::default(),
+            known: HashMap::new(),
+            deleting: Vec::new(),
+            max_held: max_held(),
+        };
+        pacer.folders.changed(dir);
+        // Files present at start are complete: fjall finished them before it opened.
+        for (path, _) in pacer.folders.files(dir) {
+            let held = (pacer.known.len() < pacer.max_held)
+                .then(|| open(&path))
+                .flatten();
+            pacer.known.insert(path, Known::Held(held));
+        }
+        pacer
+    }
+
+    /// After a folder changed: files that are gone are freed if fjall deleted them, new ones
+    /// are followed.
+    fn follow(&mut self, dir: &Path) {
+        let listed = self.folders.files(dir);
+        let present: HashSet<&PathBuf> = listed.iter().map(|(path, _)| path).collect();
+        let gone: Vec<PathBuf> = self
+            .known
+            .keys()
+            .filter(|path| !present.contains(path))
+            .cloned()
+            .collect();
+        for path in gone {
+            if let Some(file) = self.known.remove(&path).and_then(Known::file)
+                && let Some(file) = Deleting::unlinked(file)
+            {
+                self.deleting.push(file);
             }
         }
+        let mut held = self.held();
+        for (path, kind) in listed {
+            if self.known.contains_key(&path) {
+                continue;
+            }
+            // A file deleted between listing and opening (a compaction's input), or
+            // unreadable, is not followed.
+            let state = match kind {
+                Kind::Data => open(&path).map(|file| Known::Growing(Growing::new(file))),
+                Kind::Journal => Some(Known::Held(if held < self.max_held {
+                    open(&path)
+                } else {
+                    None
+                })),
+            };
+            if let Some(state) = state {
+                held += usize::from(!matches!(state, Known::Held(None)));
+                self.known.insert(path, state);
+            }
+        }
+    }
+
+    /// Paces growing files and frees a step of each deleted one; whether any is left to do.
+    fn step(&mut self, counters: &Counters) -> bool {
         let mut busy = false;
-        let mut held = held_files(&known, &deleting);
-        for state in known.values_mut() {
-            if let Known::Growing(growing) = state {
-                let (finished, bytes) = writeback::pace(growing);
-                counters.started.fetch_add(bytes, Ordering::Relaxed);
-                if !finished {
-                    busy = true;
-                    continue;
-                }
-                let Known::Growing(growing) = std::mem::replace(state, Known::Held(None)) else {
-                    continue;
-                };
-                if held <= max_held {
+        let mut held = self.held();
+        for state in self.known.values_mut() {
+            let Known::Growing(growing) = state else {
+                continue;
+            };
+            let (finished, bytes) = writeback::pace(growing);
+            counters.started.fetch_add(bytes, Ordering::Relaxed);
+            if !finished {
+                busy = true;
+                continue;
+            }
+            // Finished: kept open, if there is room, to be freed gradually one day.
+            if let Known::Growing(growing) = std::mem::replace(state, Known::Held(None)) {
+                if held <= self.max_held {
                     *state = Known::Held(Some(growing.file));
                 } else {
                     held -= 1;
                 }
             }
         }
-        deleting.retain_mut(|file| {
+        self.deleting.retain_mut(|file| {
             let (freed, done) = file.step();
             counters.freed.fetch_add(freed, Ordering::Relaxed);
             !done
         });
-        busy |= !deleting.is_empty();
-        tick = if busy { TICK } else { IDLE_TICK };
+        busy || !self.deleting.is_empty()
     }
-}
 
-/// Descriptors the pacer holds.
-fn held_files(known: &HashMap<PathBuf, Known>, deleting: &[Deleting]) -> usize {
-    known
-        .values()
-        .filter(|k| !matches!(k, Known::Held(None)))
-        .count()
-        + deleting.len()
+    /// Descriptors held.
+    fn held(&self) -> usize {
+        self.known
+            .values()
+            .filter(|k| !matches!(k, Known::Held(None)))
+            .count()
+            + self.deleting.len()
+    }
 }
 
 /// What a file is to the pacer.
