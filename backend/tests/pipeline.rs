@@ -153,3 +153,47 @@ async fn a_failed_sync_fails_its_writes_and_never_reuses_their_revisions() {
     assert_eq!(a.kvs.len(), 1);
     assert_eq!(a.kvs[0].mod_revision, 2);
 }
+
+/// Writes that arrive one by one while a batch syncs are evaluated into the next batch as they
+/// come and all carried by the one sync after it (not a batch for the first of them and
+/// another for the rest).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_arriving_during_a_sync_share_the_next_one() {
+    let engine = GatedSync::new(0, 0);
+    let store = Arc::new(
+        Store::open(engine.clone(), StoreOptions::default())
+            .await
+            .unwrap(),
+    );
+    let write = |key: String| {
+        let store = store.clone();
+        tokio::spawn(async move { store.put(put(&key, "v")).await })
+    };
+    let first = write("first".into());
+    settle().await;
+    let mut later = Vec::new();
+    for i in 0..5 {
+        later.push(write(format!("later{i}")));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    settle().await;
+    assert!(!first.is_finished() && later.iter().all(|w| !w.is_finished()));
+
+    // The first batch's sync: the five are written as one batch, waiting for theirs.
+    engine.permits.add_permits(1);
+    assert_eq!(first.await.unwrap().unwrap().header.unwrap().revision, 2);
+    settle().await;
+    assert!(later.iter().all(|w| !w.is_finished()));
+    assert_eq!(store.revision(), 2);
+
+    // One more sync answers all five, in arrival order.
+    engine.permits.add_permits(1);
+    settle().await;
+    let mut revisions = Vec::new();
+    for w in later {
+        assert!(w.is_finished(), "every write rode the same sync");
+        revisions.push(w.await.unwrap().unwrap().header.unwrap().revision);
+    }
+    assert_eq!(revisions, [3, 4, 5, 6, 7]);
+    assert_eq!(store.revision(), 7);
+}

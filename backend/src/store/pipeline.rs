@@ -27,164 +27,202 @@ pub(super) async fn run<E: Engine>(
     mut rx: mpsc::Receiver<Job>,
     options: StoreOptions,
 ) {
-    let max_batch = options.max_batch.max(1);
-    // The last revision written to the engine: the published one, or the last of the batch
-    // being synced.
-    let mut applied = shared.revision.load(Ordering::Acquire);
-    let mut in_flight: Option<InFlight> = None;
-    // The batch being filled while `in_flight` syncs.
-    let mut open: Option<OpenBatch<E::Snapshot>> = None;
+    let mut writer = Writer {
+        max_batch: options.max_batch.max(1),
+        applied: shared.revision.load(Ordering::Acquire),
+        shared,
+        options,
+        in_flight: None,
+        open: None,
+    };
     loop {
-        // Lease and compaction changes are read from the shared state, which a batch updates
-        // only once it is durable: nothing is evaluated on top of such a batch before it settles.
-        let may_evaluate = open.as_ref().map_or(0, OpenBatch::len) < max_batch
-            && !in_flight.as_ref().is_some_and(|f| f.changes_state);
+        let may_evaluate = writer.may_evaluate();
         tokio::select! {
             // A settled batch is collected before anything else is evaluated, so that one whose
             // sync failed has the store re-read first.
             biased;
             ok = async {
-                match in_flight.as_mut() {
+                match writer.in_flight.as_mut() {
                     Some(flight) => (&mut flight.task).await,
                     None => std::future::pending().await,
                 }
-            }, if in_flight.is_some() => {
-                in_flight = None;
-                if !ok.unwrap_or(false) {
-                    resync(&shared, &options).await;
-                    if let Some(mut batch) = open.take() {
-                        // Evaluated on top of a batch that failed to become durable. The store
-                        // was re-read since (publishing whatever of it did reach the disk), so
-                        // the outcome of these requests is unknown.
-                        batch.fail(&EngineError::Storage(
-                            "an earlier batch failed to become durable; outcome unknown".into(),
-                        ));
-                    }
-                    applied = shared.revision.load(Ordering::Acquire);
-                    continue;
-                }
-                if let Some(batch) = open.take() {
-                    start(&shared, &options, batch, &mut in_flight, &mut applied).await;
-                }
+            }, if writer.in_flight.is_some() => {
+                writer.in_flight = None;
+                writer.settled(ok.unwrap_or(false)).await;
             }
             job = rx.recv(), if may_evaluate => {
                 let Some(job) = job else { break };
-                // Whatever else is queued is evaluated at once too (one pass through the
-                // select per burst of requests, not per request).
-                let mut next = Some(job);
-                let mut failed = false;
-                while let Some(job) = next.take() {
-                    if !evaluate(&shared, &mut open, applied, job).await {
-                        failed = true;
-                        break;
-                    }
-                    if open.as_ref().map_or(0, OpenBatch::len) < max_batch {
-                        next = rx.try_recv().ok();
-                    }
-                }
-                if failed {
-                    recover_from_failed_batch(&shared, &options, &mut in_flight, &mut applied)
-                        .await;
-                    continue;
-                }
-                // Nothing is syncing: write at once.
-                if in_flight.is_none()
-                    && let Some(batch) = open.take()
-                {
-                    start(&shared, &options, batch, &mut in_flight, &mut applied).await;
-                }
+                writer.take(job, &mut rx).await;
             }
         }
     }
-    // Every sender is gone: finish what was accepted.
-    let settled = settle_in_flight(&shared, &options, &mut in_flight).await;
-    if let Some(mut batch) = open.take() {
-        if settled {
-            start(&shared, &options, batch, &mut in_flight, &mut applied).await;
-            settle_in_flight(&shared, &options, &mut in_flight).await;
-        } else {
-            batch.fail(&EngineError::Storage(
-                "an earlier batch failed to become durable; outcome unknown".into(),
-            ));
-        }
-    }
+    writer.finish().await;
 }
 
-/// Evaluates `job` into the open batch, opening one on top of `applied` if there is none.
-/// `false` if the batch failed (its requests are answered already).
-async fn evaluate<E: Engine>(
-    shared: &Shared<E>,
-    open: &mut Option<OpenBatch<E::Snapshot>>,
+/// The writer's state between wakeups.
+struct Writer<E: Engine> {
+    shared: Arc<Shared<E>>,
+    options: StoreOptions,
+    max_batch: usize,
+    /// The last revision written to the engine: the published one, or the last of the batch
+    /// being synced.
     applied: i64,
-    job: Job,
-) -> bool {
-    if open.is_none() {
-        match OpenBatch::begin(shared, applied).await {
-            Ok(batch) => *open = Some(batch),
-            Err(err) => {
+    in_flight: Option<InFlight>,
+    /// The batch being filled while `in_flight` syncs.
+    open: Option<OpenBatch<E::Snapshot>>,
+}
+
+impl<E: Engine> Writer<E> {
+    /// Whether a request may be evaluated now. Lease and compaction changes are read from the
+    /// shared state, which a batch updates only once it is durable: nothing is evaluated on top
+    /// of such a batch before it settles.
+    fn may_evaluate(&self) -> bool {
+        self.open.as_ref().map_or(0, OpenBatch::len) < self.max_batch
+            && !self.in_flight.as_ref().is_some_and(|f| f.changes_state)
+    }
+
+    /// The batch in flight settled (`ok`: durable, published and answered): the open batch,
+    /// evaluated on top of it, goes to the engine, or fails with it.
+    async fn settled(&mut self, ok: bool) {
+        if !ok {
+            resync(&self.shared, &self.options).await;
+            if let Some(mut batch) = self.open.take() {
+                // The store was re-read since (publishing whatever of the failed batch did
+                // reach the disk), so the outcome of these requests is unknown.
+                batch.fail(&earlier_batch_failed());
+            }
+            self.applied = self.shared.revision.load(Ordering::Acquire);
+            return;
+        }
+        if let Some(batch) = self.open.take() {
+            self.start(batch).await;
+        }
+    }
+
+    /// Evaluates `job` and whatever else is queued (one wakeup per burst of requests, not per
+    /// request); with nothing syncing, writes them at once.
+    async fn take(&mut self, job: Job, rx: &mut mpsc::Receiver<Job>) {
+        let mut next = Some(job);
+        while let Some(job) = next.take() {
+            if !self.evaluate(job).await {
+                self.recover_from_failed_batch().await;
+                return;
+            }
+            if self.open.as_ref().map_or(0, OpenBatch::len) < self.max_batch {
+                next = rx.try_recv().ok();
+            }
+        }
+        if self.in_flight.is_none()
+            && let Some(batch) = self.open.take()
+        {
+            self.start(batch).await;
+        }
+    }
+
+    /// Evaluates `job` into the open batch, opening one on top of `applied` if there is none.
+    /// `false` if the batch failed (its requests are answered already).
+    async fn evaluate(&mut self, job: Job) -> bool {
+        if self.open.is_none() {
+            match OpenBatch::begin(&self.shared, self.applied).await {
+                Ok(batch) => self.open = Some(batch),
+                Err(err) => {
+                    tracing::error!(%err, "write batch failed");
+                    let _ = job.reply.send(Err(storage_error(&err)));
+                    return false;
+                }
+            }
+        }
+        let Some(batch) = self.open.as_mut() else {
+            return false;
+        };
+        match batch.evaluate(job, &self.shared.leases).await {
+            Ok(()) => true,
+            Err(Failure { err, .. }) => {
                 tracing::error!(%err, "write batch failed");
-                let _ = job.reply.send(Err(storage_error(&err)));
-                return false;
+                self.open = None;
+                false
             }
         }
     }
-    let Some(batch) = open.as_mut() else {
-        return false;
-    };
-    match batch.evaluate(job, &shared.leases).await {
-        Ok(()) => true,
-        Err(Failure { err, .. }) => {
-            tracing::error!(%err, "write batch failed");
-            *open = None;
-            false
+
+    /// After a batch failed to evaluate: the engine could not be read, so the store is re-read
+    /// once the batch in flight has settled.
+    async fn recover_from_failed_batch(&mut self) {
+        // A failed in-flight batch re-reads the store itself.
+        if self.settle_in_flight().await {
+            resync(&self.shared, &self.options).await;
+        }
+        self.applied = self.shared.revision.load(Ordering::Acquire);
+    }
+
+    /// Writes `batch` to the engine and starts its sync, which publishes and answers it. Only
+    /// called with nothing in flight: batches are published in order, and a reply is sent only
+    /// after every batch it may have read from is durable.
+    async fn start(&mut self, batch: OpenBatch<E::Snapshot>) {
+        debug_assert!(self.in_flight.is_none());
+        match batch.write(&self.shared, &self.options).await {
+            Ok(pending) => {
+                self.applied = pending.revision;
+                let changes_state = pending.changes_state();
+                let settling = settle(self.shared.clone(), self.options.clone(), pending);
+                self.in_flight = Some(InFlight {
+                    task: tokio::spawn(settling),
+                    changes_state,
+                });
+            }
+            Err(Failure { fenced, err }) => {
+                tracing::error!(%err, "write batch failed");
+                if !fenced {
+                    resync(&self.shared, &self.options).await;
+                }
+                self.applied = self.shared.revision.load(Ordering::Acquire);
+            }
+        }
+    }
+
+    /// Waits for the in-flight batch, if any. `false` if it failed to become durable; the
+    /// store has been re-read since.
+    async fn settle_in_flight(&mut self) -> bool {
+        let Some(flight) = self.in_flight.take() else {
+            return true;
+        };
+        let ok = flight.task.await.unwrap_or(false);
+        if !ok {
+            resync(&self.shared, &self.options).await;
+        }
+        ok
+    }
+
+    /// Every sender is gone: finishes what was accepted.
+    async fn finish(mut self) {
+        let settled = self.settle_in_flight().await;
+        if let Some(mut batch) = self.open.take() {
+            if settled {
+                self.start(batch).await;
+                self.settle_in_flight().await;
+            } else {
+                batch.fail(&earlier_batch_failed());
+            }
         }
     }
 }
 
-/// After a batch failed to evaluate: the engine could not be read, so the store is re-read
-/// once the batch in flight has settled.
-async fn recover_from_failed_batch<E: Engine>(
-    shared: &Shared<E>,
-    options: &StoreOptions,
-    in_flight: &mut Option<InFlight>,
-    applied: &mut i64,
-) {
-    // A failed in-flight batch re-reads the store itself.
-    if settle_in_flight(shared, options, in_flight).await {
-        resync(shared, options).await;
-    }
-    *applied = shared.revision.load(Ordering::Acquire);
+/// The answer to requests evaluated on top of a batch that failed to become durable.
+fn earlier_batch_failed() -> EngineError {
+    EngineError::Storage("an earlier batch failed to become durable; outcome unknown".into())
 }
 
-/// Writes `batch` to the engine and starts its sync, which publishes and answers it. Only
-/// called with nothing in flight: batches are published in order, and a reply is sent only
-/// after every batch it may have read from is durable.
-async fn start<E: Engine>(
-    shared: &Arc<Shared<E>>,
-    options: &StoreOptions,
-    batch: OpenBatch<E::Snapshot>,
-    in_flight: &mut Option<InFlight>,
-    applied: &mut i64,
-) {
-    debug_assert!(in_flight.is_none());
-    match batch.write(shared, options).await {
-        Ok(pending) => {
-            *applied = pending.revision;
-            let changes_state = pending.changes_state();
-            let task = tokio::spawn(settle(shared.clone(), options.clone(), pending));
-            *in_flight = Some(InFlight {
-                task,
-                changes_state,
-            });
-        }
-        Err(Failure { fenced, err }) => {
-            tracing::error!(%err, "write batch failed");
-            if !fenced {
-                resync(shared, options).await;
-            }
-            *applied = shared.revision.load(Ordering::Acquire);
-        }
-    }
+/// Runs an engine call, failing it after `limit`: its outcome is then unknown.
+pub(super) async fn within<T>(
+    limit: std::time::Duration,
+    what: &str,
+    call: impl Future<Output = Result<T, EngineError>>,
+) -> Result<T, EngineError> {
+    tokio::time::timeout(limit, call).await.unwrap_or_else(|_| {
+        Err(EngineError::Storage(format!(
+            "{what} took longer than {limit:?}; its outcome is unknown"
+        )))
+    })
 }
 
 /// A batch that took longer than this from its first request's evaluation to its answers is
@@ -197,23 +235,6 @@ struct InFlight {
     task: tokio::task::JoinHandle<bool>,
     /// Whether the batch changes leases or the compacted revision.
     changes_state: bool,
-}
-
-/// Waits for the in-flight batch, if any. `false` if it failed to become durable; the store
-/// has been re-read since.
-async fn settle_in_flight<E: Engine>(
-    shared: &Shared<E>,
-    options: &StoreOptions,
-    in_flight: &mut Option<InFlight>,
-) -> bool {
-    let Some(flight) = in_flight.take() else {
-        return true;
-    };
-    let ok = flight.task.await.unwrap_or(false);
-    if !ok {
-        resync(shared, options).await;
-    }
-    ok
 }
 
 /// A batch that failed before reaching the engine or while being written; its requests are
@@ -268,13 +289,7 @@ async fn settle<E: Engine>(
     } = pending;
     let syncing = std::time::Instant::now();
     if wrote {
-        let synced = match tokio::time::timeout(options.write_timeout, shared.engine.sync()).await {
-            Ok(result) => result,
-            Err(_) => Err(EngineError::Storage(format!(
-                "engine sync took longer than {:?}; its outcome is unknown",
-                options.write_timeout
-            ))),
-        };
+        let synced = within(options.write_timeout, "engine sync", shared.engine.sync()).await;
         if let Err(err) = synced {
             tracing::error!(%err, "write batch failed to become durable");
             for (reply, _) in replies {
@@ -328,16 +343,9 @@ async fn settle<E: Engine>(
 async fn resync<E: Engine>(shared: &Shared<E>, options: &StoreOptions) {
     let published = shared.revision.load(Ordering::Acquire);
     // Whatever the engine holds is published only once it is durable.
-    match tokio::time::timeout(options.write_timeout, shared.engine.sync()).await {
-        Ok(Ok(())) => {}
-        Ok(Err(err)) => {
-            tracing::warn!(%err, "syncing the store after a failed batch");
-            return;
-        }
-        Err(_) => {
-            tracing::warn!("syncing the store after a failed batch timed out");
-            return;
-        }
+    if let Err(err) = within(options.write_timeout, "engine sync", shared.engine.sync()).await {
+        tracing::warn!(%err, "syncing the store after a failed batch");
+        return;
     }
     let recovered = match super::recover(&shared.engine).await {
         Ok(r) => r,

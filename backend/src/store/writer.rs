@@ -2,7 +2,7 @@
 //! published by the [`pipeline`](super::pipeline)).
 
 use super::Shared;
-use super::pipeline::{Failure, Pending};
+use super::pipeline::{Failure, Pending, within};
 use crate::engine::{Engine, EngineError, Snapshot, WriteBatch};
 use crate::kv::{Apply, KvError, KvResult, revision_entry};
 use crate::lease::LeaseTable;
@@ -248,13 +248,7 @@ impl<S: Snapshot> OpenBatch<S> {
             Ok(())
         } else {
             let write = shared.engine.write_unsynced(batch);
-            match tokio::time::timeout(options.write_timeout, write).await {
-                Ok(result) => result,
-                Err(_) => Err(EngineError::Storage(format!(
-                    "engine write took longer than {:?}; its outcome is unknown",
-                    options.write_timeout
-                ))),
-            }
+            within(options.write_timeout, "engine write", write).await
         };
         if let Err(err) = written {
             let fenced = matches!(

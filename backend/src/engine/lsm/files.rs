@@ -179,9 +179,7 @@ impl Pacer {
         pacer.folders.changed(dir);
         // Files present at start are complete: fjall finished them before it opened.
         for (path, _) in pacer.folders.files(dir) {
-            let held = (pacer.known.len() < pacer.max_held)
-                .then(|| open(&path))
-                .flatten();
+            let held = pacer.has_room().then(|| open(&path)).flatten();
             pacer.known.insert(path, Known::Held(held));
         }
         pacer
@@ -205,7 +203,6 @@ impl Pacer {
                 self.deleting.push(file);
             }
         }
-        let mut held = self.held();
         for (path, kind) in listed {
             if self.known.contains_key(&path) {
                 continue;
@@ -214,14 +211,9 @@ impl Pacer {
             // unreadable, is not followed.
             let state = match kind {
                 Kind::Data => open(&path).map(|file| Known::Growing(Growing::new(file))),
-                Kind::Journal => Some(Known::Held(if held < self.max_held {
-                    open(&path)
-                } else {
-                    None
-                })),
+                Kind::Journal => Some(Known::Held(self.has_room().then(|| open(&path)).flatten())),
             };
             if let Some(state) = state {
-                held += usize::from(!matches!(state, Known::Held(None)));
                 self.known.insert(path, state);
             }
         }
@@ -230,24 +222,23 @@ impl Pacer {
     /// Paces growing files and frees a step of each deleted one; whether any is left to do.
     fn step(&mut self, counters: &Counters) -> bool {
         let mut busy = false;
-        let mut held = self.held();
-        for state in self.known.values_mut() {
-            let Known::Growing(growing) = state else {
-                continue;
-            };
-            let (finished, bytes) = writeback::pace(growing);
-            counters.started.fetch_add(bytes, Ordering::Relaxed);
-            if !finished {
-                busy = true;
-                continue;
-            }
-            // Finished: kept open, if there is room, to be freed gradually one day.
-            if let Known::Growing(growing) = std::mem::replace(state, Known::Held(None)) {
-                if held <= self.max_held {
-                    *state = Known::Held(Some(growing.file));
+        let mut finished = Vec::new();
+        for (path, state) in &mut self.known {
+            if let Known::Growing(growing) = state {
+                let (done, bytes) = writeback::pace(growing);
+                counters.started.fetch_add(bytes, Ordering::Relaxed);
+                if done {
+                    finished.push(path.clone());
                 } else {
-                    held -= 1;
+                    busy = true;
                 }
+            }
+        }
+        // Written: kept open, if there is room, to be freed gradually once fjall deletes it.
+        for path in finished {
+            if let Some(Known::Growing(growing)) = self.known.remove(&path) {
+                let keep = self.has_room().then_some(growing.file);
+                self.known.insert(path, Known::Held(keep));
             }
         }
         self.deleting.retain_mut(|file| {
@@ -258,13 +249,16 @@ impl Pacer {
         busy || !self.deleting.is_empty()
     }
 
-    /// Descriptors held.
-    fn held(&self) -> usize {
-        self.known
+    /// Whether one more descriptor may be held (looked at only when a file appears or is
+    /// finished, which is rare).
+    fn has_room(&self) -> bool {
+        let held = self
+            .known
             .values()
             .filter(|k| !matches!(k, Known::Held(None)))
             .count()
-            + self.deleting.len()
+            + self.deleting.len();
+        held < self.max_held
     }
 }
 

@@ -12,9 +12,9 @@
 //! here, where nothing waits for it.
 
 use std::any::Any;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 /// How often the reaper looks whether fjall has let go of a memtable it holds.
@@ -27,7 +27,7 @@ pub(super) struct MemtableReaper {
     /// The id of the newest memtable handed over (`u64::MAX`: none yet).
     newest: AtomicU64,
     /// Memtables to the reaper thread; the thread stops when this closes.
-    handover: Mutex<Option<mpsc::Sender<Held>>>,
+    handover: Option<mpsc::Sender<Held>>,
     freed: Arc<AtomicU64>,
 }
 
@@ -47,7 +47,7 @@ impl MemtableReaper {
         }
         Some(MemtableReaper {
             newest: AtomicU64::new(u64::MAX),
-            handover: Mutex::new(Some(tx)),
+            handover: Some(tx),
             freed,
         })
     }
@@ -59,8 +59,7 @@ impl MemtableReaper {
         if self.newest.swap(id, Ordering::Relaxed) == id {
             return;
         }
-        let handover = self.handover.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(tx) = handover.as_ref() {
+        if let Some(tx) = &self.handover {
             let _ = tx.send(memtable);
         }
     }
@@ -79,10 +78,7 @@ impl Drop for MemtableReaper {
             "memtable reaper stopping"
         );
         // Closing the channel stops the thread, which drops what it still holds.
-        self.handover
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .take();
+        self.handover.take();
     }
 }
 

@@ -102,6 +102,22 @@ async fn write_through_small_memtables(engine: &LsmEngine) {
     engine.keyspace.rotate_memtable_and_wait().unwrap();
 }
 
+/// Writes rounds through small memtables until `done` (waiting up to 2 s after each round; ten
+/// rounds at most). fjall lets go of old memtables and deleted tables only when it rotates a
+/// later memtable, and a loaded machine rotates less often than the data written asks for.
+async fn write_until(engine: &LsmEngine, done: &dyn Fn() -> bool) {
+    for _ in 0..10 {
+        write_through_small_memtables(engine).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while !done() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if done() {
+            return;
+        }
+    }
+}
+
 /// Flushed memtables are freed by the reaper, not under fjall's version lock: the reaper
 /// really gets hold of the memtables fjall writes into (through a hidden fjall API: this
 /// fails if an upgrade changes it).
@@ -110,12 +126,7 @@ async fn flushed_memtables_are_freed_by_the_reaper() {
     let dir = tempfile::tempdir().unwrap();
     let (engine, _) = small_memtables(dir.path());
     let reaper = engine.memtables.clone().expect("a memtable reaper");
-    write_through_small_memtables(&engine).await;
-    // fjall lets go of old memtables when it rotates the next one; this only bounds a hang.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while reaper.freed() < 2 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-    }
+    write_until(&engine, &|| reaper.freed() >= 2).await;
     assert!(reaper.freed() >= 2, "{} memtables freed", reaper.freed());
     // Everything is still there.
     let snap = engine.snapshot().await.unwrap();
@@ -133,29 +144,14 @@ async fn the_file_pacer_follows_the_files_fjall_writes_and_deletes() {
     let (engine, options) = small_memtables(dir.path());
     let pacer = engine._pacer.clone().expect("a pacer on Linux");
     assert_eq!(pacer.started_bytes(), 0);
-    // The pacer looks every 50 ms at most; the deadlines only bound a hang.
-    let wait_for = |secs: u64, done: &dyn Fn() -> bool| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
-        while !done() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
-    };
-    write_through_small_memtables(&engine).await;
-    wait_for(30, &|| pacer.started_bytes() >= writeback::STEP_BYTES);
+    write_until(&engine, &|| pacer.started_bytes() >= writeback::STEP_BYTES).await;
     assert!(
         pacer.started_bytes() >= writeback::STEP_BYTES,
         "writeback started for {} bytes of tables",
         pacer.started_bytes()
     );
-    // The same keys again: compactions replace the first tables, which fjall deletes once
-    // no version of the tree refers to them (it looks when it rotates a memtable).
-    for _ in 0..10 {
-        write_through_small_memtables(&engine).await;
-        wait_for(2, &|| pacer.freed_bytes() >= 1 << 20);
-        if pacer.freed_bytes() >= 1 << 20 {
-            break;
-        }
-    }
+    // The same keys again: compactions replace the first tables, which fjall deletes.
+    write_until(&engine, &|| pacer.freed_bytes() >= 1 << 20).await;
     assert!(
         pacer.freed_bytes() >= 1 << 20,
         "{} bytes of deleted tables freed",
