@@ -99,6 +99,18 @@ pub struct Config {
     #[arg(long, default_value_t = 16)]
     pub watch_window_mb: usize,
 
+    /// Events the watch window keeps even when no watcher is behind (a watcher that starts a
+    /// little in the past starts from memory); past this, only revisions some watcher or
+    /// follower has yet to read stay, up to --watch-window-events.
+    #[arg(long, default_value_t = 1_024)]
+    pub watch_window_idle_events: usize,
+
+    /// MiB of keys and values the watch window keeps even when no watcher is behind; past
+    /// this, only revisions some watcher or follower has yet to read stay, up to
+    /// --watch-window-mb.
+    #[arg(long, default_value_t = 1)]
+    pub watch_window_idle_mb: usize,
+
     /// Raise the NOSPACE alarm when the store is larger than this many bytes (etcd's flag;
     /// 0, the default, sets no quota: Engram's size is bounded by its disk, not by a quota).
     #[arg(long, default_value_t = 0)]

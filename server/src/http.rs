@@ -177,6 +177,7 @@ async fn metrics_text<E: Engine + Clone>(State(state): State<HttpState<E>>) -> R
         leader.is_some_and(|(id, _)| id == brain.member_id()),
         brain.leader_changes(),
     );
+    state.metrics.observe_watch_window(brain.hub().window());
     let (body, content_type) = state.metrics.scrape(&brain.store()).await;
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }

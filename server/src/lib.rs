@@ -196,6 +196,8 @@ impl<E: Engine + Clone> Member<E> {
             window: watch::WindowLimits {
                 events: config.watch_window_events,
                 bytes: config.watch_window_mb.saturating_mul(1 << 20),
+                idle_events: config.watch_window_idle_events,
+                idle_bytes: config.watch_window_idle_mb.saturating_mul(1 << 20),
             },
             client_tls: tls::client_config(&config)?,
         };

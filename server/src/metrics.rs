@@ -39,6 +39,8 @@ pub struct Metrics {
     keys: IntGauge,
     watch_streams: IntGauge,
     watchers: IntGauge,
+    watch_window_events: IntGauge,
+    watch_window_bytes: IntGauge,
     has_leader: IntGauge,
     is_leader: IntGauge,
     leader_changes: IntCounter,
@@ -147,6 +149,14 @@ impl Metrics {
                 "etcd_debugging_mvcc_watch_stream_total",
                 "Total number of watch streams.",
             )?,
+            watch_window_events: gauge(
+                "engram_watch_window_events",
+                "Events of recent revisions the watch window holds in memory.",
+            )?,
+            watch_window_bytes: gauge(
+                "engram_watch_window_bytes",
+                "Bytes of keys and values (with previous values) the watch window holds.",
+            )?,
             watchers: gauge(
                 "etcd_debugging_mvcc_watcher_total",
                 "Total number of watchers.",
@@ -178,6 +188,14 @@ impl Metrics {
         if changes > seen {
             self.leader_changes.inc_by(changes - seen);
         }
+    }
+
+    /// Copies what the member's watch window holds into its gauges.
+    pub fn observe_watch_window(&self, window: watch::WindowSize) {
+        self.watch_window_events
+            .set(i64::try_from(window.events).unwrap_or(i64::MAX));
+        self.watch_window_bytes
+            .set(i64::try_from(window.bytes).unwrap_or(i64::MAX));
     }
 
     /// Copies the store's state into the gauges that mirror it.

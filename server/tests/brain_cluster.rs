@@ -500,13 +500,21 @@ async fn watches_requiring_a_leader_leave_a_member_without_one() {
     let a = LocalMember::start("brain-a", &reach(false), FLAGS).unwrap();
     let b_engine = reach(false);
     let b = LocalMember::start("brain-b", &b_engine, FLAGS).unwrap();
-    for _ in 0..200 {
-        if a.is_leader() && b.member().brain.leader().is_some() {
-            break;
-        }
+    // a campaigns first; on a loaded machine (parallel test binaries) its first election and
+    // b's learning of it can take seconds.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !(a.is_leader() && b.member().brain.leader().is_some())
+        && std::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(a.is_leader() && !b.is_leader());
+    assert!(
+        a.is_leader() && !b.is_leader(),
+        "a leads, b follows: a {}, b {}, b knows a leader: {}",
+        a.is_leader(),
+        b.is_leader(),
+        b.member().brain.leader().is_some()
+    );
 
     let options = etcd_client::ConnectOptions::new().with_require_leader(true);
     let mut on_b = Client::connect([b.url.as_str()], Some(options.clone()))

@@ -7,7 +7,7 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
-use etcd_client::{GetOptions, PutOptions, WatchResponse, WatchStream};
+use etcd_client::{GetOptions, PutOptions, Txn, TxnOp, WatchOptions, WatchResponse, WatchStream};
 use support::{Engram, Etcd};
 
 use support::http::scrape;
@@ -180,6 +180,97 @@ async fn store_watch_and_lease_metrics_follow_the_operations() {
     let after = scrape(&endpoint).await;
     assert!(histogram_count(&after, "engram_write_batch_requests") > batches);
     assert_eq!(must(&after, "etcd_debugging_mvcc_keys_total"), 6.0);
+}
+
+const WINDOW_EVENTS: &str = "engram_watch_window_events";
+
+/// Past its idle bound, the watch window holds what a watcher that is behind has yet to read,
+/// and lets it go once the watcher has read it; the watcher receives every event, in order.
+#[tokio::test]
+async fn the_watch_window_holds_what_a_lagging_watcher_still_needs() {
+    let args = [
+        "--watch-window-events",
+        "1000000",
+        "--watch-window-mb",
+        "1024",
+        "--watch-window-idle-events",
+        "16",
+        "--watch-window-idle-mb",
+        "1",
+    ]
+    .map(String::from);
+    let engram = Engram::start_with_args(&args).await;
+    let endpoint = engram.endpoint();
+    let mut writer = engram.client().await;
+    // Its own connection: a stream that is not read must not hold up the writer's (HTTP/2
+    // flow control is per connection too).
+    let mut reader = support::connect(&endpoint).await;
+    // Fragmented: a response carries the events of up to 1,024 revisions, far more than the
+    // client's 4 MiB message limit.
+    let mut stream = reader
+        .watch(
+            "w/",
+            Some(WatchOptions::new().with_prefix().with_fragment()),
+        )
+        .await
+        .expect("watch");
+    created(&mut stream).await;
+
+    // 20 MiB of events while the watcher reads nothing: far more than the transport buffers,
+    // so the server's stream waits with most of them unsent.
+    const TXNS: usize = 200;
+    const PUTS: usize = 100;
+    let value = vec![b'x'; 1024];
+    for t in 0..TXNS {
+        let puts: Vec<TxnOp> = (0..PUTS)
+            .map(|p| TxnOp::put(format!("w/{t:03}/{p:03}"), value.clone(), None))
+            .collect();
+        writer
+            .txn(Txn::new().and_then(puts))
+            .await
+            .expect("txn of puts");
+    }
+    let held = must(&scrape(&endpoint).await, WINDOW_EVENTS);
+    assert!(
+        held > 1_000.0,
+        "the window let go of events the watcher has not read: it holds {held}"
+    );
+
+    // The watcher reads all of them, in order.
+    let mut got = Vec::with_capacity(TXNS * PUTS);
+    let mut last_revision = 0;
+    while got.len() < TXNS * PUTS {
+        let resp = tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("events in time")
+            .expect("watch response")
+            .expect("stream open");
+        for event in resp.events() {
+            let kv = event.kv().expect("event kv");
+            assert!(kv.mod_revision() >= last_revision);
+            last_revision = kv.mod_revision();
+            got.push(kv.key_str().expect("utf-8 key").to_string());
+        }
+    }
+    let want: Vec<String> = (0..TXNS)
+        .flat_map(|t| (0..PUTS).map(move |p| format!("w/{t:03}/{p:03}")))
+        .collect();
+    assert!(got == want, "events lost, duplicated or reordered");
+
+    // Caught up, it holds nothing: the next commits trim the window to its idle bound.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        writer.put("w/more", "v", None).await.expect("put");
+        let held = must(&scrape(&endpoint).await, WINDOW_EVENTS);
+        if held <= 16.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the window kept {held} events nobody needs"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The etcd-named metrics have etcd's types, and the commit histogram etcd's buckets.

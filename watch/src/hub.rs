@@ -1,5 +1,6 @@
 //! The ordered event log: a bounded window of the most recent committed revisions.
 
+use crate::readers::{ReaderPosition, Readers};
 use backend::{CommitListener, CommittedRevision};
 use bytes::{Bytes, BytesMut};
 use etcdpb::mvccpb::Event;
@@ -100,7 +101,8 @@ struct Ring {
 }
 
 /// What the window is allowed to keep in memory. Revisions are evicted, oldest first, once
-/// either bound is passed; the newest revision always stays.
+/// either bound is passed; past either idle bound, those that no reader still needs (see
+/// [`Readers`]) are evicted too. The newest revision always stays.
 #[derive(Debug, Clone, Copy)]
 pub struct WindowLimits {
     pub events: usize,
@@ -108,6 +110,41 @@ pub struct WindowLimits {
     /// their size; with Kubernetes objects of a few KiB (and each update carrying its previous
     /// version for prev_kv watchers) an event bound alone let the window take more memory than
     /// the rest of the server.
+    pub bytes: usize,
+    /// Events kept whether or not a reader needs them: a watcher that starts a little in the
+    /// past (kube-apiserver lists, then watches from the list's revision) still starts in
+    /// memory.
+    pub idle_events: usize,
+    /// Bytes of keys and values kept whether or not a reader needs them.
+    pub idle_bytes: usize,
+}
+
+impl WindowLimits {
+    /// A window of fixed size: everything within the bounds stays, needed or not.
+    pub fn fixed(events: usize, bytes: usize) -> Self {
+        WindowLimits {
+            events,
+            bytes,
+            idle_events: events,
+            idle_bytes: bytes,
+        }
+    }
+
+    fn over(&self, ring: &Ring) -> bool {
+        ring.events > self.events || ring.bytes > self.bytes
+    }
+
+    fn over_idle(&self, ring: &Ring) -> bool {
+        ring.events > self.idle_events || ring.bytes > self.idle_bytes
+    }
+}
+
+/// What the window holds now (for the server's gauges).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WindowSize {
+    pub revisions: usize,
+    pub events: usize,
+    /// Keys and values (current and previous) of its events.
     pub bytes: usize,
 }
 
@@ -124,6 +161,7 @@ pub struct Hub {
     ring: Mutex<Ring>,
     latest: watch::Sender<i64>,
     limits: WindowLimits,
+    readers: Readers,
 }
 
 impl Hub {
@@ -141,7 +179,10 @@ impl Hub {
             limits: WindowLimits {
                 events: limits.events.max(1),
                 bytes: limits.bytes.max(1),
+                idle_events: limits.idle_events.clamp(1, limits.events.max(1)),
+                idle_bytes: limits.idle_bytes.clamp(1, limits.bytes.max(1)),
             },
+            readers: Readers::default(),
         })
     }
 
@@ -152,6 +193,22 @@ impl Hub {
     /// The newest revision in the log.
     pub fn latest(&self) -> i64 {
         *self.latest.borrow()
+    }
+
+    /// A new reader of the log: the window keeps the revisions its position asks for (within
+    /// its bounds) until the position moves past them or is dropped.
+    pub fn reader(&self) -> ReaderPosition {
+        self.readers.register()
+    }
+
+    /// What the window holds now.
+    pub fn window(&self) -> WindowSize {
+        let ring = self.ring();
+        WindowSize {
+            revisions: ring.revisions.len(),
+            events: ring.events,
+            bytes: ring.bytes,
+        }
     }
 
     /// Wakes whenever the log advances.
@@ -211,6 +268,7 @@ impl CommitListener for Hub {
         let Some(last) = revisions.last().map(|r| r.revision) else {
             return;
         };
+        let slowest = self.readers.slowest();
         {
             let mut ring = self.ring();
             for rev in revisions {
@@ -229,8 +287,9 @@ impl CommitListener for Hub {
                 ring.bytes += rev.bytes;
                 ring.revisions.push_back(Arc::new(rev));
             }
-            while (ring.events > self.limits.events || ring.bytes > self.limits.bytes)
-                && ring.revisions.len() > 1
+            while ring.revisions.len() > 1
+                && (self.limits.over(&ring)
+                    || (self.limits.over_idle(&ring) && ring.first < slowest))
             {
                 if let Some(old) = ring.revisions.pop_front() {
                     ring.events -= old.committed.events.len();
@@ -288,13 +347,7 @@ mod tests {
 
     #[test]
     fn window_evicts_oldest_and_reads_in_order() {
-        let hub = Hub::new(
-            0,
-            WindowLimits {
-                events: 2,
-                bytes: usize::MAX,
-            },
-        );
+        let hub = Hub::new(0, WindowLimits::fixed(2, usize::MAX));
         let rev = |r: i64| CommittedRevision {
             revision: r,
             events: vec![put("k", r, 1, false)],
@@ -318,13 +371,7 @@ mod tests {
     #[test]
     fn window_is_bounded_by_bytes_too() {
         // Each revision holds "k" + 100 bytes of value: 101 bytes.
-        let hub = Hub::new(
-            0,
-            WindowLimits {
-                events: 1000,
-                bytes: 250,
-            },
-        );
+        let hub = Hub::new(0, WindowLimits::fixed(1000, 250));
         let rev = |r: i64| CommittedRevision {
             revision: r,
             events: vec![put("k", r, 1, false)],
@@ -338,14 +385,58 @@ mod tests {
         }]);
         assert!(matches!(hub.read_log(3, 10), Window::Evicted { oldest: 4 }));
         // The newest revision stays whatever its size.
-        let big = Hub::new(
-            0,
-            WindowLimits {
-                events: 1000,
-                bytes: 1,
-            },
-        );
+        let big = Hub::new(0, WindowLimits::fixed(1000, 1));
         big.committed(vec![rev(1)]);
         assert!(matches!(big.read_log(1, 10), Window::Revisions(r) if r.len() == 1));
+    }
+
+    #[test]
+    fn idle_window_keeps_only_what_readers_still_need() {
+        let hub = Hub::new(
+            0,
+            WindowLimits {
+                events: 10,
+                bytes: usize::MAX,
+                idle_events: 2,
+                idle_bytes: usize::MAX,
+            },
+        );
+        let commit = |revs: std::ops::RangeInclusive<i64>| {
+            hub.committed(
+                revs.map(|r| CommittedRevision {
+                    revision: r,
+                    events: vec![put("k", r, 1, false)],
+                })
+                .collect(),
+            )
+        };
+        let oldest = |hub: &Hub| match hub.read_log(0, 100) {
+            Window::Evicted { oldest } => oldest,
+            Window::Revisions(_) => 0,
+        };
+        // Nobody reads: the idle bound.
+        commit(1..=5);
+        assert_eq!(oldest(&hub), 4);
+        // A reader at 5 holds 5 and later, past the idle bound.
+        let reader = hub.reader();
+        reader.set(Some(5));
+        commit(6..=8);
+        assert_eq!(oldest(&hub), 5);
+        // It moves on: what it passed goes.
+        reader.set(Some(8));
+        commit(9..=9);
+        assert_eq!(oldest(&hub), 8);
+        // Far behind, it holds no more than the window's bound.
+        reader.set(Some(1));
+        commit(10..=20);
+        assert_eq!(oldest(&hub), 11);
+        // Gone, it holds nothing.
+        drop(reader);
+        commit(21..=21);
+        assert_eq!(oldest(&hub), 20);
+        let Window::Revisions(revs) = hub.read_log(20, 10) else {
+            panic!("evicted")
+        };
+        assert_eq!(revs.len(), 2);
     }
 }

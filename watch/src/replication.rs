@@ -43,10 +43,19 @@ pub fn follow<H: HistorySource>(
     // store it listens to stays the leader's for its whole life.)
     let latest = hub.subscribe();
     let compactions = history.compactions();
-    let start = (hub, history, (latest, compactions), from, i64::MIN);
+    let position = hub.reader();
+    let start = (
+        hub,
+        history,
+        (latest, compactions, position),
+        from,
+        i64::MIN,
+    );
     futures::stream::unfold(Some(start), |state| async move {
         // `sent`: the compacted revision the follower was last told.
-        let (hub, history, (mut latest, mut compactions), next, sent) = state?;
+        let (hub, history, (mut latest, mut compactions, position), next, sent) = state?;
+        // The hub's window keeps what the follower reads next.
+        position.set(Some(next));
         loop {
             let compacted = history.compacted();
             if next < compacted {
@@ -61,7 +70,13 @@ pub fn follow<H: HistorySource>(
                         through: next - 1,
                         compacted,
                     };
-                    let state = (hub, history, (latest, compactions), next, compacted);
+                    let state = (
+                        hub,
+                        history,
+                        (latest, compactions, position),
+                        next,
+                        compacted,
+                    );
                     return Some((Ok(batch), Some(state)));
                 }
                 tokio::select! {
@@ -100,10 +115,12 @@ pub fn follow<H: HistorySource>(
                 }
                 continue;
             }
+            // The follower has it: the window need not keep it for this stream.
+            position.set(Some(batch.through + 1));
             let after = (
                 hub,
                 history,
-                (latest, compactions),
+                (latest, compactions, position),
                 batch.through + 1,
                 batch.compacted,
             );
@@ -138,4 +155,60 @@ pub fn apply(hub: &Hub, batch: &Batch) {
         next += 1;
     }
     backend::CommitListener::committed(hub, out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::WindowLimits;
+    use crate::hub::Window;
+    use crate::source::NoHistory;
+    use backend::CommitListener;
+    use futures::StreamExt;
+
+    fn revisions(range: std::ops::RangeInclusive<i64>) -> Vec<CommittedRevision> {
+        range
+            .map(|revision| CommittedRevision {
+                revision,
+                events: vec![etcdpb::mvccpb::Event::default()],
+            })
+            .collect()
+    }
+
+    fn oldest(hub: &Hub) -> i64 {
+        match hub.read(0, 1) {
+            Window::Evicted { oldest } => oldest,
+            Window::Revisions(_) => 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn the_window_keeps_what_a_follower_has_yet_to_receive() {
+        let hub = Hub::new(
+            0,
+            WindowLimits {
+                events: 1000,
+                bytes: usize::MAX,
+                idle_events: 1,
+                idle_bytes: usize::MAX,
+            },
+        );
+        hub.committed(revisions(1..=3));
+        let mut stream = Box::pin(follow(hub.clone(), NoHistory, 3));
+        let batch = stream.next().await.expect("a batch").expect("no error");
+        assert_eq!(batch.through, 3);
+        // The follower has not asked for more: what it has yet to receive stays.
+        hub.committed(revisions(4..=9));
+        assert_eq!(oldest(&hub), 4);
+        let batch = stream.next().await.expect("a batch").expect("no error");
+        let got: Vec<i64> = batch.revisions.iter().map(|r| r.revision).collect();
+        assert_eq!(got, [4, 5, 6, 7, 8, 9]);
+        // Received, it goes at the next commit.
+        hub.committed(revisions(10..=10));
+        assert_eq!(oldest(&hub), 10);
+        // A closed stream holds nothing either.
+        drop(stream);
+        hub.committed(revisions(11..=11));
+        assert_eq!(oldest(&hub), 11);
+    }
 }

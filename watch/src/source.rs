@@ -42,3 +42,28 @@ impl<E: Engine> HistorySource for Store<E> {
         Store::compactions(self)
     }
 }
+
+/// No history: for tests whose every revision is in the hub's window.
+#[cfg(test)]
+#[derive(Clone)]
+pub(crate) struct NoHistory;
+
+#[cfg(test)]
+impl HistorySource for NoHistory {
+    async fn history(
+        &self,
+        _from: i64,
+        to: i64,
+        _max_events: usize,
+    ) -> KvResult<(Vec<CommittedRevision>, i64)> {
+        Ok((Vec::new(), to))
+    }
+
+    fn compacted(&self) -> i64 {
+        0
+    }
+
+    fn compactions(&self) -> tokio::sync::watch::Receiver<i64> {
+        tokio::sync::watch::channel(0).1
+    }
+}

@@ -2,6 +2,7 @@
 
 use crate::hub::{Hub, LogRevision, Window};
 use crate::outbound;
+use crate::readers::ReaderPosition;
 use crate::source::HistorySource;
 use crate::stats::{self, StreamStats};
 use crate::watcher::{Encoding, Filter, Watcher};
@@ -52,6 +53,8 @@ struct Session<H> {
     header_revision: i64,
     /// This stream's part of the stream and watcher gauges.
     stats: StreamStats,
+    /// Where this stream's slowest watcher is, for the hub's window.
+    position: ReaderPosition,
 }
 
 /// Revisions read for the watchers of one delivery round that wait from the same revision:
@@ -102,6 +105,7 @@ pub async fn serve<H, In>(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ticker.reset();
     let header_revision = hub.latest();
+    let position = hub.reader();
     let mut session = Session {
         hub,
         history,
@@ -112,6 +116,7 @@ pub async fn serve<H, In>(
         progress_requested: false,
         header_revision,
         stats: StreamStats::open(&stats::GLOBAL),
+        position,
     };
     loop {
         let behind = match session.deliver().await {
@@ -222,6 +227,7 @@ impl<H: HistorySource> Session<H> {
                     self.next_id += 1;
                 }
                 self.watchers.insert(id, watcher);
+                self.publish_position();
                 self.stats.watcher_added();
                 self.send(WatchResponseEncoded {
                     header,
@@ -261,7 +267,19 @@ impl<H: HistorySource> Session<H> {
         for id in ids {
             behind |= self.deliver_to(id, latest, &mut round).await?;
         }
+        self.publish_position();
         Ok(behind)
+    }
+
+    /// Tells the hub the lowest revision a watcher of this stream reads next.
+    fn publish_position(&self) {
+        let slowest = self
+            .watchers
+            .values()
+            .filter(|w| !w.compacted)
+            .map(|w| w.next_revision)
+            .min();
+        self.position.set(slowest);
     }
 
     /// The revisions from `from` on, as the log's window or the store has them.
@@ -481,34 +499,12 @@ mod tests {
     use super::*;
     use backend::CommitListener;
     use backend::CommittedRevision;
-    use backend::kv::KvResult;
     use etcdpb::etcdserverpb::{WatchResponse, watch_create_request::FilterType};
     use etcdpb::mvccpb::{Event, KeyValue, event::EventType};
     use tokio::sync::mpsc;
     use tokio_stream::wrappers::UnboundedReceiverStream;
 
-    /// No history: every revision is in the hub's window.
-    #[derive(Clone)]
-    struct NoHistory;
-
-    impl HistorySource for NoHistory {
-        async fn history(
-            &self,
-            _from: i64,
-            to: i64,
-            _max_events: usize,
-        ) -> KvResult<(Vec<CommittedRevision>, i64)> {
-            Ok((Vec::new(), to))
-        }
-
-        fn compacted(&self) -> i64 {
-            0
-        }
-
-        fn compactions(&self) -> tokio::sync::watch::Receiver<i64> {
-            tokio::sync::watch::channel(0).1
-        }
-    }
+    use crate::source::NoHistory;
 
     fn kv(key: &str, create: i64, m: i64, value: &str) -> KeyValue {
         KeyValue {
@@ -538,13 +534,7 @@ mod tests {
     /// own encoding, and watchers with the same filter share them.
     #[tokio::test]
     async fn filters_and_prev_kv_per_watcher() {
-        let hub = Hub::new(
-            1,
-            crate::hub::WindowLimits {
-                events: 1000,
-                bytes: usize::MAX,
-            },
-        );
+        let hub = Hub::new(1, crate::hub::WindowLimits::fixed(1000, usize::MAX));
         // rev 2: create a; rev 3: update a (prev_kv a@2) and put b; rev 4: delete a.
         hub.committed(vec![
             CommittedRevision {
