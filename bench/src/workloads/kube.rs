@@ -1,13 +1,21 @@
 //! A kube-apiserver-like mix over one keyspace: per 100 operations, 60 pod gets,
 //! 5 paginated lists of all pods, 20 node-lease updates (CAS) and 15 event creates.
+//!
+//! Events are created with a lease, as kube-apiserver creates them (`--event-ttl`, 1 h by
+//! default): it grants one lease and attaches every event of the next minute to it, so a
+//! store pays for attaching keys to leases and for a grant a minute.
 
 use std::sync::Arc;
 use std::sync::atomic::AtomicI64;
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use etcdpb::etcdserverpb::LeaseGrantRequest;
+use etcdpb::etcdserverpb::lease_client::LeaseClient;
+use tokio::sync::Mutex;
 
 use super::kv::{create, get, list, update};
-use super::{Ctx, OpOutput, Rng, key, populate};
+use super::{Ctx, Failure, OpOutput, Rng, key, populate};
 use crate::cli::Args;
 use crate::stats::Stats;
 
@@ -18,6 +26,25 @@ pub struct KubeWorkload {
     events: String,
     nodes: u64,
     lease_revs: Vec<AtomicI64>,
+    /// The lease events are created with, and when it was granted.
+    event_lease: Mutex<(i64, Instant)>,
+}
+
+/// kube-apiserver's default `--event-ttl`.
+const EVENT_TTL: Duration = Duration::from_secs(3600);
+/// How long kube-apiserver attaches new events to one lease before granting another.
+const EVENT_LEASE_REUSE: Duration = Duration::from_secs(60);
+
+async fn grant(ctx: &Ctx, ttl: Duration) -> Result<i64, Failure> {
+    let req = LeaseGrantRequest {
+        ttl: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
+        id: 0,
+    };
+    Ok(LeaseClient::new(ctx.channel())
+        .lease_grant(req)
+        .await?
+        .into_inner()
+        .id)
 }
 
 impl KubeWorkload {
@@ -39,7 +66,11 @@ impl KubeWorkload {
             args.clients,
         )
         .await?;
+        let lease = grant(&ctx, EVENT_TTL)
+            .await
+            .map_err(|e| anyhow::anyhow!("granting the event lease: {}", e.0))?;
         Ok(KubeWorkload {
+            event_lease: Mutex::new((lease, Instant::now())),
             ctx,
             pods,
             leases,
@@ -47,6 +78,15 @@ impl KubeWorkload {
             nodes,
             lease_revs: revs.into_iter().map(AtomicI64::new).collect(),
         })
+    }
+
+    /// The lease for an event created now: a new one once the current is a minute old.
+    async fn event_lease(&self) -> Result<i64, Failure> {
+        let mut current = self.event_lease.lock().await;
+        if current.1.elapsed() >= EVENT_LEASE_REUSE {
+            *current = (grant(&self.ctx, EVENT_TTL).await?, Instant::now());
+        }
+        Ok(current.0)
     }
 
     pub async fn op(self: Arc<Self>, i: u64, mut rng: Rng, mut st: Stats) -> OpOutput {
@@ -65,7 +105,10 @@ impl KubeWorkload {
             update(ctx, &self.leases, n, &self.lease_revs, &mut st).await
         } else {
             st.count("kube-create-event", 1);
-            create(ctx, key(&self.events, i)).await
+            match self.event_lease().await {
+                Ok(lease) => create(ctx, key(&self.events, i), lease).await,
+                Err(err) => Err(err),
+            }
         };
         (rng, st, res)
     }

@@ -64,7 +64,7 @@ impl KvWorkload {
                 let k = key(&self.prefix, rng.below(self.ctx.keys));
                 put(&self.ctx, k).await
             }
-            WorkloadKind::Create => create(&self.ctx, key(&self.prefix, i)).await,
+            WorkloadKind::Create => create(&self.ctx, key(&self.prefix, i), 0).await,
             WorkloadKind::Update => {
                 let n = rng.below(self.ctx.keys);
                 update(&self.ctx, &self.prefix, n, &self.revs, &mut st).await
@@ -115,20 +115,26 @@ fn mod_rev_cmp(key: &Bytes, rev: i64) -> Compare {
 }
 
 fn put_op(key: &Bytes, value: &Bytes) -> RequestOp {
+    leased_put_op(key, value, 0)
+}
+
+fn leased_put_op(key: &Bytes, value: &Bytes, lease: i64) -> RequestOp {
     RequestOp {
         request: Some(Request::RequestPut(PutRequest {
             key: key.clone(),
             value: value.clone(),
+            lease,
             ..Default::default()
         })),
     }
 }
 
-/// kube-apiserver's create: `If(mod_revision(key)==0) Then(Put(key))`.
-pub async fn create(ctx: &Ctx, key: Bytes) -> Result<(), Failure> {
+/// kube-apiserver's create: `If(mod_revision(key)==0) Then(Put(key))`, the put attached to
+/// `lease` unless it is 0 (events are created with one).
+pub async fn create(ctx: &Ctx, key: Bytes, lease: i64) -> Result<(), Failure> {
     let req = TxnRequest {
         compare: vec![mod_rev_cmp(&key, 0)],
-        success: vec![put_op(&key, &ctx.value)],
+        success: vec![leased_put_op(&key, &ctx.value, lease)],
         failure: vec![],
     };
     let r = ctx.kv().txn(req).await?.into_inner();
