@@ -152,6 +152,13 @@ fn compare_create() {
     compare("create");
 }
 
+/// The kube mix, whose event creates carry a lease: a lease id the server did not grant would
+/// fail them (`requested lease not found`) and count as errors.
+#[test]
+fn compare_kube() {
+    compare("kube");
+}
+
 /// A short `--scale` on both systems: each step measured at exactly its size, after the
 /// server went idle (within `--settle`), without errors.
 #[test]

@@ -142,7 +142,6 @@ impl WindowLimits {
 /// What the window holds now (for the server's gauges).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WindowSize {
-    pub revisions: usize,
     pub events: usize,
     /// Keys and values (current and previous) of its events.
     pub bytes: usize,
@@ -205,7 +204,6 @@ impl Hub {
     pub fn window(&self) -> WindowSize {
         let ring = self.ring();
         WindowSize {
-            revisions: ring.revisions.len(),
             events: ring.events,
             bytes: ring.bytes,
         }
@@ -268,6 +266,7 @@ impl CommitListener for Hub {
         let Some(last) = revisions.last().map(|r| r.revision) else {
             return;
         };
+        // Asked before taking the ring's lock, which readers of the window wait on.
         let slowest = self.readers.slowest();
         {
             let mut ring = self.ring();

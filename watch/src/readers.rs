@@ -9,15 +9,17 @@
 //! any evicted revision is, so a stale position costs a store read, never an event.
 
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex};
 
 /// A reader that needs nothing from the window (caught up, or no watcher at all).
 const NOTHING: i64 = i64::MAX;
 
-/// The registry of reader positions.
+/// The registry of reader positions. It holds a reference to each; a position only it holds
+/// belongs to a reader that has gone (read without touching the reference counts, which
+/// `Weak::upgrade` would do for every reader at every commit).
 #[derive(Default)]
 pub struct Readers {
-    positions: Mutex<Vec<Weak<AtomicI64>>>,
+    positions: Mutex<Vec<Arc<AtomicI64>>>,
 }
 
 impl Readers {
@@ -25,7 +27,7 @@ impl Readers {
     pub fn register(&self) -> ReaderPosition {
         let position = Arc::new(AtomicI64::new(NOTHING));
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
-        positions.push(Arc::downgrade(&position));
+        positions.push(position.clone());
         ReaderPosition(position)
     }
 
@@ -34,12 +36,12 @@ impl Readers {
     pub fn slowest(&self) -> i64 {
         let mut positions = self.positions.lock().unwrap_or_else(|p| p.into_inner());
         let mut slowest = NOTHING;
-        positions.retain(|p| match p.upgrade() {
-            Some(p) => {
+        positions.retain(|p| {
+            let live = Arc::strong_count(p) > 1;
+            if live {
                 slowest = slowest.min(p.load(Ordering::Relaxed));
-                true
             }
-            None => false,
+            live
         });
         slowest
     }

@@ -303,10 +303,14 @@ async fn settle<E: Engine>(
     sample.requests = replies.len();
     sample.total = started.elapsed();
     if sample.total >= SLOW_BATCH {
+        let written = engine_time.unwrap_or_default();
         tracing::warn!(
             requests = sample.requests,
             took_ms = sample.total.as_millis() as u64,
-            write_ms = engine_time.unwrap_or_default().as_millis() as u64,
+            // Open: evaluating its requests and waiting for the batch before it to be durable
+            // (a slow sync shows here, in the batch behind it, as well as in its own).
+            open_ms = sample.total.saturating_sub(written + synced).as_millis() as u64,
+            write_ms = written.as_millis() as u64,
             sync_ms = synced.as_millis() as u64,
             "write batch took too long"
         );
