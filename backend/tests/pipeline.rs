@@ -9,7 +9,7 @@ use backend::{CommitListener, CommittedRevision, Store, StoreOptions};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use support::{get, put, put_revision};
+use support::{get, put};
 use tokio::sync::Semaphore;
 
 /// An engine whose syncs wait for a permit, and whose first `failing` syncs fail.
@@ -139,19 +139,33 @@ async fn nothing_is_answered_published_or_logged_before_its_sync() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_sync_fails_its_writes_and_never_reuses_their_revisions() {
-    let engine = GatedSync::new(1000, 1);
-    let store = Store::open(engine.clone(), StoreOptions::default())
-        .await
-        .unwrap();
-    let err = store.put(put("a", "1")).await.unwrap_err();
-    assert!(err.to_string().contains("disk gone"), "{err}");
-    // The store was re-read after the failure: the write reached the engine, so its revision
-    // is taken (its outcome was unknown to the client, as after a timeout) and the next
-    // write comes after it.
-    assert_eq!(put_revision(&store, "b", "2").await, 3);
-    let a = store.range(&get("a")).await.unwrap();
-    assert_eq!(a.kvs.len(), 1);
-    assert_eq!(a.kvs[0].mod_revision, 2);
+    // Many rounds: the client retries the moment it hears of the failure, which once raced
+    // the writer taking in that failure (the retry was evaluated into a batch about to be
+    // failed as "an earlier batch failed").
+    for round in 0..200 {
+        let engine = GatedSync::new(1000, 1);
+        let store = Store::open(engine.clone(), StoreOptions::default())
+            .await
+            .unwrap();
+        let err = store.put(put("a", "1")).await.unwrap_err();
+        assert!(
+            err.to_string().contains("disk gone"),
+            "round {round}: {err}"
+        );
+        // The store was re-read after the failure: the write reached the engine, so its
+        // revision is taken (its outcome was unknown to the client, as after a timeout) and
+        // the next write comes after it.
+        let retried = store.put(put("b", "2")).await;
+        let revision = retried
+            .unwrap_or_else(|e| panic!("round {round}: the retry failed: {e}"))
+            .header
+            .expect("a header")
+            .revision;
+        assert_eq!(revision, 3, "round {round}");
+        let a = store.range(&get("a")).await.unwrap();
+        assert_eq!(a.kvs.len(), 1);
+        assert_eq!(a.kvs[0].mod_revision, 2);
+    }
 }
 
 /// Writes that arrive one by one while a batch syncs are evaluated into the next batch as they

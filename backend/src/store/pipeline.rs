@@ -41,14 +41,14 @@ pub(super) async fn run<E: Engine>(
             // A settled batch is collected before anything else is evaluated, so that one whose
             // sync failed has the store re-read first.
             biased;
-            ok = async {
+            outcome = async {
                 match writer.in_flight.as_mut() {
                     Some(flight) => (&mut flight.task).await,
                     None => std::future::pending().await,
                 }
             }, if writer.in_flight.is_some() => {
                 writer.in_flight = None;
-                writer.settled(ok.unwrap_or(false)).await;
+                writer.settled(outcome.unwrap_or_else(|_| Err(Unanswered::default()))).await;
             }
             job = rx.recv(), if may_evaluate => {
                 let Some(job) = job else { break };
@@ -81,22 +81,25 @@ impl<E: Engine> Writer<E> {
             && !self.in_flight.as_ref().is_some_and(|f| f.changes_state)
     }
 
-    /// The batch in flight settled (`ok`: durable, published and answered): the open batch,
+    /// The batch in flight settled (`Ok`: durable, published and answered): the open batch,
     /// evaluated on top of it, goes to the engine, or fails with it.
-    async fn settled(&mut self, ok: bool) {
-        if !ok {
-            resync(&self.shared, &self.options).await;
-            if let Some(mut batch) = self.open.take() {
-                // The store was re-read since (publishing whatever of the failed batch did
-                // reach the disk), so the outcome of these requests is unknown.
-                batch.fail(&earlier_batch_failed());
+    async fn settled(&mut self, outcome: Result<(), Unanswered>) {
+        let Err(unanswered) = outcome else {
+            if let Some(batch) = self.open.take() {
+                self.start(batch).await;
             }
-            self.applied = self.shared.revision.load(Ordering::Acquire);
             return;
+        };
+        resync(&self.shared, &self.options).await;
+        if let Some(mut batch) = self.open.take() {
+            // The store was re-read since (publishing whatever of the failed batch did
+            // reach the disk), so the outcome of these requests is unknown.
+            batch.fail(&earlier_batch_failed());
         }
-        if let Some(batch) = self.open.take() {
-            self.start(batch).await;
-        }
+        self.applied = self.shared.revision.load(Ordering::Acquire);
+        // Only now: a client that retries as soon as it hears of the failure is evaluated on
+        // the re-read store, not into the batch that was just failed.
+        unanswered.answer();
     }
 
     /// Evaluates `job` and whatever else is queued (one wakeup per burst of requests, not per
@@ -181,16 +184,23 @@ impl<E: Engine> Writer<E> {
     }
 
     /// Waits for the in-flight batch, if any. `false` if it failed to become durable; the
-    /// store has been re-read since.
+    /// store has been re-read since, and its requests answered after that.
     async fn settle_in_flight(&mut self) -> bool {
         let Some(flight) = self.in_flight.take() else {
             return true;
         };
-        let ok = flight.task.await.unwrap_or(false);
-        if !ok {
-            resync(&self.shared, &self.options).await;
+        match flight
+            .task
+            .await
+            .unwrap_or_else(|_| Err(Unanswered::default()))
+        {
+            Ok(()) => true,
+            Err(unanswered) => {
+                resync(&self.shared, &self.options).await;
+                unanswered.answer();
+                false
+            }
         }
-        ok
     }
 
     /// Every sender is gone: finishes what was accepted.
@@ -229,10 +239,29 @@ pub(super) async fn within<T>(
 /// logged, with where the time went (etcd warns of applies over 100 ms the same way).
 const SLOW_BATCH: std::time::Duration = std::time::Duration::from_millis(100);
 
+/// The requests of a batch that failed to become durable, with the error they get. The writer,
+/// not the task that synced the batch, answers them, and only once it has re-read the store:
+/// a request sent after such an answer must never be evaluated on top of the failed batch.
+#[derive(Default)]
+struct Unanswered {
+    replies: Vec<oneshot::Sender<KvResult<Reply>>>,
+    /// `None` if the sync task panicked (its requests' senders are gone with it).
+    err: Option<EngineError>,
+}
+
+impl Unanswered {
+    fn answer(self) {
+        let Some(err) = self.err else { return };
+        for reply in self.replies {
+            let _ = reply.send(Err(storage_error(&err)));
+        }
+    }
+}
+
 /// The batch being synced while the writer evaluates the next one.
 struct InFlight {
-    /// Syncs, publishes and answers the batch; `false` if it failed.
-    task: tokio::task::JoinHandle<bool>,
+    /// Syncs, publishes and answers the batch; hands its requests back if the sync failed.
+    task: tokio::task::JoinHandle<Result<(), Unanswered>>,
     /// Whether the batch changes leases or the compacted revision.
     changes_state: bool,
 }
@@ -269,12 +298,12 @@ impl Pending {
 }
 
 /// Makes `pending` durable, then publishes its revisions, lease and compaction changes and
-/// answers its requests. Returns `false` (its requests failed) if the sync failed.
+/// answers its requests. If the sync failed, hands the requests back unanswered.
 async fn settle<E: Engine>(
     shared: Arc<Shared<E>>,
     options: StoreOptions,
     pending: Pending,
-) -> bool {
+) -> Result<(), Unanswered> {
     let Pending {
         base,
         revision,
@@ -292,10 +321,10 @@ async fn settle<E: Engine>(
         let synced = within(options.write_timeout, "engine sync", shared.engine.sync()).await;
         if let Err(err) = synced {
             tracing::error!(%err, "write batch failed to become durable");
-            for (reply, _) in replies {
-                let _ = reply.send(Err(storage_error(&err)));
-            }
-            return false;
+            return Err(Unanswered {
+                replies: replies.into_iter().map(|(reply, _)| reply).collect(),
+                err: Some(err),
+            });
         }
     }
     let synced = syncing.elapsed();
@@ -336,7 +365,7 @@ async fn settle<E: Engine>(
     for (reply, result) in replies {
         let _ = reply.send(result);
     }
-    true
+    Ok(())
 }
 
 /// After a failed batch: a write that failed with an unknown outcome may have committed after

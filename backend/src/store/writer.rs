@@ -310,7 +310,12 @@ pub fn owned_event(mut event: Event) -> Event {
 /// The answer to each request of a batch that failed with `err` (engine errors are not
 /// `Clone`; every request gets the same message).
 pub(super) fn storage_error(err: &EngineError) -> KvError {
-    KvError::Engine(EngineError::Storage(err.to_string()))
+    let message = match err {
+        // Not `to_string()`: that would say "storage engine:" twice.
+        EngineError::Storage(message) => message.clone(),
+        other => other.to_string(),
+    };
+    KvError::Engine(EngineError::Storage(message))
 }
 
 /// Decides what a compaction step removes, against the writer's current view.
