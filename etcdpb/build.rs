@@ -28,6 +28,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         // Every `bytes` field becomes `bytes::Bytes`, so keys and values can
         // be shared with the storage layer without copying.
         .bytes(".")
+        // Prost, with each message's buffer reserved at its size (see `src/codec.rs`).
+        .codec_path("crate::codec::SizedCodec")
         .compile_fds(fds)?;
 
     // etcd's Watch service once more, answering with `WatchResponseEncoded` (wire-identical
@@ -42,7 +44,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .route_name("Watch")
                 .input_type("crate::etcdserverpb::WatchRequest")
                 .output_type("crate::etcdserverpb::WatchResponseEncoded")
-                .codec_path("crate::watch_codec::WatchCodec")
+                .codec_path("crate::codec::SizedCodec")
                 .client_streaming()
                 .server_streaming()
                 .build(),

@@ -48,52 +48,7 @@ pub mod encoded {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.Watch.rs"));
 }
 
-/// The codec of the [`encoded`] Watch server: prost, except that each response's buffer space
-/// is reserved at once. A response that batches many events is then copied into the transport
-/// buffer once, instead of growing it (and copying it again) step by step.
-pub mod watch_codec {
-    use super::etcdserverpb::{WatchRequest, WatchResponseEncoded};
-    use prost::Message;
-    use tonic::Status;
-    use tonic::codec::{Codec, EncodeBuf, Encoder};
-
-    #[derive(Debug, Clone, Copy, Default)]
-    pub struct WatchCodec;
-
-    #[derive(Debug, Clone, Copy, Default)]
-    pub struct WatchEncoder;
-
-    impl Codec for WatchCodec {
-        type Encode = WatchResponseEncoded;
-        type Decode = WatchRequest;
-        type Encoder = WatchEncoder;
-        type Decoder = tonic_prost::ProstDecoder<WatchRequest>;
-
-        fn encoder(&mut self) -> WatchEncoder {
-            WatchEncoder
-        }
-
-        fn decoder(&mut self) -> Self::Decoder {
-            tonic_prost::ProstDecoder::default()
-        }
-    }
-
-    impl Encoder for WatchEncoder {
-        type Item = WatchResponseEncoded;
-        type Error = Status;
-
-        fn encode(
-            &mut self,
-            item: WatchResponseEncoded,
-            buf: &mut EncodeBuf<'_>,
-        ) -> Result<(), Status> {
-            let len = item.encoded_len();
-            buf.reserve(len);
-            item.encode_raw(buf);
-            Ok(())
-        }
-    }
-}
+pub mod codec;
 
 impl From<etcdserverpb::WatchResponse> for etcdserverpb::WatchResponseEncoded {
     /// The same response with each event encoded (what the client receives is unchanged).
