@@ -84,18 +84,19 @@ pub fn meta_compaction_done() -> Bytes {
 }
 
 fn encode_into(buf: &mut BytesMut, key: &[u8]) {
-    for &b in key {
-        buf.put_u8(b);
-        if b == 0 {
-            buf.put_u8(ESCAPE);
-        }
+    let mut rest = key;
+    while let Some(at) = memchr::memchr(0, rest) {
+        buf.put_slice(&rest[..=at]);
+        buf.put_u8(ESCAPE);
+        rest = &rest[at + 1..];
     }
+    buf.put_slice(rest);
     buf.put_u8(0);
     buf.put_u8(TERMINATOR);
 }
 
 fn encoded(region: u8, key: &[u8], extra: usize) -> BytesMut {
-    let zeros = key.iter().filter(|&&b| b == 0).count();
+    let zeros = memchr::memchr_iter(0, key).count();
     let mut buf = BytesMut::with_capacity(1 + key.len() + zeros + 2 + extra);
     buf.put_u8(region);
     encode_into(&mut buf, key);
@@ -197,23 +198,37 @@ pub fn decode_log_key(entry: &[u8]) -> Option<(i64, u32)> {
 /// Splits a region entry into (user key, rest after the terminator).
 pub fn decode(entry: &[u8]) -> Option<(Bytes, &[u8])> {
     let body = entry.get(1..)?;
+    // Keys rarely hold a 0x00 byte: the first one found is usually the terminator, and the key
+    // is a single copy.
+    let first = memchr::memchr(0, body)?;
+    if body.get(first + 1) == Some(&TERMINATOR) {
+        return Some((Bytes::copy_from_slice(&body[..first]), &body[first + 2..]));
+    }
     let mut key = Vec::with_capacity(body.len());
-    let mut i = 0;
-    while i < body.len() {
-        let b = body[i];
-        if b == 0 {
-            match body.get(i + 1) {
-                Some(&ESCAPE) => key.push(0),
-                Some(&TERMINATOR) => return Some((Bytes::from(key), &body[i + 2..])),
-                _ => return None,
-            }
-            i += 2;
-        } else {
-            key.push(b);
-            i += 1;
+    let mut rest = body;
+    while let Some(at) = memchr::memchr(0, rest) {
+        key.extend_from_slice(&rest[..at]);
+        match rest.get(at + 1) {
+            Some(&ESCAPE) => key.push(0),
+            Some(&TERMINATOR) => return Some((Bytes::from(key), &rest[at + 2..])),
+            _ => return None,
         }
+        rest = &rest[at + 2..];
     }
     None
+}
+
+/// Splits a `REVS` entry into its encoded key (the entry's bytes up to and including the
+/// terminator: equal for two entries exactly when their user keys are equal, as the encoding
+/// is prefix-free) and its revision, without decoding or copying the key.
+pub fn split_revision_key(entry: &[u8]) -> Option<(&[u8], i64)> {
+    let at = entry.len().checked_sub(8)?;
+    let (encoded, rev) = entry.split_at(at);
+    if encoded.first() != Some(&REVS) || !encoded.ends_with(&[0, TERMINATOR]) {
+        return None;
+    }
+    let rev: [u8; 8] = rev.try_into().ok()?;
+    Some((encoded, !u64::from_be_bytes(rev) as i64))
 }
 
 /// Splits a `REVS` entry into (user key, revision).
@@ -259,6 +274,9 @@ mod tests {
         }
         for k in keys {
             assert_eq!(decode(&index_key(k)).unwrap().0, k);
+            let entry = revision_key(k, 42);
+            let (encoded, rev) = split_revision_key(&entry).unwrap();
+            assert_eq!((encoded, rev), (&revision_prefix(k)[..], 42));
             assert_eq!(
                 decode_revision_key(&revision_key(k, 42)).unwrap(),
                 (Bytes::copy_from_slice(k), 42)

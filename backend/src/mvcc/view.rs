@@ -295,14 +295,17 @@ impl<'a, S: Snapshot> View<'a, S> {
         // Forward, a key's entries come newest first: the first one at or below `revision` is
         // the one, the rest of that key is skipped. Reverse, they come oldest first: the last
         // one at or below `revision` before the key changes is the one.
+        // Keys are told apart by their encoded form (a slice of the entry, not a copy); only a
+        // version that is handed out has its key decoded.
         let mut current: Option<Bytes> = None;
         let mut candidate: Option<Version> = None;
         loop {
             let page = self.snapshot.scan(&range, PAGE, reverse).await?;
             for entry in &page {
-                let (key, rev) =
-                    keys::decode_revision_key(&entry.0).ok_or_else(|| corrupt(&entry.0))?;
-                let same_key = current.as_ref() == Some(&key);
+                let (encoded, rev) =
+                    keys::split_revision_key(&entry.0).ok_or_else(|| corrupt(&entry.0))?;
+                let same_key = current.as_deref() == Some(encoded);
+                let encoded = encoded.len();
                 if reverse {
                     if !same_key {
                         if let Some(version) = candidate.take()
@@ -310,13 +313,13 @@ impl<'a, S: Snapshot> View<'a, S> {
                         {
                             return Ok(());
                         }
-                        current = Some(key);
+                        current = Some(entry.0.slice(..encoded));
                     }
                     if rev <= revision {
                         candidate = Some(decode_version(entry.clone())?);
                     }
                 } else if !same_key && rev <= revision {
-                    current = Some(key);
+                    current = Some(entry.0.slice(..encoded));
                     if !visit(decode_version(entry.clone())?) {
                         return Ok(());
                     }
