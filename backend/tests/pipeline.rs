@@ -168,6 +168,78 @@ async fn a_failed_sync_fails_its_writes_and_never_reuses_their_revisions() {
     }
 }
 
+/// An engine whose unsynced writes become visible only when a sync succeeds; a failed sync
+/// loses them, as a disk that lost its cache would.
+struct LosingSync {
+    inner: MemoryEngine,
+    unsynced: Mutex<Vec<WriteBatch>>,
+    failing: AtomicUsize,
+}
+
+impl Engine for LosingSync {
+    type Snapshot = <MemoryEngine as Engine>::Snapshot;
+
+    async fn snapshot(&self) -> EngineResult<Self::Snapshot> {
+        self.inner.snapshot().await
+    }
+
+    async fn write(&self, batch: WriteBatch) -> EngineResult<()> {
+        self.inner.write(batch).await
+    }
+
+    async fn write_unsynced(&self, batch: WriteBatch) -> EngineResult<()> {
+        self.unsynced.lock().unwrap().push(batch);
+        Ok(())
+    }
+
+    async fn sync(&self) -> EngineResult<()> {
+        let batches = std::mem::take(&mut *self.unsynced.lock().unwrap());
+        if self.failing.load(Ordering::SeqCst) > 0 {
+            self.failing.fetch_sub(1, Ordering::SeqCst);
+            return Err(EngineError::Storage("disk gone".into()));
+        }
+        for batch in batches {
+            self.inner.write(batch).await?;
+        }
+        Ok(())
+    }
+
+    fn size_on_disk(&self) -> u64 {
+        0
+    }
+}
+
+/// The writer remembers the versions it wrote, to skip reading them back; a batch that failed
+/// to become durable must not leave its versions remembered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_batch_leaves_nothing_remembered() {
+    let engine = Arc::new(LosingSync {
+        inner: MemoryEngine::new(),
+        unsynced: Mutex::new(Vec::new()),
+        failing: AtomicUsize::new(0),
+    });
+    let store = Store::open(engine.clone(), StoreOptions::default())
+        .await
+        .unwrap();
+    store.put(put("a", "1")).await.unwrap(); // revision 2
+    engine.failing.store(1, Ordering::SeqCst);
+    store.put(put("a", "lost")).await.unwrap_err(); // revision 3, lost with its sync
+    let resp = store
+        .put(put("a", "2"))
+        .await
+        .expect("a write after the loss");
+    assert_eq!(
+        resp.header.unwrap().revision,
+        3,
+        "revision 3 was never durable"
+    );
+    let a = store.range(&get("a")).await.unwrap();
+    assert_eq!(
+        (&a.kvs[0].value[..], a.kvs[0].version, a.kvs[0].mod_revision),
+        (&b"2"[..], 2, 3)
+    );
+}
+
 /// Writes that arrive one by one while a batch syncs are evaluated into the next batch as they
 /// come and all carried by the one sync after it (not a batch for the first of them and
 /// another for the rest).

@@ -9,6 +9,7 @@ pub mod keys;
 pub mod overlay;
 pub mod record;
 pub mod view;
+pub mod written;
 
 pub use record::Version;
 pub use view::{Bounds, View};

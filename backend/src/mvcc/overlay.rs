@@ -5,6 +5,7 @@
 //! evaluation see `engine snapshot + overlay`, exactly the state the batch will commit.
 
 use super::record::Version;
+use super::written::WrittenLatest;
 use bytes::Bytes;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Bound;
@@ -27,9 +28,24 @@ pub struct Overlay {
     /// Each key's newest version in the engine snapshot, once looked up (compares, puts and
     /// the Get of a failed CAS often ask for the same key).
     engine_latest: Mutex<HashMap<Bytes, Option<Version>>>,
+    /// The newest versions the writer wrote in earlier batches: in the snapshot already.
+    written: WrittenLatest,
 }
 
 impl Overlay {
+    /// An overlay on top of a snapshot that holds everything `written` remembers.
+    pub fn on_top_of(written: WrittenLatest) -> Self {
+        Overlay {
+            written,
+            ..Overlay::default()
+        }
+    }
+
+    /// Hands back what the writer remembers, to be told about this batch once it is written.
+    pub fn take_written(&mut self) -> WrittenLatest {
+        std::mem::take(&mut self.written)
+    }
+
     /// The newest pending version of `key` at or below `revision`.
     pub fn version_at(&self, key: &[u8], revision: i64) -> Option<&Version> {
         self.keys
@@ -80,6 +96,9 @@ impl Overlay {
     }
 
     pub fn cached_latest(&self, key: &[u8]) -> Option<Option<Version>> {
+        if let Some(version) = self.written.get(key) {
+            return Some(Some(version.clone()));
+        }
         let cache = self.engine_latest.lock().unwrap_or_else(|p| p.into_inner());
         cache.get(key).cloned()
     }

@@ -15,6 +15,7 @@ use super::Shared;
 use super::writer::{CommittedRevision, Job, OpenBatch, Reply, storage_error};
 use crate::engine::{Engine, EngineError};
 use crate::kv::KvResult;
+use crate::mvcc::written::WrittenLatest;
 use crate::store::StoreOptions;
 use crate::store::stats::BatchSample;
 use std::collections::BTreeMap;
@@ -34,6 +35,7 @@ pub(super) async fn run<E: Engine>(
         options,
         in_flight: None,
         open: None,
+        written: WrittenLatest::default(),
     };
     loop {
         let may_evaluate = writer.may_evaluate();
@@ -70,6 +72,9 @@ struct Writer<E: Engine> {
     in_flight: Option<InFlight>,
     /// The batch being filled while `in_flight` syncs.
     open: Option<OpenBatch<E::Snapshot>>,
+    /// The latest versions of the keys written by earlier batches (moved into the open batch
+    /// while there is one). Dropped whenever a batch fails: the store is re-read then.
+    written: WrittenLatest,
 }
 
 impl<E: Engine> Writer<E> {
@@ -90,6 +95,7 @@ impl<E: Engine> Writer<E> {
             }
             return;
         };
+        self.written = WrittenLatest::default();
         resync(&self.shared, &self.options).await;
         if let Some(mut batch) = self.open.take() {
             // The store was re-read since (publishing whatever of the failed batch did
@@ -126,7 +132,8 @@ impl<E: Engine> Writer<E> {
     /// `false` if the batch failed (its requests are answered already).
     async fn evaluate(&mut self, job: Job) -> bool {
         if self.open.is_none() {
-            match OpenBatch::begin(&self.shared, self.applied).await {
+            let written = std::mem::take(&mut self.written);
+            match OpenBatch::begin(&self.shared, self.applied, written).await {
                 Ok(batch) => self.open = Some(batch),
                 Err(err) => {
                     tracing::error!(%err, "write batch failed");
@@ -164,7 +171,8 @@ impl<E: Engine> Writer<E> {
     async fn start(&mut self, batch: OpenBatch<E::Snapshot>) {
         debug_assert!(self.in_flight.is_none());
         match batch.write(&self.shared, &self.options).await {
-            Ok(pending) => {
+            Ok((pending, written)) => {
+                self.written = written;
                 self.applied = pending.revision;
                 let changes_state = pending.changes_state();
                 let settling = settle(self.shared.clone(), self.options.clone(), pending);
@@ -196,6 +204,7 @@ impl<E: Engine> Writer<E> {
         {
             Ok(()) => true,
             Err(unanswered) => {
+                self.written = WrittenLatest::default();
                 resync(&self.shared, &self.options).await;
                 unanswered.answer();
                 false

@@ -9,6 +9,7 @@ use crate::lease::LeaseTable;
 use crate::mvcc::keys;
 use crate::mvcc::overlay::Overlay;
 use crate::mvcc::record::{encode_counter, encode_index};
+use crate::mvcc::written::WrittenLatest;
 use crate::mvcc::{Version, View};
 use crate::store::StoreOptions;
 use crate::store::stats::BatchSample;
@@ -114,10 +115,12 @@ pub(super) struct OpenBatch<S> {
 }
 
 impl<S: Snapshot> OpenBatch<S> {
-    /// An empty batch on top of revision `base`, which must be in the engine already.
+    /// An empty batch on top of revision `base`, which must be in the engine already, as must
+    /// every version `written` remembers.
     pub(super) async fn begin<E: Engine<Snapshot = S>>(
         shared: &Shared<E>,
         base: i64,
+        written: WrittenLatest,
     ) -> Result<Self, EngineError> {
         let started = std::time::Instant::now();
         let snapshot = shared.engine.snapshot().await?;
@@ -125,7 +128,7 @@ impl<S: Snapshot> OpenBatch<S> {
             snapshot,
             base,
             compacted: shared.compacted.load(Ordering::Acquire),
-            overlay: Overlay::default(),
+            overlay: Overlay::on_top_of(written),
             extra: Extra::default(),
             revision: base,
             committed: Vec::new(),
@@ -214,13 +217,14 @@ impl<S: Snapshot> OpenBatch<S> {
         }
     }
 
-    /// Writes the batch's effects to the engine, not yet synced. On an engine failure every
-    /// request of the batch fails.
+    /// Writes the batch's effects to the engine, not yet synced, and hands back what the
+    /// writer remembers of its latest versions, this batch's included. On an engine failure
+    /// every request of the batch fails (and what was remembered is dropped).
     pub(super) async fn write<E: Engine<Snapshot = S>>(
         self,
         shared: &Shared<E>,
         options: &StoreOptions,
-    ) -> Result<Pending, Failure> {
+    ) -> Result<(Pending, WrittenLatest), Failure> {
         let OpenBatch {
             snapshot,
             base,
@@ -236,7 +240,7 @@ impl<S: Snapshot> OpenBatch<S> {
         // The snapshot pins engine state; the batch needs it no longer.
         drop(snapshot);
         let lease_changes = std::mem::take(&mut overlay.leases);
-        let mut batch = build_batch(overlay, &lease_changes, &extra, &committed, base, revision);
+        let mut batch = build_batch(&overlay, &lease_changes, &extra, &committed, base, revision);
         if let Some(fence) = &options.fence {
             batch.conditions.push(fence.clone());
         }
@@ -274,7 +278,16 @@ impl<S: Snapshot> OpenBatch<S> {
             shared.revision_stored.store(true, Ordering::Release);
         }
         tracing::trace!(requests = replies.len(), "batch written");
-        Ok(Pending {
+        let mut written = overlay.take_written();
+        written.written(
+            overlay.keys(),
+            extra
+                .index_removals
+                .iter()
+                .filter(|(key, _)| !overlay.contains(key))
+                .map(|(key, _)| key),
+        );
+        let pending = Pending {
             base,
             revision,
             wrote,
@@ -285,7 +298,8 @@ impl<S: Snapshot> OpenBatch<S> {
             sample,
             started,
             engine_time: wrote.then(|| writing.elapsed()),
-        })
+        };
+        Ok((pending, written))
     }
 }
 
@@ -340,7 +354,7 @@ async fn plan_removals<S: crate::engine::Snapshot>(
 }
 
 fn build_batch(
-    overlay: Overlay,
+    overlay: &Overlay,
     leases: &BTreeMap<i64, Option<i64>>,
     extra: &Extra,
     committed: &[CommittedRevision],

@@ -1,0 +1,197 @@
+//! The latest version of each key the writer wrote in earlier batches, carried from one batch
+//! to the next.
+//!
+//! Every request the writer evaluates first reads its key's newest version: two point reads
+//! (`INDEX`, then `REVS`) in the engine. On keys written again and again (node leases,
+//! endpoints, a hot key) the memtable holds thousands of versions of each, and those reads
+//! were 12-13% of the server's CPU under a put load on 1,000 keys. The writer wrote those
+//! versions itself, so it can remember them instead.
+//!
+//! It is right only while nothing else changes the engine: the writer is the only writer of
+//! its term (a new term opens a new store), compaction tells it which keys lose their index
+//! entry, and the map moves into each batch and comes back only from a batch that reached the
+//! engine: a batch that fails drops it, and the writer starts again from the engine.
+
+use super::overlay::PendingKey;
+use super::record::Version;
+use bytes::Bytes;
+use std::collections::{BTreeMap, HashMap};
+
+/// Keys remembered before the map starts over: enough for the hot keys of a cluster, small
+/// beside the memtable.
+const MAX_KEYS: usize = 16_384;
+const MAX_BYTES: usize = 8 << 20;
+
+#[derive(Debug, Default)]
+pub struct WrittenLatest {
+    versions: HashMap<Bytes, Version>,
+    bytes: usize,
+}
+
+impl WrittenLatest {
+    /// The newest version of `key` in the engine, if the writer wrote it in an earlier batch.
+    pub fn get(&self, key: &[u8]) -> Option<&Version> {
+        self.versions.get(key)
+    }
+
+    /// Takes in a batch that reached the engine: its keys' last versions, and the keys whose
+    /// index entry compaction removed with it (their latest version was a compacted tombstone:
+    /// the engine now has no version of them).
+    ///
+    /// Only updates are remembered (a put of a key that existed: `version >= 2`). Most keys
+    /// are created and rarely written again (events, pods): remembering creates cost a copy
+    /// and a map insert per create and 8 MiB of RSS for nothing (measured: +4% CPU per create).
+    /// A hot key pays one engine read, at its first update.
+    pub fn written<'a>(
+        &mut self,
+        keys: &BTreeMap<Bytes, PendingKey>,
+        index_removed: impl IntoIterator<Item = &'a Bytes>,
+    ) {
+        for key in index_removed {
+            if let Some(gone) = self.versions.remove(&key[..]) {
+                self.bytes -= size(&gone);
+            }
+        }
+        for (key, pending) in keys {
+            let Some(last) = pending.versions.last() else {
+                continue;
+            };
+            let replaced = match last {
+                Version::Put(kv) if kv.version >= 2 => {
+                    // Copies: the request's bytes are slices of the buffer it arrived in, which
+                    // a kept slice would keep alive whole.
+                    let last = owned(last);
+                    self.bytes += size(&last);
+                    self.versions.insert(Bytes::copy_from_slice(key), last)
+                }
+                // Not remembered, and what was remembered of the key is out of date.
+                _ => self.versions.remove(&key[..]),
+            };
+            if let Some(old) = replaced {
+                self.bytes -= size(&old);
+            }
+        }
+        if self.versions.len() > MAX_KEYS || self.bytes > MAX_BYTES {
+            *self = WrittenLatest::default();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.versions.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.versions.is_empty()
+    }
+}
+
+/// What a remembered version costs, roughly: its key twice (map key and version) and value.
+fn size(version: &Version) -> usize {
+    match version {
+        Version::Put(kv) => 2 * kv.key.len() + kv.value.len() + 64,
+        Version::Tombstone { key, .. } => 2 * key.len() + 32,
+    }
+}
+
+fn owned(version: &Version) -> Version {
+    match version {
+        Version::Put(kv) => {
+            let mut kv = kv.clone();
+            kv.key = Bytes::copy_from_slice(&kv.key);
+            kv.value = Bytes::copy_from_slice(&kv.value);
+            Version::Put(kv)
+        }
+        Version::Tombstone { key, mod_revision } => Version::Tombstone {
+            key: Bytes::copy_from_slice(key),
+            mod_revision: *mod_revision,
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use etcdpb::mvccpb::KeyValue;
+
+    fn put(key: &str, rev: i64, value: usize) -> Version {
+        Version::Put(KeyValue {
+            key: Bytes::copy_from_slice(key.as_bytes()),
+            create_revision: 2,
+            mod_revision: rev,
+            version: rev - 1,
+            value: Bytes::from(vec![b'v'; value]),
+            lease: 0,
+        })
+    }
+
+    fn batch(versions: &[(&str, Version)]) -> BTreeMap<Bytes, PendingKey> {
+        let mut keys = BTreeMap::new();
+        for (key, version) in versions {
+            keys.entry(Bytes::copy_from_slice(key.as_bytes()))
+                .or_insert_with(|| PendingKey {
+                    base_index: None,
+                    versions: Vec::new(),
+                })
+                .versions
+                .push(version.clone());
+        }
+        keys
+    }
+
+    #[test]
+    fn remembers_each_updated_keys_last_version() {
+        let mut written = WrittenLatest::default();
+        // a is created (version 1) and updated in one batch; b is only created.
+        written.written(
+            &batch(&[
+                ("a", put("a", 2, 8)),
+                ("a", put("a", 3, 8)),
+                ("b", put("b", 2, 8)),
+            ]),
+            [],
+        );
+        assert_eq!(written.get(b"a"), Some(&put("a", 3, 8)));
+        assert_eq!(written.get(b"b"), None, "creates are not remembered");
+        written.written(&batch(&[("b", put("b", 4, 8))]), []);
+        assert_eq!(written.get(b"b"), Some(&put("b", 4, 8)));
+    }
+
+    #[test]
+    fn forgets_keys_deleted_recreated_or_left_without_an_index_entry() {
+        let mut written = WrittenLatest::default();
+        written.written(&batch(&[("a", put("a", 3, 8)), ("b", put("b", 3, 8))]), []);
+        written.written(&batch(&[("c", put("c", 3, 8))]), []);
+        assert_eq!(written.len(), 3);
+        let tombstone = Version::Tombstone {
+            key: Bytes::from_static(b"a"),
+            mod_revision: 4,
+        };
+        let mut recreated = put("b", 5, 8);
+        if let Version::Put(kv) = &mut recreated {
+            kv.version = 1;
+        }
+        written.written(&batch(&[("a", tombstone), ("b", recreated)]), []);
+        assert_eq!((written.get(b"a"), written.get(b"b")), (None, None));
+        written.written(&BTreeMap::new(), [&Bytes::from_static(b"c")]);
+        assert!(written.is_empty());
+        assert_eq!(written.bytes, 0, "sizes are given back");
+    }
+
+    #[test]
+    fn starts_over_past_its_bounds() {
+        let mut written = WrittenLatest::default();
+        let big = MAX_BYTES / 4;
+        for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
+            written.written(&batch(&[(key, put(key, i as i64 + 3, big))]), []);
+        }
+        assert_eq!(written.len(), 3);
+        // Rewriting a key replaces its size, it does not add to it.
+        written.written(&batch(&[("a", put("a", 9, big))]), []);
+        assert_eq!(written.len(), 3);
+        written.written(&batch(&[("d", put("d", 10, big))]), []);
+        assert!(
+            written.is_empty(),
+            "past {MAX_BYTES} bytes the map starts over"
+        );
+    }
+}
