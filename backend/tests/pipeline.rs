@@ -17,6 +17,9 @@ struct GatedSync {
     inner: MemoryEngine,
     permits: Semaphore,
     failing: AtomicUsize,
+    /// Unsynced writes, if they become visible only when a sync succeeds (a failed sync loses
+    /// them, as a disk that lost its cache would); otherwise they are visible at once.
+    unsynced: Option<Mutex<Vec<WriteBatch>>>,
 }
 
 impl GatedSync {
@@ -25,6 +28,15 @@ impl GatedSync {
             inner: MemoryEngine::new(),
             permits: Semaphore::new(permits),
             failing: AtomicUsize::new(failing),
+            unsynced: None,
+        })
+    }
+
+    /// Syncs never wait, and a failed one loses the writes since the last.
+    fn losing() -> Arc<Self> {
+        Arc::new(GatedSync {
+            unsynced: Some(Mutex::new(Vec::new())),
+            ..Arc::into_inner(GatedSync::new(Semaphore::MAX_PERMITS, 0)).unwrap()
         })
     }
 }
@@ -41,7 +53,13 @@ impl Engine for GatedSync {
     }
 
     async fn write_unsynced(&self, batch: WriteBatch) -> EngineResult<()> {
-        self.inner.write(batch).await
+        match &self.unsynced {
+            Some(unsynced) => {
+                unsynced.lock().unwrap().push(batch);
+                Ok(())
+            }
+            None => self.inner.write(batch).await,
+        }
     }
 
     async fn sync(&self) -> EngineResult<()> {
@@ -50,10 +68,17 @@ impl Engine for GatedSync {
             .await
             .map_err(|e| EngineError::Storage(e.to_string()))?
             .forget();
+        let batches = match &self.unsynced {
+            Some(unsynced) => std::mem::take(&mut *unsynced.lock().unwrap()),
+            None => Vec::new(),
+        };
         let failing = self.failing.load(Ordering::SeqCst);
         if failing > 0 {
             self.failing.store(failing - 1, Ordering::SeqCst);
             return Err(EngineError::Storage("disk gone".into()));
+        }
+        for batch in batches {
+            self.inner.write(batch).await?;
         }
         Ok(())
     }
@@ -168,56 +193,11 @@ async fn a_failed_sync_fails_its_writes_and_never_reuses_their_revisions() {
     }
 }
 
-/// An engine whose unsynced writes become visible only when a sync succeeds; a failed sync
-/// loses them, as a disk that lost its cache would.
-struct LosingSync {
-    inner: MemoryEngine,
-    unsynced: Mutex<Vec<WriteBatch>>,
-    failing: AtomicUsize,
-}
-
-impl Engine for LosingSync {
-    type Snapshot = <MemoryEngine as Engine>::Snapshot;
-
-    async fn snapshot(&self) -> EngineResult<Self::Snapshot> {
-        self.inner.snapshot().await
-    }
-
-    async fn write(&self, batch: WriteBatch) -> EngineResult<()> {
-        self.inner.write(batch).await
-    }
-
-    async fn write_unsynced(&self, batch: WriteBatch) -> EngineResult<()> {
-        self.unsynced.lock().unwrap().push(batch);
-        Ok(())
-    }
-
-    async fn sync(&self) -> EngineResult<()> {
-        let batches = std::mem::take(&mut *self.unsynced.lock().unwrap());
-        if self.failing.load(Ordering::SeqCst) > 0 {
-            self.failing.fetch_sub(1, Ordering::SeqCst);
-            return Err(EngineError::Storage("disk gone".into()));
-        }
-        for batch in batches {
-            self.inner.write(batch).await?;
-        }
-        Ok(())
-    }
-
-    fn size_on_disk(&self) -> u64 {
-        0
-    }
-}
-
 /// The writer remembers the versions it wrote, to skip reading them back; a batch that failed
 /// to become durable must not leave its versions remembered.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_batch_leaves_nothing_remembered() {
-    let engine = Arc::new(LosingSync {
-        inner: MemoryEngine::new(),
-        unsynced: Mutex::new(Vec::new()),
-        failing: AtomicUsize::new(0),
-    });
+    let engine = GatedSync::losing();
     let store = Store::open(engine.clone(), StoreOptions::default())
         .await
         .unwrap();
