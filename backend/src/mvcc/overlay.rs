@@ -97,7 +97,7 @@ impl Overlay {
 
     pub fn cached_latest(&self, key: &[u8]) -> Option<Option<Version>> {
         if let Some(version) = self.written.get(key) {
-            return Some(Some(version.clone()));
+            return Some(Some(version));
         }
         let cache = self.engine_latest.lock().unwrap_or_else(|p| p.into_inner());
         cache.get(key).cloned()

@@ -279,7 +279,7 @@ impl<S: Snapshot> OpenBatch<S> {
         }
         tracing::trace!(requests = replies.len(), "batch written");
         let mut written = overlay.take_written();
-        written.written(
+        written.remember(
             overlay.keys(),
             extra
                 .index_removals
