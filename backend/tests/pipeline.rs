@@ -24,19 +24,24 @@ struct GatedSync {
 
 impl GatedSync {
     fn new(permits: usize, failing: usize) -> Arc<Self> {
-        Arc::new(GatedSync {
-            inner: MemoryEngine::new(),
-            permits: Semaphore::new(permits),
-            failing: AtomicUsize::new(failing),
-            unsynced: None,
-        })
+        Self::build(permits, failing, None)
     }
 
     /// Syncs never wait, and a failed one loses the writes since the last.
     fn losing() -> Arc<Self> {
+        Self::build(Semaphore::MAX_PERMITS, 0, Some(Mutex::default()))
+    }
+
+    fn build(
+        permits: usize,
+        failing: usize,
+        unsynced: Option<Mutex<Vec<WriteBatch>>>,
+    ) -> Arc<Self> {
         Arc::new(GatedSync {
-            unsynced: Some(Mutex::new(Vec::new())),
-            ..Arc::into_inner(GatedSync::new(Semaphore::MAX_PERMITS, 0)).unwrap()
+            inner: MemoryEngine::new(),
+            permits: Semaphore::new(permits),
+            failing: AtomicUsize::new(failing),
+            unsynced,
         })
     }
 }

@@ -355,6 +355,15 @@ mod s {
         for rev in [0, 1, 2, 3, 4, 5, 6] {
             c.get_with("a", GetOptions::new().with_revision(rev)).await;
             c.get_with("", all().with_revision(rev)).await;
+            // Descending by key is a reverse walk over every version: the newest at or below
+            // the revision of each key, a deleted key left out.
+            for limit in [0, 1] {
+                let descending = all()
+                    .with_revision(rev)
+                    .with_sort(SortTarget::Key, SortOrder::Descend)
+                    .with_limit(limit);
+                c.get_with("", descending).await;
+            }
         }
         c.get_with("a", GetOptions::new().with_revision(-5)).await;
         c.get_with("", all().with_revision(3).with_count_only())

@@ -11,6 +11,17 @@ const PUT: u8 = 1;
 const TOMBSTONE: u8 = 2;
 const PUT_HEADER: usize = 1 + 8 + 8 + 8;
 
+/// `kv` with bytes of its own. Keys and values decoded from a request are slices of the buffer
+/// the request arrived in: whatever outlives the request (the watch window's events, the
+/// writer's remembered versions) keeps its own copy, or it would keep that whole buffer alive.
+pub fn owned_kv(kv: &KeyValue) -> KeyValue {
+    KeyValue {
+        key: Bytes::copy_from_slice(&kv.key),
+        value: Bytes::copy_from_slice(&kv.value),
+        ..kv.clone()
+    }
+}
+
 /// One version of a key, as read back from the engine.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Version {

@@ -298,7 +298,9 @@ impl<'a, S: Snapshot> View<'a, S> {
         // Keys are told apart by their encoded form (a slice of the entry, not a copy); only a
         // version that is handed out has its key decoded.
         let mut current: Option<Bytes> = None;
-        let mut candidate: Option<Version> = None;
+        // Reverse: the newest entry at or below `revision` seen so far of the current key,
+        // decoded only once it is the one.
+        let mut candidate: Option<Entry> = None;
         loop {
             let page = self.snapshot.scan(&range, PAGE, reverse).await?;
             for entry in &page {
@@ -308,15 +310,15 @@ impl<'a, S: Snapshot> View<'a, S> {
                 let encoded = encoded.len();
                 if reverse {
                     if !same_key {
-                        if let Some(version) = candidate.take()
-                            && !visit(version)
+                        if let Some(entry) = candidate.take()
+                            && !visit(decode_version(entry)?)
                         {
                             return Ok(());
                         }
                         current = Some(entry.0.slice(..encoded));
                     }
                     if rev <= revision {
-                        candidate = Some(decode_version(entry.clone())?);
+                        candidate = Some(entry.clone());
                     }
                 } else if !same_key && rev <= revision {
                     current = Some(entry.0.slice(..encoded));
@@ -336,8 +338,8 @@ impl<'a, S: Snapshot> View<'a, S> {
                 _ => break,
             }
         }
-        if let Some(version) = candidate.take() {
-            visit(version);
+        if let Some(entry) = candidate.take() {
+            visit(decode_version(entry)?);
         }
         Ok(())
     }

@@ -13,7 +13,7 @@
 //! engine: a batch that fails drops it, and the writer starts again from the engine.
 
 use super::overlay::PendingKey;
-use super::record::Version;
+use super::record::{Version, owned_kv};
 use bytes::Bytes;
 use etcdpb::mvccpb::KeyValue;
 use std::collections::{BTreeMap, HashMap};
@@ -50,35 +50,49 @@ impl WrittenLatest {
         index_removed: impl IntoIterator<Item = &'a Bytes>,
     ) {
         for key in index_removed {
-            if let Some(gone) = self.versions.remove(&key[..]) {
-                self.bytes -= size(&gone);
-            }
+            self.forget(key);
         }
         for (key, pending) in keys {
             let Some(last) = pending.versions.last() else {
                 continue;
             };
-            let replaced = match last {
-                Version::Put(kv) if kv.version >= 2 => {
-                    // Copies: the request's bytes are slices of the buffer it arrived in, which
-                    // a kept slice would keep alive whole.
+            let Version::Put(kv) = last else {
+                // A delete is not remembered, and what was remembered of the key is out of date.
+                self.forget(key);
+                continue;
+            };
+            if kv.version < 2 {
+                // A create (or re-create): not remembered.
+                self.forget(key);
+                continue;
+            }
+            match self.versions.get_mut(&key[..]) {
+                // Replaced in place; its key (the map's and the version's) is kept from the
+                // first time.
+                Some(slot) => {
                     let kv = KeyValue {
-                        key: Bytes::copy_from_slice(&kv.key),
+                        key: slot.key.clone(),
                         value: Bytes::copy_from_slice(&kv.value),
                         ..kv.clone()
                     };
-                    self.bytes += size(&kv);
-                    self.versions.insert(Bytes::copy_from_slice(key), kv)
+                    self.bytes = self.bytes + size(&kv) - size(slot);
+                    *slot = kv;
                 }
-                // Not remembered, and what was remembered of the key is out of date.
-                _ => self.versions.remove(&key[..]),
-            };
-            if let Some(old) = replaced {
-                self.bytes -= size(&old);
+                None => {
+                    let kv = owned_kv(kv);
+                    self.bytes += size(&kv);
+                    self.versions.insert(kv.key.clone(), kv);
+                }
             }
         }
         if self.versions.len() > MAX_KEYS || self.bytes > MAX_BYTES {
             *self = WrittenLatest::default();
+        }
+    }
+
+    fn forget(&mut self, key: &[u8]) {
+        if let Some(gone) = self.versions.remove(key) {
+            self.bytes -= size(&gone);
         }
     }
 
@@ -91,9 +105,10 @@ impl WrittenLatest {
     }
 }
 
-/// What a remembered version costs, roughly: its key twice (map key and version) and value.
+/// What a remembered version costs, roughly: its key (shared by the map and the version), its
+/// value and the map's entry.
 fn size(kv: &KeyValue) -> usize {
-    2 * kv.key.len() + kv.value.len() + 64
+    kv.key.len() + kv.value.len() + 64
 }
 
 #[cfg(test)]

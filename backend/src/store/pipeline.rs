@@ -50,7 +50,7 @@ pub(super) async fn run<E: Engine>(
                 }
             }, if writer.in_flight.is_some() => {
                 writer.in_flight = None;
-                writer.settled(outcome.unwrap_or_else(|_| Err(Unanswered::default()))).await;
+                writer.settled(joined(outcome)).await;
             }
             job = rx.recv(), if may_evaluate => {
                 let Some(job) = job else { break };
@@ -89,17 +89,23 @@ impl<E: Engine> Writer<E> {
     /// The batch in flight settled (`Ok`: durable, published and answered): the open batch,
     /// evaluated on top of it, goes to the engine, or fails with it.
     async fn settled(&mut self, outcome: Result<(), Unanswered>) {
-        let Err(unanswered) = outcome else {
-            if let Some(batch) = self.open.take() {
-                self.start(batch).await;
+        match outcome {
+            Ok(()) => {
+                if let Some(batch) = self.open.take() {
+                    self.start(batch).await;
+                }
             }
-            return;
-        };
+            Err(unanswered) => self.sync_failed(unanswered).await,
+        }
+    }
+
+    /// The batch in flight failed to become durable: the store is re-read (publishing whatever
+    /// of it did reach the disk), what the writer remembered of its versions is dropped, and
+    /// the open batch, evaluated on top of it, fails with it.
+    async fn sync_failed(&mut self, unanswered: Unanswered) {
         self.written = WrittenLatest::default();
         resync(&self.shared, &self.options).await;
         if let Some(mut batch) = self.open.take() {
-            // The store was re-read since (publishing whatever of the failed batch did
-            // reach the disk), so the outcome of these requests is unknown.
             batch.fail(&earlier_batch_failed());
         }
         self.applied = self.shared.revision.load(Ordering::Acquire);
@@ -191,22 +197,16 @@ impl<E: Engine> Writer<E> {
         }
     }
 
-    /// Waits for the in-flight batch, if any. `false` if it failed to become durable; the
-    /// store has been re-read since, and its requests answered after that.
+    /// Waits for the in-flight batch, if any. `false` if it failed to become durable (see
+    /// [`Self::sync_failed`]: the open batch failed with it).
     async fn settle_in_flight(&mut self) -> bool {
         let Some(flight) = self.in_flight.take() else {
             return true;
         };
-        match flight
-            .task
-            .await
-            .unwrap_or_else(|_| Err(Unanswered::default()))
-        {
+        match joined(flight.task.await) {
             Ok(()) => true,
             Err(unanswered) => {
-                self.written = WrittenLatest::default();
-                resync(&self.shared, &self.options).await;
-                unanswered.answer();
+                self.sync_failed(unanswered).await;
                 false
             }
         }
@@ -214,16 +214,19 @@ impl<E: Engine> Writer<E> {
 
     /// Every sender is gone: finishes what was accepted.
     async fn finish(mut self) {
-        let settled = self.settle_in_flight().await;
-        if let Some(mut batch) = self.open.take() {
-            if settled {
-                self.start(batch).await;
-                self.settle_in_flight().await;
-            } else {
-                batch.fail(&earlier_batch_failed());
-            }
+        // A failed sync fails the open batch with it.
+        if self.settle_in_flight().await
+            && let Some(batch) = self.open.take()
+        {
+            self.start(batch).await;
+            self.settle_in_flight().await;
         }
     }
+}
+
+/// A sync task's outcome; one that panicked answered nobody (its requests' senders are gone).
+fn joined(task: Result<Result<(), Unanswered>, tokio::task::JoinError>) -> Result<(), Unanswered> {
+    task.unwrap_or_else(|_| Err(Unanswered::default()))
 }
 
 /// The answer to requests evaluated on top of a batch that failed to become durable.

@@ -8,7 +8,7 @@ use crate::kv::{Apply, KvError, KvResult, revision_entry};
 use crate::lease::LeaseTable;
 use crate::mvcc::keys;
 use crate::mvcc::overlay::Overlay;
-use crate::mvcc::record::{encode_counter, encode_index};
+use crate::mvcc::record::{encode_counter, encode_index, owned_kv};
 use crate::mvcc::written::WrittenLatest;
 use crate::mvcc::{Version, View};
 use crate::store::StoreOptions;
@@ -303,20 +303,15 @@ impl<S: Snapshot> OpenBatch<S> {
     }
 }
 
-/// `event` with bytes of its own. Keys and values decoded from a request are slices of the
-/// buffer the request arrived in; the watch hub keeps events for thousands of revisions, and
-/// each kept slice would keep its whole receive buffer alive (measured: 16k events of 1 KiB
-/// values held ~160 MiB instead of ~35).
+/// `event` with bytes of its own ([`owned_kv`]): the watch hub keeps events for thousands of
+/// revisions (measured with slices of the requests' buffers: 16k events of 1 KiB values held
+/// ~160 MiB instead of ~35).
 pub fn owned_event(mut event: Event) -> Event {
-    let own = |kv: &mut etcdpb::mvccpb::KeyValue| {
-        kv.key = Bytes::copy_from_slice(&kv.key);
-        kv.value = Bytes::copy_from_slice(&kv.value);
-    };
-    if let Some(kv) = event.kv.as_mut() {
-        own(kv);
-    }
-    if let Some(kv) = event.prev_kv.as_mut() {
-        own(kv);
+    for kv in [event.kv.as_mut(), event.prev_kv.as_mut()]
+        .into_iter()
+        .flatten()
+    {
+        *kv = owned_kv(kv);
     }
     event
 }

@@ -105,10 +105,7 @@ impl KubeWorkload {
             update(ctx, &self.leases, n, &self.lease_revs, &mut st).await
         } else {
             st.count("kube-create-event", 1);
-            match self.event_lease().await {
-                Ok(lease) => create(ctx, key(&self.events, i), lease).await,
-                Err(err) => Err(err),
-            }
+            async { create(ctx, key(&self.events, i), self.event_lease().await?).await }.await
         };
         (rng, st, res)
     }
