@@ -123,6 +123,21 @@ pub async fn range<S: Snapshot>(
     let more = limit > 0 && kvs.len() > limit;
     if more {
         kvs.truncate(limit);
+        if !fetch_all && !reverse_by_key {
+            // A paginated list asks for its next page from just after this page's last key
+            // (kube-apiserver's continue key is `last ++ "\0"`). The page holds the first
+            // `limit` live keys of the range in key order, so what remains after it is
+            // `count - limit`: remembered here, the next page's count costs nothing, where it
+            // would otherwise walk this page's keys again (at a past revision, every version).
+            let mut next = Vec::with_capacity(kvs[limit - 1].key.len() + 1);
+            next.extend_from_slice(&kvs[limit - 1].key);
+            next.push(0);
+            let rest = Bounds {
+                start: &next,
+                end: bounds.end,
+            };
+            view.remember_count(rest, rev, count.saturating_sub(limit));
+        }
     }
     if req.keys_only {
         for kv in &mut kvs {

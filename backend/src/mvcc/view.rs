@@ -178,6 +178,7 @@ impl<'a, S: Snapshot> View<'a, S> {
             return self.count_uncached(bounds, revision, latest).await;
         };
         let count = match cache.before(bounds.start, bounds.end, revision) {
+            Some((known_start, known)) if known_start == bounds.start => known,
             Some((known_start, known)) => {
                 let gap = Bounds {
                     start: &known_start,
@@ -189,6 +190,14 @@ impl<'a, S: Snapshot> View<'a, S> {
         };
         cache.remember(bounds.start, bounds.end, revision, count);
         Ok(count)
+    }
+
+    /// Tells the count cache that `bounds` holds `count` live keys at `revision` (a count this
+    /// view learnt without counting, see `kv::range`). Views without a cache ignore it.
+    pub fn remember_count(&self, bounds: Bounds<'_>, revision: i64, count: usize) {
+        if let Some(cache) = self.counts {
+            cache.remember(bounds.start, bounds.end, revision, count);
+        }
     }
 
     async fn count_uncached(

@@ -489,3 +489,65 @@ impl<E: Engine> Store<E> {
         rx.await.map_err(|_| KvError::Stopped)?
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::MemoryEngine;
+    use bytes::Bytes;
+
+    /// A page of a paginated list leaves the count of what follows it in the cache, under the
+    /// start the next page asks for, so that page's count walks nothing.
+    #[tokio::test]
+    async fn a_page_remembers_the_count_after_it() {
+        let store = Store::open(MemoryEngine::new(), StoreOptions::default())
+            .await
+            .unwrap();
+        for i in 0..30 {
+            let req = PutRequest {
+                key: Bytes::from(format!("p/{i:02}")),
+                value: Bytes::from_static(b"v"),
+                ..Default::default()
+            };
+            store.put(req).await.unwrap();
+        }
+        let end = Bytes::from_static(b"p0");
+        let page = store
+            .range(&RangeRequest {
+                key: Bytes::from_static(b"p/"),
+                range_end: end.clone(),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert!(page.more);
+        assert_eq!(page.count, 30);
+        let next = Bytes::from_static(b"p/09\0");
+        let revision = store.revision();
+        assert_eq!(
+            store.shared.counts.before(&next, Some(&end), revision),
+            Some((next.clone(), 20))
+        );
+        // A descending page continues elsewhere: it leaves no such hint.
+        store
+            .range(&RangeRequest {
+                key: Bytes::from_static(b"p/"),
+                range_end: end.clone(),
+                limit: 10,
+                sort_order: etcdpb::etcdserverpb::range_request::SortOrder::Descend as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let after_last = Bytes::from_static(b"p/20\0");
+        assert_ne!(
+            store
+                .shared
+                .counts
+                .before(&after_last, Some(&end), revision)
+                .map(|(start, _)| start),
+            Some(after_last)
+        );
+    }
+}
