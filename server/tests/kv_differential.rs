@@ -30,6 +30,7 @@ diff_tests!(s:
     sort_target_without_order,
     sort_with_limit,
     revision_reads,
+    paginated_lists_at_a_pinned_revision,
     serializable_reads,
     mod_and_create_filters,
     filters_with_limit_and_sort,
@@ -377,6 +378,66 @@ mod s {
                 .with_sort(SortTarget::Create, SortOrder::Descend),
         )
         .await;
+    }
+
+    /// kube-apiserver's paginated list: pages continue at `last key ++ "\0"` at the first
+    /// page's revision, while writes land before and after the cursor. Every page's `count`
+    /// (what remains of the range at that revision) must be etcd's. The same list runs twice
+    /// at that revision (the second reuses what the first left), then pages start at keys no
+    /// page ended on, and a descending list pages from the other end.
+    pub async fn paginated_lists_at_a_pinned_revision(c: &mut Ctx) {
+        fill(c, "p/", 20).await;
+        let pinned = c
+            .get("p/0")
+            .await
+            .ok()
+            .and_then(|r| r.header())
+            .map(|h| h.revision());
+        let pinned = pinned.unwrap_or(0);
+        let page = |start: &[u8]| {
+            let opts = GetOptions::new()
+                .with_range("p0")
+                .with_revision(pinned)
+                .with_limit(3);
+            (start.to_vec(), opts)
+        };
+        for pass in 0..2 {
+            let mut start = b"p/".to_vec();
+            loop {
+                let (key, opts) = page(&start);
+                let out = c.get_with(key, opts).await;
+                let Some(r) = out.ok() else { break };
+                let (Some(last), true) = (r.kvs().last(), r.more()) else {
+                    break;
+                };
+                start = last.key().to_vec();
+                start.push(0);
+                // The keyspace moves on: a key after the cursor deleted, one created before
+                // it and one after it.
+                let n = c.steps.len();
+                c.del(format!("p/{}", 19 - (n + pass) % 10)).await;
+                c.put(format!("p/0{n}"), "early").await;
+                c.put(format!("p/9{n}"), "late").await;
+            }
+        }
+        for start in ["p/1", "p/15", "p/15\0", "p/3", "p/7x"] {
+            let (key, opts) = page(start.as_bytes());
+            c.get_with(key, opts).await;
+        }
+        let mut end = b"p0".to_vec();
+        loop {
+            let opts = GetOptions::new()
+                .with_range(end.clone())
+                .with_revision(pinned)
+                .with_limit(4)
+                .with_sort(SortTarget::Key, SortOrder::Descend);
+            let out = c.get_with("p/", opts).await;
+            let Some(r) = out.ok() else { break };
+            let (Some(last), true) = (r.kvs().last(), r.more()) else {
+                break;
+            };
+            end = last.key().to_vec();
+        }
     }
 
     pub async fn serializable_reads(c: &mut Ctx) {
