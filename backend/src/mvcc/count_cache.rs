@@ -84,31 +84,34 @@ impl CountCache {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let now = counts.tick();
         let key = (end.map(Bytes::copy_from_slice), revision);
-        if counts.ranges.len() >= CAPACITY && !counts.ranges.contains_key(&key) {
-            let oldest = counts
-                .ranges
-                .iter()
-                .min_by_key(|(_, starts)| starts.used)
-                .map(|(key, _)| key.clone());
-            if let Some(oldest) = oldest {
-                counts.ranges.remove(&oldest);
-            }
+        if counts.ranges.len() >= CAPACITY
+            && !counts.ranges.contains_key(&key)
+            && let Some(oldest) = least_recent(&counts.ranges, |starts| starts.used)
+        {
+            counts.ranges.remove(&oldest);
         }
         let starts = counts.ranges.entry(key).or_default();
         starts.used = now;
         let known = Known { count, used: now };
         starts.by_start.insert(Bytes::copy_from_slice(start), known);
-        if starts.by_start.len() > STARTS {
-            let oldest = starts
-                .by_start
-                .iter()
-                .min_by_key(|(_, known)| known.used)
-                .map(|(start, _)| start.clone());
-            if let Some(oldest) = oldest {
-                starts.by_start.remove(&oldest);
-            }
+        if starts.by_start.len() > STARTS
+            && let Some(oldest) = least_recent(&starts.by_start, |known| known.used)
+        {
+            starts.by_start.remove(&oldest);
         }
     }
+}
+
+/// The key of the entry used least recently (a linear scan: the maps are small, and this runs
+/// only when one is full).
+fn least_recent<'a, K: Clone + 'a, V: 'a>(
+    entries: impl IntoIterator<Item = (&'a K, &'a V)>,
+    used: impl Fn(&V) -> u64,
+) -> Option<K> {
+    entries
+        .into_iter()
+        .min_by_key(|(_, value)| used(value))
+        .map(|(key, _)| key.clone())
 }
 
 #[cfg(test)]
