@@ -16,7 +16,6 @@ use tokio::sync::Mutex;
 
 use super::kv::{create, get, list, update};
 use super::{Ctx, Failure, OpOutput, Rng, key, populate};
-use crate::cli::Args;
 use crate::stats::Stats;
 
 pub struct KubeWorkload {
@@ -49,23 +48,13 @@ async fn grant(ctx: &Ctx, ttl: Duration) -> Result<i64, Failure> {
 
 impl KubeWorkload {
     /// Pre-populates --keys pods and max(--keys/10, 1) node leases.
-    pub async fn prepare(ctx: Arc<Ctx>, args: &Args) -> Result<KubeWorkload> {
+    pub async fn prepare(ctx: Arc<Ctx>) -> Result<KubeWorkload> {
         let pods = format!("/registry/pods/bench-{}/", ctx.nonce);
         let leases = format!("/registry/leases/kube-node-lease-{}/", ctx.nonce);
         let events = format!("/registry/events/bench-{}/", ctx.nonce);
         let nodes = (ctx.keys / 10).max(1);
-        populate(
-            &ctx,
-            (0..ctx.keys).map(|n| key(&pods, n)).collect(),
-            args.clients,
-        )
-        .await?;
-        let revs = populate(
-            &ctx,
-            (0..nodes).map(|n| key(&leases, n)).collect(),
-            args.clients,
-        )
-        .await?;
+        populate(&ctx, (0..ctx.keys).map(|n| key(&pods, n)).collect()).await?;
+        let revs = populate(&ctx, (0..nodes).map(|n| key(&leases, n)).collect()).await?;
         let lease = grant(&ctx, EVENT_TTL)
             .await
             .map_err(|e| anyhow::anyhow!("granting the event lease: {}", e.0))?;

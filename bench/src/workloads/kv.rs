@@ -12,7 +12,7 @@ use etcdpb::etcdserverpb::response_op::Response;
 use etcdpb::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
 
 use super::{Ctx, Failure, OpOutput, Rng, key, populate, prefix_end};
-use crate::cli::{Args, WorkloadKind};
+use crate::cli::WorkloadKind;
 use crate::stats::Stats;
 
 /// Page size of paginated lists (kube-apiserver's default for its own lists).
@@ -29,7 +29,7 @@ pub struct KvWorkload {
 }
 
 impl KvWorkload {
-    pub async fn prepare(ctx: Arc<Ctx>, kind: WorkloadKind, args: &Args) -> Result<KvWorkload> {
+    pub async fn prepare(ctx: Arc<Ctx>, kind: WorkloadKind) -> Result<KvWorkload> {
         let prefix = match kind {
             WorkloadKind::Put => format!("/bench/put/{}/", ctx.nonce),
             WorkloadKind::Create => format!("/registry/bench-create/{}/", ctx.nonce),
@@ -48,7 +48,7 @@ impl KvWorkload {
                 | WorkloadKind::List
         ) {
             let keys = (0..ctx.keys).map(|n| key(&prefix, n)).collect();
-            revs = populate(&ctx, keys, args.clients).await?;
+            revs = populate(&ctx, keys).await?;
         }
         Ok(KvWorkload {
             revs: revs.into_iter().map(AtomicI64::new).collect(),

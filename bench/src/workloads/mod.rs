@@ -139,13 +139,17 @@ pub fn random_value(size: usize, seed: u64) -> Bytes {
     Bytes::from(v)
 }
 
-/// Writes `keys` with `value` using up to `concurrency` in-flight Puts; returns the
+/// In-flight Puts while pre-populating. Not --clients: the preload is not measured, and with
+/// the few clients of a list run (2-4) a million keys took ~9 minutes to write one by one.
+const POPULATE_PUTS: usize = 64;
+
+/// Writes `keys` with `value` using up to [`POPULATE_PUTS`] in-flight Puts; returns the
 /// mod_revision of each key, in order.
-pub async fn populate(ctx: &Arc<Ctx>, keys: Vec<Bytes>, concurrency: usize) -> Result<Vec<i64>> {
+pub async fn populate(ctx: &Arc<Ctx>, keys: Vec<Bytes>) -> Result<Vec<i64>> {
     let keys = Arc::new(keys);
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
-    for _ in 0..concurrency.clamp(1, 64) {
+    for _ in 0..POPULATE_PUTS {
         let (ctx, keys, next) = (ctx.clone(), keys.clone(), next.clone());
         tasks.push(tokio::spawn(async move {
             let mut revs = Vec::new();
@@ -194,11 +198,9 @@ pub enum Prepared {
 pub async fn prepare(args: &Args, endpoints: &[String]) -> Result<Prepared> {
     let ctx = Arc::new(Ctx::connect(args, endpoints).await?);
     Ok(match args.workload {
-        WorkloadKind::Kube => {
-            Prepared::Kube(Arc::new(kube::KubeWorkload::prepare(ctx, args).await?))
-        }
+        WorkloadKind::Kube => Prepared::Kube(Arc::new(kube::KubeWorkload::prepare(ctx).await?)),
         WorkloadKind::Watch => Prepared::Watch(watch::WatchWorkload::new(ctx, args)),
-        k => Prepared::Kv(Arc::new(kv::KvWorkload::prepare(ctx, k, args).await?)),
+        k => Prepared::Kv(Arc::new(kv::KvWorkload::prepare(ctx, k).await?)),
     })
 }
 
