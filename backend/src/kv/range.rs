@@ -2,7 +2,7 @@
 //! sorting, revision filters, keys_only and count_only.
 
 use super::error::{KvError, KvResult};
-use crate::engine::Snapshot;
+use crate::engine::{Snapshot, next_key};
 use crate::mvcc::{Bounds, View};
 use etcdpb::etcdserverpb::{
     RangeRequest, RangeResponse, ResponseHeader,
@@ -129,9 +129,7 @@ pub async fn range<S: Snapshot>(
             // `limit` live keys of the range in key order, so what remains after it is
             // `count - limit`: remembered here, the next page's count costs nothing, where it
             // would otherwise walk this page's keys again (at a past revision, every version).
-            let mut next = Vec::with_capacity(kvs[limit - 1].key.len() + 1);
-            next.extend_from_slice(&kvs[limit - 1].key);
-            next.push(0);
+            let next = next_key(&kvs[limit - 1].key);
             let rest = Bounds {
                 start: &next,
                 end: bounds.end,

@@ -178,7 +178,9 @@ impl<'a, S: Snapshot> View<'a, S> {
             return self.count_uncached(bounds, revision, latest).await;
         };
         let count = match cache.before(bounds.start, bounds.end, revision) {
-            Some((known_start, known)) if known_start == bounds.start => known,
+            // Remembered for this very start (the page before left it): nothing to count or
+            // to remember again.
+            Some((known_start, known)) if known_start == bounds.start => return Ok(known),
             Some((known_start, known)) => {
                 let gap = Bounds {
                     start: &known_start,

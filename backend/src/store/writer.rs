@@ -279,13 +279,11 @@ impl<S: Snapshot> OpenBatch<S> {
         }
         tracing::trace!(requests = replies.len(), "batch written");
         let mut written = overlay.take_written();
+        // A key both in the overlay and among the index removals ends as the overlay says:
+        // `remember` forgets the removals first.
         written.remember(
             overlay.keys(),
-            extra
-                .index_removals
-                .iter()
-                .filter(|(key, _)| !overlay.contains(key))
-                .map(|(key, _)| key),
+            extra.index_removals.iter().map(|(key, _)| key),
         );
         let pending = Pending {
             base,
