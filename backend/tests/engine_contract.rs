@@ -75,6 +75,26 @@ async fn get_absent_and_present<E: Engine>(engine: &E) {
     assert_eq!(get(engine, b"c").await, None);
 }
 
+async fn get_many_answers_in_order<E: Engine>(engine: &E) {
+    put_all(engine, &[(b"a", b"1"), (b"b", b""), (b"c", b"3")]).await;
+    let snapshot = engine.snapshot().await.expect("snapshot");
+    put_all(engine, &[(b"a", b"later"), (b"d", b"later")]).await;
+    let wanted = [b("c"), b("x"), b("a"), b("b"), b("d"), b("c")];
+    let values = snapshot.get_many(&wanted).await.expect("get_many");
+    // The snapshot's values, one per key asked, in the order asked: absent keys (and keys
+    // written after the snapshot) are `None`, an empty value is present, a repeat answers twice.
+    let expected = [
+        Some(b("3")),
+        None,
+        Some(b("1")),
+        Some(b("")),
+        None,
+        Some(b("3")),
+    ];
+    assert_eq!(values, expected);
+    assert!(snapshot.get_many(&[]).await.expect("get_many").is_empty());
+}
+
 async fn scan_with_limits<E: Engine>(engine: &E) {
     let pairs: Vec<(Vec<u8>, Vec<u8>)> = (0..10)
         .map(|i| (format!("k{i}").into_bytes(), format!("v{i}").into_bytes()))
@@ -763,6 +783,7 @@ macro_rules! contract {
             }
 
             check!(get_absent_and_present);
+            check!(get_many_answers_in_order);
             check!(scan_with_limits);
             check!(binary_keys);
             check!(visit_stops_when_told);

@@ -71,6 +71,13 @@ pub struct Args {
     #[arg(long, default_value_t = 1000)]
     pub keys: u64,
 
+    /// Versions each pre-populated key has before the measured phase: the preload writes every
+    /// key this many times (list, get, update, kube pods). Stores keep the versions until a
+    /// compaction; a busy cluster's objects have many of them between kube-apiserver's
+    /// compactions (every 5 minutes).
+    #[arg(long, default_value_t = 1)]
+    pub versions: u64,
+
     /// Measured operations to run (default 10000 unless --duration is given).
     #[arg(long)]
     pub ops: Option<u64>,
@@ -173,6 +180,9 @@ impl Args {
         }
         if self.keys == 0 {
             return Err("--keys must be at least 1".into());
+        }
+        if self.versions == 0 {
+            return Err("--versions must be at least 1".into());
         }
         if self.workload == WorkloadKind::Watch {
             if self.watchers == 0 || self.streams == 0 {

@@ -54,6 +54,9 @@ pub fn describe(args: &Args) -> String {
         args.value_size,
         args.keys
     );
+    if args.versions > 1 {
+        let _ = write!(s, " versions={}", args.versions);
+    }
     if let Some(n) = args.ops {
         let _ = write!(s, " ops={n}");
     }
@@ -204,6 +207,7 @@ pub fn to_json(args: &Args, systems: &[SystemReport]) -> Value {
             "conns": args.conns,
             "value_size": args.value_size,
             "keys": args.keys,
+            "versions": args.versions,
             "ops": args.ops,
             "duration": args.duration,
             "rate": args.rate,

@@ -109,19 +109,22 @@ fn run_bench(args: &[&str]) -> (String, Value) {
     (stdout, report)
 }
 
-/// Runs a short `--compare` of `workload` and checks the JSON report.
-fn compare(workload: &str) {
-    let (stdout, report) = run_bench(&[
+/// Runs a short `--compare` of `ops` operations of `workload` (with `extra` arguments) and
+/// checks the JSON report.
+fn compare(workload: &str, ops: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
         "--compare",
         "--workload",
         workload,
         "--ops",
-        "300",
+        ops,
         "--clients",
         "8",
         "--conns",
         "2",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let (stdout, report) = run_bench(&args);
     assert!(
         stdout.contains("engram/etcd"),
         "no comparison table:\n{stdout}"
@@ -140,23 +143,32 @@ fn compare(workload: &str) {
             "{name}: {s:#}"
         );
     }
+    report
 }
 
 #[test]
 fn compare_put() {
-    compare("put");
+    compare("put", "300", &[]);
 }
 
 #[test]
 fn compare_create() {
-    compare("create");
+    compare("create", "300", &[]);
 }
 
 /// The kube mix, whose event creates carry a lease: a lease id the server did not grant would
 /// fail them (`requested lease not found`) and count as errors.
 #[test]
 fn compare_kube() {
-    compare("kube");
+    compare("kube", "300", &[]);
+}
+
+/// Lists of keys written three times each: every list must return each key once (a list that
+/// returns another count fails as `list-count-mismatch`).
+#[test]
+fn compare_list_of_keys_with_versions() {
+    let report = compare("list", "12", &["--keys", "1200", "--versions", "3"]);
+    assert_eq!(report["params"]["versions"], 3, "{report:#}");
 }
 
 /// A short `--scale` on both systems: each step measured at exactly its size, after the

@@ -498,11 +498,14 @@ async fn watches_requiring_a_leader_leave_a_member_without_one() {
         broken: Arc::new(std::sync::atomic::AtomicBool::new(broken)),
     };
     let a = LocalMember::start("brain-a", &reach(false), FLAGS).unwrap();
+    // b starts once a leads: started together, either may win the first election (on a loaded
+    // machine, with parallel test binaries, a's first campaign can take seconds).
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !a.is_leader() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let b_engine = reach(false);
     let b = LocalMember::start("brain-b", &b_engine, FLAGS).unwrap();
-    // a campaigns first; on a loaded machine (parallel test binaries) its first election and
-    // b's learning of it can take seconds.
-    let deadline = std::time::Instant::now() + Duration::from_secs(15);
     while !(a.is_leader() && b.member().brain.leader().is_some())
         && std::time::Instant::now() < deadline
     {

@@ -2,7 +2,8 @@
 //!
 //! Each scenario runs on a fresh real etcd 3.5 and a fresh engram; every response is
 //! compared exactly (see `support::diff`). Set `ENGRAM_DIFF_SELF_CHECK=1` to run both
-//! sides on etcd. Parts 2 and 3: `kv_differential_txn.rs`, `kv_differential_errors.rs`.
+//! sides on etcd. Parts 2 to 4: `kv_differential_txn.rs`, `kv_differential_errors.rs`,
+//! `kv_differential_lists.rs`.
 
 #[macro_use]
 mod support;
@@ -30,7 +31,6 @@ diff_tests!(s:
     sort_target_without_order,
     sort_with_limit,
     revision_reads,
-    paginated_lists_at_a_pinned_revision,
     serializable_reads,
     mod_and_create_filters,
     filters_with_limit_and_sort,
@@ -40,13 +40,6 @@ diff_tests!(s:
     delete_all_and_from_key,
     recreate_after_delete,
 );
-
-/// Puts `n` keys `{prefix}{i}` with value `v{i}` (rev increases by one per key).
-async fn fill(c: &mut Ctx, prefix: &str, n: usize) {
-    for i in 0..n {
-        c.put(format!("{prefix}{i}"), format!("v{i}")).await;
-    }
-}
 
 fn all() -> GetOptions {
     GetOptions::new().with_all_keys()
@@ -179,7 +172,7 @@ mod s {
     }
 
     pub async fn get_from_key_and_all(c: &mut Ctx) {
-        fill(c, "k", 5).await;
+        c.fill("k", 5).await;
         c.put("a", "a").await;
         c.put("z", "z").await;
         c.get_with("k2", GetOptions::new().with_from_key()).await;
@@ -214,7 +207,7 @@ mod s {
     }
 
     pub async fn get_limit_and_more(c: &mut Ctx) {
-        fill(c, "k", 5).await;
+        c.fill("k", 5).await;
         for limit in [1, 2, 4, 5, 6, 0, -1] {
             c.get_with("k", GetOptions::new().with_prefix().with_limit(limit))
                 .await;
@@ -233,7 +226,7 @@ mod s {
     }
 
     pub async fn get_count_only(c: &mut Ctx) {
-        fill(c, "k", 4).await;
+        c.fill("k", 4).await;
         c.get_with("k", GetOptions::new().with_prefix().with_count_only())
             .await;
         c.get_with(
@@ -257,7 +250,7 @@ mod s {
     }
 
     pub async fn get_keys_only(c: &mut Ctx) {
-        fill(c, "k", 3).await;
+        c.fill("k", 3).await;
         c.put("k1", "again").await;
         c.get_with("k", GetOptions::new().with_prefix().with_keys_only())
             .await;
@@ -311,7 +304,7 @@ mod s {
     pub async fn sort_ties_keep_key_order(c: &mut Ctx) {
         // All versions equal 1 except k2: ties must keep ascending key order, also
         // when sorting descending (etcd 3.5 sorts stably here: at most 6 keys).
-        fill(c, "k", 5).await;
+        c.fill("k", 5).await;
         c.put("k2", "v2").await;
         for order in [SortOrder::Ascend, SortOrder::Descend] {
             for target in [SortTarget::Version, SortTarget::Value] {
@@ -380,68 +373,8 @@ mod s {
         .await;
     }
 
-    /// kube-apiserver's paginated list: pages continue at `last key ++ "\0"` at the first
-    /// page's revision, while writes land before and after the cursor. Every page's `count`
-    /// (what remains of the range at that revision) must be etcd's. The same list runs twice
-    /// at that revision (the second reuses what the first left), then pages start at keys no
-    /// page ended on, and a descending list pages from the other end.
-    pub async fn paginated_lists_at_a_pinned_revision(c: &mut Ctx) {
-        fill(c, "p/", 20).await;
-        let pinned = c
-            .get("p/0")
-            .await
-            .ok()
-            .and_then(|r| r.header())
-            .map(|h| h.revision());
-        let pinned = pinned.unwrap_or(0);
-        let page = |start: &[u8]| {
-            let opts = GetOptions::new()
-                .with_range("p0")
-                .with_revision(pinned)
-                .with_limit(3);
-            (start.to_vec(), opts)
-        };
-        for pass in 0..2 {
-            let mut start = b"p/".to_vec();
-            loop {
-                let (key, opts) = page(&start);
-                let out = c.get_with(key, opts).await;
-                let Some(r) = out.ok() else { break };
-                let (Some(last), true) = (r.kvs().last(), r.more()) else {
-                    break;
-                };
-                start = last.key().to_vec();
-                start.push(0);
-                // The keyspace moves on: a key after the cursor deleted, one created before
-                // it and one after it.
-                let n = c.steps.len();
-                c.del(format!("p/{}", 19 - (n + pass) % 10)).await;
-                c.put(format!("p/0{n}"), "early").await;
-                c.put(format!("p/9{n}"), "late").await;
-            }
-        }
-        for start in ["p/1", "p/15", "p/15\0", "p/3", "p/7x"] {
-            let (key, opts) = page(start.as_bytes());
-            c.get_with(key, opts).await;
-        }
-        let mut end = b"p0".to_vec();
-        loop {
-            let opts = GetOptions::new()
-                .with_range(end.clone())
-                .with_revision(pinned)
-                .with_limit(4)
-                .with_sort(SortTarget::Key, SortOrder::Descend);
-            let out = c.get_with("p/", opts).await;
-            let Some(r) = out.ok() else { break };
-            let (Some(last), true) = (r.kvs().last(), r.more()) else {
-                break;
-            };
-            end = last.key().to_vec();
-        }
-    }
-
     pub async fn serializable_reads(c: &mut Ctx) {
-        fill(c, "k", 3).await;
+        c.fill("k", 3).await;
         c.get_with("k1", GetOptions::new().with_serializable())
             .await;
         c.get_with(
@@ -455,7 +388,7 @@ mod s {
     }
 
     pub async fn mod_and_create_filters(c: &mut Ctx) {
-        fill(c, "k", 5).await; // k0..k4 created at 2..6
+        c.fill("k", 5).await; // k0..k4 created at 2..6
         c.put("k1", "x").await; // 7
         c.put("k3", "y").await; // 8
         let p = || GetOptions::new().with_prefix();
@@ -481,7 +414,7 @@ mod s {
     }
 
     pub async fn filters_with_limit_and_sort(c: &mut Ctx) {
-        fill(c, "k", 5).await;
+        c.fill("k", 5).await;
         c.put("k0", "x").await;
         c.put("k2", "y").await;
         let p = || GetOptions::new().with_prefix();
@@ -511,7 +444,7 @@ mod s {
     }
 
     pub async fn delete_prev_kv(c: &mut Ctx) {
-        fill(c, "k", 4).await;
+        c.fill("k", 4).await;
         c.put("k1", "new").await;
         let pk = || DeleteOptions::new().with_prev_key();
         c.del_with("k1", pk()).await;
@@ -535,7 +468,7 @@ mod s {
     }
 
     pub async fn delete_all_and_from_key(c: &mut Ctx) {
-        fill(c, "k", 4).await;
+        c.fill("k", 4).await;
         c.put("a", "1").await;
         c.del_with("k2", DeleteOptions::new().with_from_key()).await;
         c.get_with("", all()).await;

@@ -57,9 +57,7 @@ fn put(k: &str, v: &str) -> TxnOp {
 
 /// Puts `k{i}` = `v{i}` for i in 0..n.
 async fn fill(w: &mut W, prefix: &str, n: usize) {
-    for i in 0..n {
-        w.c.put(format!("{prefix}{i}"), format!("v{i}")).await;
-    }
+    w.c.fill(prefix, n).await;
 }
 
 mod s {

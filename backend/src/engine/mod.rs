@@ -166,6 +166,22 @@ pub trait Snapshot: Send + Sync + 'static {
     /// The value of `key`, if present.
     fn get(&self, key: &[u8]) -> impl Future<Output = EngineResult<Option<Bytes>>> + Send;
 
+    /// The values of `keys`, in the same order. Engines that can look several keys up in one
+    /// request (TiKV's batch get) override it; walks that read one known key per listed key
+    /// (see `mvcc::view`) would otherwise pay a round trip per key.
+    fn get_many(
+        &self,
+        keys: &[Bytes],
+    ) -> impl Future<Output = EngineResult<Vec<Option<Bytes>>>> + Send {
+        async move {
+            let mut values = Vec::with_capacity(keys.len());
+            for key in keys {
+                values.push(self.get(key).await?);
+            }
+            Ok(values)
+        }
+    }
+
     /// Up to `limit` entries of `range` in key order (descending when `reverse`).
     fn scan(
         &self,

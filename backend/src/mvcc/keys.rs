@@ -116,6 +116,28 @@ pub fn revision_key(key: &[u8], revision: i64) -> Bytes {
 }
 
 /// All versions of `key`, newest first, from `revision` down (`revision = i64::MAX`: all).
+/// `encoded` (a region byte and an encoded key, as in an entry of any region) in `region`.
+pub fn in_region(region: u8, encoded: &[u8]) -> Bytes {
+    let mut buf = BytesMut::with_capacity(encoded.len().max(1));
+    buf.put_u8(region);
+    buf.put_slice(encoded.get(1..).unwrap_or_default());
+    buf.freeze()
+}
+
+/// The `REVS` key of revision `revision` of the key whose `INDEX` entry is `index_entry`
+/// (the same encoded key in the other region), or `None` if `index_entry` is not one.
+pub fn revision_key_of_index(index_entry: &[u8], revision: i64) -> Option<Bytes> {
+    let encoded = index_entry.strip_prefix(&[INDEX])?;
+    if !encoded.ends_with(&[0, TERMINATOR]) {
+        return None;
+    }
+    let mut buf = BytesMut::with_capacity(1 + encoded.len() + 8);
+    buf.put_u8(REVS);
+    buf.put_slice(encoded);
+    buf.put_u64(!(revision as u64));
+    Some(buf.freeze())
+}
+
 pub fn versions_of(key: &[u8], at_or_below: i64) -> KeyRange {
     let start = revision_key(key, at_or_below);
     let mut end = encoded(REVS, key, 0);

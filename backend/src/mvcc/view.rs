@@ -9,13 +9,20 @@ use super::count_cache::CountCache;
 use super::keys::{self, INDEX, REVS};
 use super::overlay::Overlay;
 use super::record::{Version, decode_index};
-use crate::engine::{EngineError, EngineResult, Entry, Snapshot, next_key};
+use crate::engine::{EngineError, EngineResult, Entry, KeyRange, Snapshot, next_key};
 use bytes::Bytes;
 use etcdpb::mvccpb::KeyValue;
 use std::collections::BTreeMap;
 
-/// Entries fetched per engine scan while walking a range.
+/// Entries fetched per engine scan while walking a range through `REVS`.
 const PAGE: usize = 512;
+/// The first such scan of a walk (see [`View::walk`]).
+const FIRST_PAGE: usize = 64;
+/// Versions per key (on average over a page) past which a walk goes on through `INDEX`. A
+/// key's exact read costs about as much as reading one more of its versions in order.
+const DENSE: usize = 2;
+/// Index entries fetched per engine scan while walking a range through `INDEX` (at most).
+const INDEX_PAGE: usize = 512;
 /// Index entries counted per engine visit.
 const COUNT_PAGE: usize = 8192;
 
@@ -119,6 +126,11 @@ impl<'a, S: Snapshot> View<'a, S> {
                 return decode_version((at, value)).map(Some);
             }
         }
+        self.seek_version(key, revision).await
+    }
+
+    /// `key`'s newest version at or below `revision`, by a seek into its versions.
+    async fn seek_version(&self, key: &[u8], revision: i64) -> EngineResult<Option<Version>> {
         let range = keys::versions_of(key, revision);
         let found = self.snapshot.scan(&range, 1, false).await?;
         match found.into_iter().next() {
@@ -155,13 +167,8 @@ impl<'a, S: Snapshot> View<'a, S> {
         }
         let mut out = Vec::new();
         let limit = limit.unwrap_or(usize::MAX);
-        self.walk(bounds, revision, reverse, |version| {
-            if let Version::Put(kv) = version {
-                out.push(kv);
-            }
-            out.len() < limit
-        })
-        .await?;
+        self.walk(bounds, revision, reverse, limit, |kv| out.push(kv))
+            .await?;
         Ok(out)
     }
 
@@ -215,11 +222,8 @@ impl<'a, S: Snapshot> View<'a, S> {
         }
         if revision < latest {
             let mut n = 0;
-            self.walk(bounds, revision, false, |version| {
-                n += version.live().is_some() as usize;
-                true
-            })
-            .await?;
+            self.walk(bounds, revision, false, usize::MAX, |_| n += 1)
+                .await?;
             return Ok(n);
         }
         let mut n = 0;
@@ -267,11 +271,8 @@ impl<'a, S: Snapshot> View<'a, S> {
         revision: i64,
     ) -> EngineResult<BTreeMap<Bytes, KeyValue>> {
         let mut merged = BTreeMap::new();
-        self.walk(bounds, revision, false, |version| {
-            if let Version::Put(kv) = version {
-                merged.insert(kv.key.clone(), kv);
-            }
-            true
+        self.walk(bounds, revision, false, usize::MAX, |kv| {
+            merged.insert(kv.key.clone(), kv);
         })
         .await?;
         for (key, _) in overlay.keys_in(bounds.start, bounds.end) {
@@ -288,20 +289,47 @@ impl<'a, S: Snapshot> View<'a, S> {
         Ok(merged)
     }
 
-    /// Visits each key of `bounds` that has a version at or below `revision`, with that version,
-    /// in key order (descending when `reverse`); stops when `visit` returns false.
+    /// Visits each key of `bounds` live at `revision`, with its version at `revision`, in key
+    /// order (descending when `reverse`), the first `limit` of them.
+    ///
+    /// Two ways to the same answer. Through `REVS`, where each key's versions lie side by side:
+    /// one sequential read, the cheapest while keys have a version or two. Through `INDEX`, one
+    /// small entry per key naming its newest version, which is then read by its exact key: the
+    /// cheapest once keys have many versions (until a compaction, a busy cluster's leases,
+    /// endpoints and pods have dozens), since a walk through `REVS` reads every one of them,
+    /// values included. A walk starts through `REVS` and goes on through `INDEX` from the first
+    /// page that holds more than [`DENSE`] versions per key.
     async fn walk(
         &self,
         bounds: Bounds<'_>,
         revision: i64,
         reverse: bool,
-        mut visit: impl FnMut(Version) -> bool + Send,
+        limit: usize,
+        visit: impl FnMut(KeyValue) + Send,
     ) -> EngineResult<()> {
-        if let Some(end) = bounds.end
-            && end <= bounds.start
-        {
+        if limit == 0 || bounds.end.is_some_and(|end| end <= bounds.start) {
             return Ok(());
         }
+        let mut visitor = Visitor { left: limit, visit };
+        if let Some(rest) = self
+            .walk_versions(bounds, revision, reverse, &mut visitor)
+            .await?
+        {
+            self.walk_index(rest, revision, reverse, &mut visitor)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// The walk through `REVS`. Returns the `INDEX` range still to walk if it stopped at a page
+    /// of keys with many versions.
+    async fn walk_versions(
+        &self,
+        bounds: Bounds<'_>,
+        revision: i64,
+        reverse: bool,
+        visitor: &mut Visitor<impl FnMut(KeyValue) + Send>,
+    ) -> EngineResult<Option<KeyRange>> {
         let mut range = keys::region_range(REVS, bounds.start, bounds.end);
         // Forward, a key's entries come newest first: the first one at or below `revision` is
         // the one, the rest of that key is skipped. Reverse, they come oldest first: the last
@@ -312,19 +340,25 @@ impl<'a, S: Snapshot> View<'a, S> {
         // Reverse: the newest entry at or below `revision` seen so far of the current key,
         // decoded only once it is the one.
         let mut candidate: Option<Entry> = None;
+        // Small first: a page is also how the walk learns how many versions keys have.
+        let mut page_size = FIRST_PAGE;
         loop {
-            let page = self.snapshot.scan(&range, PAGE, reverse).await?;
+            let page = self.snapshot.scan(&range, page_size, reverse).await?;
+            let mut keys_seen = 0;
+            let mut previous: &[u8] = &[];
             for entry in &page {
                 let (encoded, rev) =
                     keys::split_revision_key(&entry.0).ok_or_else(|| corrupt(&entry.0))?;
+                keys_seen += (encoded != previous) as usize;
+                previous = encoded;
                 let same_key = current.as_deref() == Some(encoded);
                 let encoded = encoded.len();
                 if reverse {
                     if !same_key {
                         if let Some(entry) = candidate.take()
-                            && !visit(decode_version(entry)?)
+                            && !visitor.offer(decode_version(entry)?)
                         {
-                            return Ok(());
+                            return Ok(None);
                         }
                         current = Some(entry.0.slice(..encoded));
                     }
@@ -333,26 +367,122 @@ impl<'a, S: Snapshot> View<'a, S> {
                     }
                 } else if !same_key && rev <= revision {
                     current = Some(entry.0.slice(..encoded));
-                    if !visit(decode_version(entry.clone())?) {
-                        return Ok(());
+                    if !visitor.offer(decode_version(entry.clone())?) {
+                        return Ok(None);
                     }
                 }
             }
+            let Some((last, _)) = page.last().filter(|_| page.len() == page_size) else {
+                break;
+            };
+            if keys_seen * DENSE < page.len() {
+                // The last key of the page may have more versions on the next page: the
+                // `INDEX` walk takes it up again unless it was handed out already (forward);
+                // reverse, its candidate is dropped and the `INDEX` walk decides it.
+                let (encoded, _) = keys::split_revision_key(last).ok_or_else(|| corrupt(last))?;
+                let last_key = keys::in_region(INDEX, encoded);
+                let mut rest = keys::region_range(INDEX, bounds.start, bounds.end);
+                if reverse {
+                    rest.end = Some(next_key(&last_key));
+                } else if current.as_deref() == Some(encoded) {
+                    rest.start = next_key(&last_key);
+                } else {
+                    rest.start = last_key;
+                }
+                return Ok(Some(rest));
+            }
+            if reverse {
+                range.end = Some(last.clone());
+            } else {
+                range.start = next_key(last);
+            }
+            page_size = PAGE;
+        }
+        if let Some(entry) = candidate.take() {
+            visitor.offer(decode_version(entry)?);
+        }
+        Ok(None)
+    }
+
+    /// The walk through `INDEX` entries in `range`: each key's newest version, if at or below
+    /// `revision`, is read by its exact `REVS` key (a page's keys in one request); a key written
+    /// since is looked up at `revision` by a seek into its versions.
+    async fn walk_index(
+        &self,
+        mut range: KeyRange,
+        revision: i64,
+        reverse: bool,
+        visitor: &mut Visitor<impl FnMut(KeyValue) + Send>,
+    ) -> EngineResult<()> {
+        loop {
+            // No more keys than the walk still wants (tombstones may leave it short of them:
+            // then it reads another page).
+            let page_size = visitor.left.min(INDEX_PAGE);
+            let page = self.snapshot.scan(&range, page_size, reverse).await?;
+            // Per index entry: the position of its exact read in `exact`, or `None` for a seek.
+            let mut steps = Vec::with_capacity(page.len());
+            let mut exact = Vec::with_capacity(page.len());
+            for (index_key, value) in &page {
+                let (latest, live) = decode_index(value).ok_or_else(|| corrupt(index_key))?;
+                if latest > revision {
+                    steps.push((index_key, None));
+                } else if live {
+                    let at = keys::revision_key_of_index(index_key, latest)
+                        .ok_or_else(|| corrupt(index_key))?;
+                    steps.push((index_key, Some(exact.len())));
+                    exact.push(at);
+                }
+                // A tombstone at or below `revision`: the key is not there.
+            }
+            let mut values = self.snapshot.get_many(&exact).await?;
+            for (index_key, at) in steps {
+                let found = at.and_then(|i| {
+                    let value = values.get_mut(i)?.take()?;
+                    Some((exact[i].clone(), value))
+                });
+                let version = match found {
+                    Some(entry) => Some(decode_version(entry)?),
+                    // A seek answers too should a version be missing (it cannot be in a
+                    // snapshot: a batch writes a key's index entry with its version).
+                    None => {
+                        let (key, _) = keys::decode(index_key).ok_or_else(|| corrupt(index_key))?;
+                        self.seek_version(&key, revision).await?
+                    }
+                };
+                if let Some(version) = version
+                    && !visitor.offer(version)
+                {
+                    return Ok(());
+                }
+            }
             match page.last() {
-                Some((last, _)) if page.len() == PAGE => {
+                Some((last, _)) if page.len() == page_size => {
                     if reverse {
                         range.end = Some(last.clone());
                     } else {
                         range.start = next_key(last);
                     }
                 }
-                _ => break,
+                _ => return Ok(()),
             }
         }
-        if let Some(entry) = candidate.take() {
-            visit(decode_version(entry)?);
+    }
+}
+
+/// The receiving end of a walk: the live versions it hands out, and how many more it wants.
+struct Visitor<F> {
+    left: usize,
+    visit: F,
+}
+
+impl<F: FnMut(KeyValue)> Visitor<F> {
+    /// Hands `version` on if it is live; returns whether the walk should go on.
+    fn offer(&mut self, version: Version) -> bool {
+        if let Version::Put(kv) = version {
+            (self.visit)(kv);
+            self.left -= 1;
         }
-        Ok(())
+        self.left > 0
     }
 }
 

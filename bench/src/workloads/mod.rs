@@ -79,6 +79,8 @@ pub struct Ctx {
     next: AtomicUsize,
     pub value: Bytes,
     pub keys: u64,
+    /// How many times the preload writes each key.
+    pub versions: u64,
     pub value_size: usize,
     /// Distinguishes the keys of different runs against the same server.
     pub nonce: String,
@@ -112,6 +114,7 @@ impl Ctx {
             next: AtomicUsize::new(0),
             value: random_value(args.value_size, 42),
             keys: args.keys,
+            versions: args.versions,
             value_size: args.value_size,
             nonce,
         })
@@ -143,10 +146,13 @@ pub fn random_value(size: usize, seed: u64) -> Bytes {
 /// the few clients of a list run (2-4) a million keys took ~9 minutes to write one by one.
 const POPULATE_PUTS: usize = 64;
 
-/// Writes `keys` with `value` using up to [`POPULATE_PUTS`] in-flight Puts; returns the
-/// mod_revision of each key, in order.
+/// Writes `keys` with `value` (each `--versions` times, one round of all keys after another)
+/// using up to [`POPULATE_PUTS`] in-flight Puts; returns the mod_revision of each key, in order.
 pub async fn populate(ctx: &Arc<Ctx>, keys: Vec<Bytes>) -> Result<Vec<i64>> {
     let keys = Arc::new(keys);
+    let puts = keys
+        .len()
+        .saturating_mul(usize::try_from(ctx.versions).unwrap_or(usize::MAX));
     let next = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..POPULATE_PUTS {
@@ -154,8 +160,12 @@ pub async fn populate(ctx: &Arc<Ctx>, keys: Vec<Bytes>) -> Result<Vec<i64>> {
         tasks.push(tokio::spawn(async move {
             let mut revs = Vec::new();
             loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(key) = keys.get(i) else { break };
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                if n >= puts {
+                    break;
+                }
+                let i = n % keys.len();
+                let key = &keys[i];
                 let mut attempt = 0;
                 let rev = loop {
                     let req = PutRequest {
@@ -181,7 +191,7 @@ pub async fn populate(ctx: &Arc<Ctx>, keys: Vec<Bytes>) -> Result<Vec<i64>> {
     let mut out = vec![0i64; keys.len()];
     for t in tasks {
         for (i, rev) in t.await.context("populate task")?? {
-            out[i] = rev;
+            out[i] = out[i].max(rev);
         }
     }
     Ok(out)

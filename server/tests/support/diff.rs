@@ -121,6 +121,13 @@ impl Ctx {
         });
     }
 
+    /// Puts `n` keys `{prefix}{i}` with value `v{i}` (rev increases by one per key).
+    pub async fn fill(&mut self, prefix: &str, n: usize) {
+        for i in 0..n {
+            self.put(format!("{prefix}{i}"), format!("v{i}")).await;
+        }
+    }
+
     pub async fn put(
         &mut self,
         key: impl AsRef<[u8]>,

@@ -242,6 +242,26 @@ impl Snapshot for TikvSnapshot {
         Ok(value.map(Bytes::from))
     }
 
+    /// One batch get instead of a request per key.
+    async fn get_many(&self, wanted: &[Bytes]) -> EngineResult<Vec<Option<Bytes>>> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        let stored: Vec<Vec<u8>> = wanted
+            .iter()
+            .map(|key| keys::encode(&self.prefix, key))
+            .collect();
+        let found: HashMap<Vec<u8>, Bytes> = self
+            .reader()
+            .batch_get(stored.clone())
+            .await
+            .map_err(|err| translate::storage(&err))?
+            .map(|KvPair(key, value)| (key.into(), Bytes::from(value)))
+            .collect();
+        // A key asked twice answers twice (a `Bytes` clone shares the value).
+        Ok(stored.iter().map(|key| found.get(key).cloned()).collect())
+    }
+
     async fn scan(
         &self,
         range: &KeyRange,
