@@ -16,22 +16,28 @@ diff_tests!(s:
     lists_of_keys_with_many_versions,
 );
 
-/// Pages of `limit` through `[start, end)` at `revision` (0: the current one), each
-/// continuing just after the previous page's last key, until one says no `more`.
+/// One page of `limit` keys of `[from, end)` at `revision` (0: the current one). Returns where
+/// the next page starts (just after this page's last key), or `None` after the last page.
+async fn page(c: &mut Ctx, from: &[u8], end: &str, revision: i64, limit: i64) -> Option<Vec<u8>> {
+    let opts = GetOptions::new()
+        .with_range(end)
+        .with_revision(revision)
+        .with_limit(limit);
+    let out = c.get_with(from, opts).await;
+    let r = out.ok()?;
+    let (Some(last), true) = (r.kvs().last(), r.more()) else {
+        return None;
+    };
+    let mut next = last.key().to_vec();
+    next.push(0);
+    Some(next)
+}
+
+/// Every page of `limit` through `[start, end)` at `revision`.
 async fn paginate(c: &mut Ctx, start: &str, end: &str, revision: i64, limit: i64) {
-    let mut from = start.as_bytes().to_vec();
-    loop {
-        let opts = GetOptions::new()
-            .with_range(end)
-            .with_revision(revision)
-            .with_limit(limit);
-        let out = c.get_with(from.clone(), opts).await;
-        let Some(r) = out.ok() else { break };
-        let (Some(last), true) = (r.kvs().last(), r.more()) else {
-            break;
-        };
-        from = last.key().to_vec();
-        from.push(0);
+    let mut from = Some(start.as_bytes().to_vec());
+    while let Some(start) = from {
+        from = page(c, &start, end, revision, limit).await;
     }
 }
 
@@ -53,31 +59,11 @@ mod s {
     /// page ended on, and a descending list pages from the other end.
     pub async fn paginated_lists_at_a_pinned_revision(c: &mut Ctx) {
         c.fill("p/", 20).await;
-        let pinned = c
-            .get("p/0")
-            .await
-            .ok()
-            .and_then(|r| r.header())
-            .map(|h| h.revision());
-        let pinned = pinned.unwrap_or(0);
-        let page = |start: &[u8]| {
-            let opts = GetOptions::new()
-                .with_range("p0")
-                .with_revision(pinned)
-                .with_limit(3);
-            (start.to_vec(), opts)
-        };
+        let pinned = revision(c).await;
         for pass in 0..2 {
             let mut start = b"p/".to_vec();
-            loop {
-                let (key, opts) = page(&start);
-                let out = c.get_with(key, opts).await;
-                let Some(r) = out.ok() else { break };
-                let (Some(last), true) = (r.kvs().last(), r.more()) else {
-                    break;
-                };
-                start = last.key().to_vec();
-                start.push(0);
+            while let Some(next) = page(c, &start, "p0", pinned, 3).await {
+                start = next;
                 // The keyspace moves on: a key after the cursor deleted, one created before
                 // it and one after it.
                 let n = c.steps.len();
@@ -87,8 +73,7 @@ mod s {
             }
         }
         for start in ["p/1", "p/15", "p/15\0", "p/3", "p/7x"] {
-            let (key, opts) = page(start.as_bytes());
-            c.get_with(key, opts).await;
+            page(c, start.as_bytes(), "p0", pinned, 3).await;
         }
         let mut end = b"p0".to_vec();
         loop {
@@ -162,17 +147,10 @@ mod s {
         // Pages at a pinned revision while the keys after the cursor change again.
         let mut from = b"m/".to_vec();
         for n in 0.. {
-            let opts = GetOptions::new()
-                .with_range("m0")
-                .with_revision(now)
-                .with_limit(8);
-            let out = c.get_with(from.clone(), opts).await;
-            let Some(r) = out.ok() else { break };
-            let (Some(last), true) = (r.kvs().last(), r.more()) else {
+            let Some(next) = page(c, &from, "m0", now, 8).await else {
                 break;
             };
-            from = last.key().to_vec();
-            from.push(0);
+            from = next;
             c.put(key(39 - n % 20), "later").await;
             c.del(key(38 - n % 20)).await;
         }
