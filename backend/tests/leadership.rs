@@ -9,6 +9,7 @@ use backend::kv::KvError;
 use backend::mvcc::keys;
 use backend::{Store, StoreOptions};
 use bytes::Bytes;
+use etcdpb::etcdserverpb::{CompactionRequest, RangeRequest};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use support::{get, put, put_revision};
@@ -83,6 +84,74 @@ async fn a_follower_reads_at_the_revision_it_is_given() {
     // Never moves back.
     follower.advance(rev - 1, -1);
     assert_eq!(follower.revision(), rev);
+}
+
+/// The leader sweeps compacted history as soon as it has recorded the compaction; a follower
+/// hears of it from the leader's stream, possibly later. Its reads below the compacted revision
+/// must fail as compacted, not answer from history the sweep has already thinned.
+#[tokio::test]
+async fn a_follower_refuses_reads_below_a_compaction_it_has_not_heard_of() {
+    let engine = Arc::new(MemoryEngine::new());
+    let leader = Store::open(engine.clone(), StoreOptions::default())
+        .await
+        .unwrap();
+    let follower = Store::open_follower(engine.clone(), 1 << 20).await.unwrap();
+    let first = put_revision(&leader, "k", "1").await;
+    let second = put_revision(&leader, "k", "2").await;
+    follower.advance(second, -1);
+    let at_first = || RangeRequest {
+        revision: first,
+        ..get("k")
+    };
+    assert_eq!(
+        &follower.range(&at_first()).await.unwrap().kvs[0].value[..],
+        b"1"
+    );
+
+    let compact = CompactionRequest {
+        revision: second,
+        physical: true,
+    };
+    leader.compact(compact).await.unwrap();
+    let err = follower.range(&at_first()).await.unwrap_err();
+    assert!(matches!(err, KvError::Compacted), "{err:?}");
+    assert_eq!(
+        &follower.range(&get("k")).await.unwrap().kvs[0].value[..],
+        b"2"
+    );
+}
+
+/// A follower that has not yet caught up with a compaction at the leader's latest revision
+/// cannot answer at the revision it serves (the sweep removed versions it would show): its
+/// read waits until it has caught up.
+#[tokio::test]
+async fn a_follower_behind_a_compaction_reads_once_it_caught_up() {
+    let engine = Arc::new(MemoryEngine::new());
+    let leader = Store::open(engine.clone(), StoreOptions::default())
+        .await
+        .unwrap();
+    let follower = Store::open_follower(engine.clone(), 1 << 20).await.unwrap();
+    let first = put_revision(&leader, "k", "1").await;
+    follower.advance(first, -1);
+    let second = put_revision(&leader, "k", "2").await;
+    let compact = CompactionRequest {
+        revision: second,
+        physical: true,
+    };
+    leader.compact(compact).await.unwrap();
+
+    let read = {
+        let follower = follower.clone();
+        tokio::spawn(async move { follower.range(&get("k")).await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert!(!read.is_finished(), "answered before catching up");
+    follower.advance(second, second);
+    let got = read.await.unwrap().unwrap();
+    assert_eq!(
+        (&got.kvs[0].value[..], got.kvs[0].mod_revision),
+        (&b"2"[..], second)
+    );
 }
 
 /// Commits the `fail_at`-th write, then reports it failed: a write whose outcome the caller

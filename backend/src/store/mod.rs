@@ -40,6 +40,10 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 /// header); counted so that the size limit cuts where etcd's does.
 const PROPOSAL_OVERHEAD: usize = 16;
 
+/// How long a read waits for this member to catch up with a compaction it has not heard of
+/// (see [`Store::snapshot`]) before it gives up: a follower that far behind has lost its leader.
+const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// How the store is wired into the rest of the server.
 #[derive(Clone)]
 pub struct StoreOptions {
@@ -318,17 +322,38 @@ impl<E: Engine> Store<E> {
     }
 
     /// The published revision and a snapshot that contains it (taken in that order, so the
-    /// snapshot holds every batch up to the revision).
+    /// snapshot holds every batch up to the revision), with the compacted revision that bounds
+    /// what the snapshot may lack.
+    ///
+    /// The leader's compactor removes history only after the compacted revision has moved, so
+    /// the compacted revision is read after the snapshot: read before, a compaction and its
+    /// sweep could slip in between, and a read just above the old compacted revision would
+    /// miss versions instead of failing as compacted. A follower hears of a compaction from
+    /// the leader's stream, possibly after the sweep: it also reads the compacted revision the
+    /// snapshot itself records. If that is past the revision it serves (it has not caught up
+    /// with a compaction at the leader's latest revision), it waits to catch up.
     async fn snapshot(&self) -> KvResult<(ReadRevisions, E::Snapshot)> {
-        let current = self.revision();
-        let compacted = self.compacted();
-        let snapshot = self.shared.engine.snapshot().await?;
-        let revs = ReadRevisions {
-            current,
-            compacted,
-            published: current,
-        };
-        Ok((revs, snapshot))
+        loop {
+            let current = self.revision();
+            let snapshot = self.shared.engine.snapshot().await?;
+            let mut compacted = self.compacted();
+            if self.is_follower() {
+                let recorded = snapshot.get(&keys::meta_compacted()).await?;
+                compacted =
+                    compacted.max(recorded.as_deref().and_then(decode_counter).unwrap_or(-1));
+            }
+            if compacted <= current {
+                let revs = ReadRevisions {
+                    current,
+                    compacted,
+                    published: current,
+                };
+                return Ok((revs, snapshot));
+            }
+            tokio::time::timeout(CATCH_UP, self.wait_for(compacted))
+                .await
+                .map_err(|_| KvError::NoLeader)?;
+        }
     }
 
     pub async fn range(&self, req: &RangeRequest) -> KvResult<RangeResponse> {
