@@ -8,12 +8,15 @@
 #[macro_use]
 mod support;
 
-use etcd_client::{GetOptions, SortOrder, SortTarget};
+use etcd_client::{
+    DeleteOptions, GetOptions, LeaseGrantOptions, PutOptions, SortOrder, SortTarget, Txn, TxnOp,
+};
 use support::diff::Ctx;
 
 diff_tests!(s:
     paginated_lists_at_a_pinned_revision,
     lists_of_keys_with_many_versions,
+    first_pages_count_every_change,
 );
 
 /// One page of `limit` keys of `[from, end)` at `revision` (0: the current one). Returns where
@@ -157,5 +160,69 @@ mod s {
         c.get_with("m/", GetOptions::new().with_prefix()).await;
         c.get_with("m/", GetOptions::new().with_prefix().with_revision(now))
             .await;
+    }
+    /// The first page of each list counts its whole range; Engram derives that count from the
+    /// list before and what changed since. Between lists: a create, an update, a delete, a
+    /// delete of a missing key, a re-create, changes outside the range, a txn of several, a
+    /// range delete, a lease revoked with its keys, a key created and deleted again, a
+    /// compaction, more changes than a derivation takes. Every count must be etcd's.
+    pub async fn first_pages_count_every_change(c: &mut Ctx) {
+        c.fill("c/", 30).await;
+        let first = || GetOptions::new().with_range("c0").with_limit(3);
+        let later = || GetOptions::new().with_range("c0").with_limit(3);
+        c.get_with("c/", first()).await;
+        c.get_with("c/2", later()).await;
+        c.put("c/new", "x").await;
+        c.get_with("c/", first()).await;
+        c.put("c/1", "updated").await;
+        c.get_with("c/", first()).await;
+        c.del("c/2").await;
+        c.del("c/2").await;
+        c.get_with("c/", first()).await;
+        c.get_with("c/2", later()).await;
+        c.put("c/2", "again").await;
+        c.put("b/1", "outside").await;
+        c.put("c0", "just past the end").await;
+        c.get_with("c/", first()).await;
+        let txn = Txn::new().and_then(vec![
+            TxnOp::put("c/t1", "new", None),
+            TxnOp::put("c/3", "updated", None),
+            TxnOp::delete("c/4", None),
+            TxnOp::delete("c/nothing", None),
+        ]);
+        c.txn(txn).await;
+        c.get_with("c/", first()).await;
+        c.del_with("c/1", DeleteOptions::new().with_prefix()).await;
+        c.get_with("c/", first()).await;
+        let lease = 7_001;
+        let grant = LeaseGrantOptions::new().with_id(lease);
+        c.client.lease_grant(60, Some(grant)).await.expect("grant");
+        let leased = || PutOptions::new().with_lease(lease);
+        c.put_with("c/l1", "leased", leased()).await;
+        c.put_with("c/5", "now leased", leased()).await;
+        c.put_with("c/l2", "leased", leased()).await;
+        c.del("c/l2").await;
+        c.get_with("c/", first()).await;
+        c.client.lease_revoke(lease).await.expect("revoke");
+        c.get_with("c/", first()).await;
+        c.put("c/brief", "x").await;
+        c.del("c/brief").await;
+        c.get_with("c/", first()).await;
+        let now = revision(c).await;
+        c.compact(now - 3).await;
+        c.put("c/after", "x").await;
+        c.get_with("c/", first()).await;
+        let latest = revision(c).await;
+        c.compact(latest).await;
+        c.del("c/5").await;
+        c.get_with("c/", first()).await;
+        for i in 0..80 {
+            c.put(format!("c/m{i:02}"), "many").await;
+        }
+        c.del("c/m00").await;
+        c.get_with("c/", first()).await;
+        c.get_with("c/", first().with_count_only()).await;
+        c.get_with("c/2", later()).await;
+        c.get_with("c/", first().with_revision(now)).await;
     }
 }

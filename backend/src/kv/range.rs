@@ -74,7 +74,9 @@ pub async fn range<S: Snapshot>(
         ..Default::default()
     });
     if req.count_only {
-        let count = view.count(bounds, rev, revs.published).await?;
+        let count = view
+            .count(bounds, rev, revs.published, revs.compacted)
+            .await?;
         return Ok(RangeResponse {
             header,
             count: count as i64,
@@ -95,7 +97,8 @@ pub async fn range<S: Snapshot>(
     let count = if fetch_all || kvs.len() <= limit {
         kvs.len()
     } else {
-        view.count(bounds, rev, revs.published).await?
+        view.count(bounds, rev, revs.published, revs.compacted)
+            .await?
     };
 
     kvs.retain(|kv| {

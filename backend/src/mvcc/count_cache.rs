@@ -80,6 +80,34 @@ impl CountCache {
         Some((known_start.clone(), known.count))
     }
 
+    /// The newest count remembered for exactly `[start, end)` at a revision from `oldest` to
+    /// `revision`, with that revision: what a count at `revision` can be derived from (see
+    /// `View::count`). A linear pass over the remembered ranges: it runs once per list, at the
+    /// first page, where the alternative is counting the whole range.
+    pub fn newest_at_or_before(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        oldest: i64,
+        revision: i64,
+    ) -> Option<(i64, usize)> {
+        let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let now = counts.tick();
+        let (key, starts) = counts
+            .ranges
+            .iter_mut()
+            .filter(|((known_end, at), starts)| {
+                (oldest..=revision).contains(at)
+                    && known_end.as_deref() == end
+                    && starts.by_start.contains_key(start)
+            })
+            .max_by_key(|((_, at), _)| *at)?;
+        let known = starts.by_start.get_mut(start)?;
+        known.used = now;
+        starts.used = now;
+        Some((key.1, known.count))
+    }
+
     pub fn remember(&self, start: &[u8], end: Option<&[u8]>, revision: i64, count: usize) {
         let mut counts = self.counts.lock().unwrap_or_else(|p| p.into_inner());
         let now = counts.tick();
@@ -120,6 +148,26 @@ mod tests {
 
     fn start(page: usize) -> Bytes {
         Bytes::from(format!("p/{page:06}"))
+    }
+
+    #[test]
+    fn the_newest_earlier_count_of_exactly_the_range() {
+        let cache = CountCache::default();
+        let end = Some(&b"p0"[..]);
+        cache.remember(b"p/", end, 5, 10);
+        cache.remember(b"p/", end, 9, 12);
+        cache.remember(b"p/a", end, 10, 3);
+        cache.remember(b"p/", None, 10, 40);
+        cache.remember(b"p/", end, 14, 15);
+        assert_eq!(cache.newest_at_or_before(b"p/", end, 0, 12), Some((9, 12)));
+        assert_eq!(cache.newest_at_or_before(b"p/", end, 0, 8), Some((5, 10)));
+        // Not below `oldest`, and only the very start and end.
+        assert_eq!(cache.newest_at_or_before(b"p/", end, 6, 8), None);
+        assert_eq!(cache.newest_at_or_before(b"p/b", end, 0, 12), None);
+        assert_eq!(
+            cache.newest_at_or_before(b"p/", None, 0, 12),
+            Some((10, 40))
+        );
     }
 
     #[test]

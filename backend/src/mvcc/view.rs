@@ -23,6 +23,10 @@ const FIRST_PAGE: usize = 64;
 const DENSE: usize = 2;
 /// Index entries fetched per engine scan while walking a range through `INDEX` (at most).
 const INDEX_PAGE: usize = 512;
+/// A count is derived from an earlier one (see [`View::count_since`]) only if at most
+/// 1/`DERIVE_SHARE` of the range's keys' worth of changes happened since, or `DERIVE_MIN`.
+const DERIVE_SHARE: usize = 4;
+const DERIVE_MIN: usize = 64;
 /// Index entries counted per engine visit.
 const COUNT_PAGE: usize = 8192;
 
@@ -174,12 +178,13 @@ impl<'a, S: Snapshot> View<'a, S> {
 
     /// How many keys of `bounds` are live at `revision`. `latest` is the newest revision any
     /// reader may see; at that revision the small `INDEX` entries are counted instead of
-    /// walking every version.
+    /// walking every version. History at or below `compacted` may be gone.
     pub async fn count(
         &self,
         bounds: Bounds<'_>,
         revision: i64,
         latest: i64,
+        compacted: i64,
     ) -> EngineResult<usize> {
         let Some(cache) = self.counts else {
             return self.count_uncached(bounds, revision, latest).await;
@@ -195,10 +200,75 @@ impl<'a, S: Snapshot> View<'a, S> {
                 };
                 known.saturating_sub(self.count_uncached(gap, revision, latest).await?)
             }
-            None => self.count_uncached(bounds, revision, latest).await?,
+            None => match self.count_since(cache, bounds, revision, compacted).await? {
+                Some(count) => count,
+                None => self.count_uncached(bounds, revision, latest).await?,
+            },
         };
         cache.remember(bounds.start, bounds.end, revision, count);
         Ok(count)
+    }
+
+    /// The count of `bounds` at `revision` from a count of the same range remembered at an
+    /// earlier revision (the first page of the list before) and what changed since: in etcd a
+    /// put of version 1 creates a key and a tombstone deletes a live one, so each adds or takes
+    /// away one. `LOG` names every change of every revision above the compacted one, so the
+    /// earlier count must be at or above it. `None` when no such count is remembered or more
+    /// changed since than counting the range would cost.
+    async fn count_since(
+        &self,
+        cache: &CountCache,
+        bounds: Bounds<'_>,
+        revision: i64,
+        compacted: i64,
+    ) -> EngineResult<Option<usize>> {
+        let Some((since, known)) =
+            cache.newest_at_or_before(bounds.start, bounds.end, compacted.max(0), revision)
+        else {
+            return Ok(None);
+        };
+        // A change costs a `LOG` entry and, in the range, an exact read; an `INDEX` entry
+        // costs less than either.
+        let most = (known / DERIVE_SHARE).max(DERIVE_MIN);
+        let mut changed = Vec::new();
+        let mut malformed = None;
+        let shown = self
+            .snapshot
+            .visit(
+                &keys::log_range(since + 1, revision + 1),
+                most + 1,
+                |k, key| {
+                    match keys::decode_log_key(k) {
+                        Some((rev, _)) if bounds.contains(key) => {
+                            changed.push(keys::revision_key(key, rev));
+                        }
+                        Some(_) => {}
+                        None => malformed = Some(Bytes::copy_from_slice(k)),
+                    }
+                    malformed.is_none()
+                },
+            )
+            .await?;
+        if let Some(entry) = malformed {
+            return Err(corrupt(&entry));
+        }
+        if shown > most {
+            return Ok(None);
+        }
+        let values = self.snapshot.get_many(&changed).await?;
+        let mut count = known as i64;
+        for (at, value) in changed.into_iter().zip(values) {
+            // A change without its version cannot be classified: count the range instead.
+            let Some(value) = value else {
+                return Ok(None);
+            };
+            match decode_version((at, value))? {
+                Version::Put(kv) if kv.version == 1 => count += 1,
+                Version::Put(_) => {}
+                Version::Tombstone { .. } => count -= 1,
+            }
+        }
+        Ok(usize::try_from(count).ok())
     }
 
     /// Tells the count cache that `bounds` holds `count` live keys at `revision` (a count this
