@@ -57,13 +57,28 @@ async fn a_leader_fenced_by_a_newer_term_writes_nothing() {
     ));
 }
 
-#[tokio::test]
-async fn a_follower_reads_at_the_revision_it_is_given() {
+/// A leader's store and a follower's on one engine.
+async fn leader_and_follower() -> (Store<Arc<MemoryEngine>>, Store<Arc<MemoryEngine>>) {
     let engine = Arc::new(MemoryEngine::new());
     let leader = Store::open(engine.clone(), StoreOptions::default())
         .await
         .unwrap();
-    let follower = Store::open_follower(engine.clone(), 1 << 20).await.unwrap();
+    let follower = Store::open_follower(engine, 1 << 20).await.unwrap();
+    (leader, follower)
+}
+
+/// Compacts at `revision` and waits until the history below it is removed.
+async fn compact_physically(leader: &Store<Arc<MemoryEngine>>, revision: i64) {
+    let compact = CompactionRequest {
+        revision,
+        physical: true,
+    };
+    leader.compact(compact).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_follower_reads_at_the_revision_it_is_given() {
+    let (leader, follower) = leader_and_follower().await;
     assert!(follower.is_follower() && !follower.is_leader());
     assert!(matches!(
         follower.put(put("x", "1")).await.unwrap_err(),
@@ -91,11 +106,7 @@ async fn a_follower_reads_at_the_revision_it_is_given() {
 /// must fail as compacted, not answer from history the sweep has already thinned.
 #[tokio::test]
 async fn a_follower_refuses_reads_below_a_compaction_it_has_not_heard_of() {
-    let engine = Arc::new(MemoryEngine::new());
-    let leader = Store::open(engine.clone(), StoreOptions::default())
-        .await
-        .unwrap();
-    let follower = Store::open_follower(engine.clone(), 1 << 20).await.unwrap();
+    let (leader, follower) = leader_and_follower().await;
     let first = put_revision(&leader, "k", "1").await;
     let second = put_revision(&leader, "k", "2").await;
     follower.advance(second, -1);
@@ -108,11 +119,7 @@ async fn a_follower_refuses_reads_below_a_compaction_it_has_not_heard_of() {
         b"1"
     );
 
-    let compact = CompactionRequest {
-        revision: second,
-        physical: true,
-    };
-    leader.compact(compact).await.unwrap();
+    compact_physically(&leader, second).await;
     let err = follower.range(&at_first()).await.unwrap_err();
     assert!(matches!(err, KvError::Compacted), "{err:?}");
     assert_eq!(
@@ -126,19 +133,11 @@ async fn a_follower_refuses_reads_below_a_compaction_it_has_not_heard_of() {
 /// read waits until it has caught up.
 #[tokio::test]
 async fn a_follower_behind_a_compaction_reads_once_it_caught_up() {
-    let engine = Arc::new(MemoryEngine::new());
-    let leader = Store::open(engine.clone(), StoreOptions::default())
-        .await
-        .unwrap();
-    let follower = Store::open_follower(engine.clone(), 1 << 20).await.unwrap();
+    let (leader, follower) = leader_and_follower().await;
     let first = put_revision(&leader, "k", "1").await;
     follower.advance(first, -1);
     let second = put_revision(&leader, "k", "2").await;
-    let compact = CompactionRequest {
-        revision: second,
-        physical: true,
-    };
-    leader.compact(compact).await.unwrap();
+    compact_physically(&leader, second).await;
 
     let read = {
         let follower = follower.clone();

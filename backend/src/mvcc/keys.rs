@@ -115,29 +115,33 @@ pub fn revision_key(key: &[u8], revision: i64) -> Bytes {
     buf.freeze()
 }
 
-/// All versions of `key`, newest first, from `revision` down (`revision = i64::MAX`: all).
-/// `encoded` (a region byte and an encoded key, as in an entry of any region) in `region`.
-pub fn in_region(region: u8, encoded: &[u8]) -> Bytes {
-    let mut buf = BytesMut::with_capacity(encoded.len().max(1));
+/// `encoded` (the region byte and encoded key an entry of any region starts with) moved to
+/// `region`, with room for `extra` more bytes.
+fn moved(region: u8, encoded: &[u8], extra: usize) -> BytesMut {
+    let rest = encoded.get(1..).unwrap_or_default();
+    let mut buf = BytesMut::with_capacity(1 + rest.len() + extra);
     buf.put_u8(region);
-    buf.put_slice(encoded.get(1..).unwrap_or_default());
-    buf.freeze()
+    buf.put_slice(rest);
+    buf
+}
+
+/// `encoded` (the region byte and encoded key an entry of any region starts with) in `region`.
+pub fn in_region(region: u8, encoded: &[u8]) -> Bytes {
+    moved(region, encoded, 0).freeze()
 }
 
 /// The `REVS` key of revision `revision` of the key whose `INDEX` entry is `index_entry`
 /// (the same encoded key in the other region), or `None` if `index_entry` is not one.
 pub fn revision_key_of_index(index_entry: &[u8], revision: i64) -> Option<Bytes> {
-    let encoded = index_entry.strip_prefix(&[INDEX])?;
-    if !encoded.ends_with(&[0, TERMINATOR]) {
+    if index_entry.first() != Some(&INDEX) || !index_entry.ends_with(&[0, TERMINATOR]) {
         return None;
     }
-    let mut buf = BytesMut::with_capacity(1 + encoded.len() + 8);
-    buf.put_u8(REVS);
-    buf.put_slice(encoded);
+    let mut buf = moved(REVS, index_entry, 8);
     buf.put_u64(!(revision as u64));
     Some(buf.freeze())
 }
 
+/// All versions of `key`, newest first, from `revision` down (`revision = i64::MAX`: all).
 pub fn versions_of(key: &[u8], at_or_below: i64) -> KeyRange {
     let start = revision_key(key, at_or_below);
     let mut end = encoded(REVS, key, 0);
@@ -269,6 +273,19 @@ pub fn revision_prefix(key: &[u8]) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_index_entry_names_the_same_key_in_revs() {
+        for key in [&b""[..], b"a", b"a\0b", b"\0", b"\xff\x01"] {
+            assert_eq!(
+                revision_key_of_index(&index_key(key), 42),
+                Some(revision_key(key, 42))
+            );
+            assert_eq!(in_region(INDEX, &revision_prefix(key)), index_key(key));
+        }
+        assert_eq!(revision_key_of_index(&revision_prefix(b"a"), 1), None);
+        assert_eq!(revision_key_of_index(b"\x02a", 1), None);
+    }
 
     #[test]
     fn encoding_preserves_byte_order_and_is_prefix_free() {

@@ -300,7 +300,8 @@ impl<'a, S: Snapshot> View<'a, S> {
         let mut range = keys::region_range(INDEX, bounds.start, bounds.end);
         let mut last = Vec::new();
         loop {
-            // Keys written by a batch not yet visible are asked again from their versions.
+            // Keys written after `revision` (or by a batch not yet visible) are looked up at
+            // `revision` in their versions.
             let mut unsettled = Vec::new();
             let mut malformed = false;
             let shown = self
@@ -323,7 +324,7 @@ impl<'a, S: Snapshot> View<'a, S> {
             }
             for k in unsettled {
                 let (key, _) = keys::decode(&k).ok_or_else(|| corrupt(&k))?;
-                let v = self.engine_version_at(&key, revision).await?;
+                let v = self.seek_version(&key, revision).await?;
                 n += v.is_some_and(|v| v.live().is_some()) as usize;
             }
             if shown < COUNT_PAGE {
