@@ -14,6 +14,7 @@ mod service;
 mod space;
 mod status;
 mod tls;
+mod unknown_method;
 
 use backend::StoreOptions;
 use backend::engine::{BTreeEngine, Engine, LsmEngine, LsmOptions, MemoryEngine};
@@ -37,6 +38,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::Server;
 use tower::layer::util::{Identity as NoLayer, Stack};
+use unknown_method::UnknownMethodLayer;
 
 /// Room gRPC allows beyond --max-request-bytes before refusing a message outright (etcd's
 /// `grpcOverheadBytes`).
@@ -276,9 +278,9 @@ impl<E: Engine + Clone> Member<E> {
         );
         let metrics_routes = http::add_routes(axum::Router::new(), brain.clone(), metrics.clone());
         let client_router =
-            server_builder(&config, &metrics).add_routes(Routes::from(client_routes));
+            server_builder(&config, &metrics, SERVED).add_routes(Routes::from(client_routes));
         let metrics_router =
-            server_builder(&config, &metrics).add_routes(Routes::from(metrics_routes));
+            server_builder(&config, &metrics, &[]).add_routes(Routes::from(metrics_routes));
 
         let mut servers = tokio::task::JoinSet::new();
         let listeners = client_listeners
@@ -376,10 +378,15 @@ fn bound_url(url: &str, addr: SocketAddr) -> String {
     format!("{scheme}://{addr}")
 }
 
-type ServerLayers = Stack<GrpcMetricsLayer, NoLayer>;
+type ServerLayers = Stack<UnknownMethodLayer, Stack<GrpcMetricsLayer, NoLayer>>;
 
-/// The HTTP/2 settings etcd's clients and kube-apiserver rely on, with HTTP/1.1 accepted too.
-fn server_builder(config: &Config, metrics: &Arc<Metrics>) -> Server<ServerLayers> {
+/// The HTTP/2 settings etcd's clients and kube-apiserver rely on, with HTTP/1.1 accepted too,
+/// for a port serving the gRPC services named in `served`.
+fn server_builder(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    served: &[&'static str],
+) -> Server<ServerLayers> {
     Server::builder()
         .accept_http1(true)
         // etcd's --grpc-keepalive-interval/-timeout. Client pings are answered however often
@@ -389,7 +396,19 @@ fn server_builder(config: &Config, metrics: &Arc<Metrics>) -> Server<ServerLayer
         // etcd: math.MaxUint32 streams per connection (kube-apiserver multiplexes watches).
         .max_concurrent_streams(u32::MAX)
         .layer(GrpcMetricsLayer::new(metrics.clone()))
+        .layer(UnknownMethodLayer::new(served))
 }
+
+/// The gRPC services each client port serves.
+const SERVED: &[&str] = &[
+    etcdpb::etcdserverpb::kv_server::SERVICE_NAME,
+    etcdpb::etcdserverpb::watch_server::SERVICE_NAME,
+    etcdpb::etcdserverpb::lease_server::SERVICE_NAME,
+    etcdpb::etcdserverpb::maintenance_server::SERVICE_NAME,
+    etcdpb::etcdserverpb::cluster_server::SERVICE_NAME,
+    etcdpb::etcdserverpb::auth_server::SERVICE_NAME,
+    etcdpb::brainpb::brain_server::SERVICE_NAME,
+];
 
 enum Listener {
     Plain(TcpListener),
