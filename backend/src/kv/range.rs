@@ -74,9 +74,7 @@ pub async fn range<S: Snapshot>(
         ..Default::default()
     });
     if req.count_only {
-        let count = view
-            .count(bounds, rev, revs.published, revs.compacted)
-            .await?;
+        let count = view.count(bounds, rev, revs.compacted).await?;
         return Ok(RangeResponse {
             header,
             count: count as i64,
@@ -97,8 +95,7 @@ pub async fn range<S: Snapshot>(
     let count = if fetch_all || kvs.len() <= limit {
         kvs.len()
     } else {
-        view.count(bounds, rev, revs.published, revs.compacted)
-            .await?
+        view.count(bounds, rev, revs.compacted).await?
     };
 
     kvs.retain(|kv| {

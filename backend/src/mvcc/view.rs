@@ -176,18 +176,17 @@ impl<'a, S: Snapshot> View<'a, S> {
         Ok(out)
     }
 
-    /// How many keys of `bounds` are live at `revision`. `latest` is the newest revision any
-    /// reader may see; at that revision the small `INDEX` entries are counted instead of
-    /// walking every version. History at or below `compacted` may be gone.
+    /// How many keys of `bounds` are live at `revision`: the small `INDEX` entries are counted
+    /// instead of walking every version (see `count_uncached`). History at or below
+    /// `compacted` may be gone.
     pub async fn count(
         &self,
         bounds: Bounds<'_>,
         revision: i64,
-        latest: i64,
         compacted: i64,
     ) -> EngineResult<usize> {
         let Some(cache) = self.counts else {
-            return self.count_uncached(bounds, revision, latest).await;
+            return self.count_uncached(bounds, revision).await;
         };
         let count = match cache.before(bounds.start, bounds.end, revision) {
             // Remembered for this very start (the page before left it): nothing to count or
@@ -198,11 +197,11 @@ impl<'a, S: Snapshot> View<'a, S> {
                     start: &known_start,
                     end: Some(bounds.start),
                 };
-                known.saturating_sub(self.count_uncached(gap, revision, latest).await?)
+                known.saturating_sub(self.count_uncached(gap, revision).await?)
             }
             None => match self.count_since(cache, bounds, revision, compacted).await? {
                 Some(count) => count,
-                None => self.count_uncached(bounds, revision, latest).await?,
+                None => self.count_uncached(bounds, revision).await?,
             },
         };
         cache.remember(bounds.start, bounds.end, revision, count);
@@ -279,22 +278,16 @@ impl<'a, S: Snapshot> View<'a, S> {
         }
     }
 
-    async fn count_uncached(
-        &self,
-        bounds: Bounds<'_>,
-        revision: i64,
-        latest: i64,
-    ) -> EngineResult<usize> {
+    /// Counts the `INDEX` entries of `bounds` at any readable revision. An entry at or below
+    /// `revision` is the key's state then; a key written since (or by a batch not yet visible)
+    /// is looked up at `revision` in its versions. A key without an entry has been dead since
+    /// at or below the compacted revision (compaction drops the entries of deleted keys only),
+    /// so it is dead at every revision a reader may ask for.
+    async fn count_uncached(&self, bounds: Bounds<'_>, revision: i64) -> EngineResult<usize> {
         if let Some(overlay) = self.overlay
             && overlay.intersects(bounds.start, bounds.end)
         {
             return Ok(self.merged(overlay, bounds, revision).await?.len());
-        }
-        if revision < latest {
-            let mut n = 0;
-            self.walk(bounds, revision, false, usize::MAX, |_| n += 1)
-                .await?;
-            return Ok(n);
         }
         let mut n = 0;
         let mut range = keys::region_range(INDEX, bounds.start, bounds.end);
