@@ -3,7 +3,8 @@
 //! `FileDescriptorSet`, which `tonic-prost-build` turns into prost messages
 //! plus tonic clients and servers in `OUT_DIR`.
 
-use std::path::Path;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 
 const PROTO_ROOT: &str = "proto";
 const PROTOS: &[&str] = &[
@@ -21,6 +22,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
 
     let fds = protox::compile(PROTOS, [Path::new(PROTO_ROOT)])?;
+    write_methods(&fds)?;
 
     tonic_prost_build::configure()
         .build_server(true)
@@ -54,5 +56,34 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .build_server(true)
         .compile(&[watch]);
+    Ok(())
+}
+
+/// Writes `OUT_DIR/methods.rs`: `METHODS`, every gRPC method of the protos with how it streams
+/// (see `src/methods.rs`).
+fn write_methods(fds: &prost_types::FileDescriptorSet) -> Result<(), Box<dyn std::error::Error>> {
+    let mut out = String::from("pub const METHODS: &[GrpcMethod] = &[\n");
+    for file in &fds.file {
+        for service in &file.service {
+            for method in &service.method {
+                let kind = match (method.client_streaming(), method.server_streaming()) {
+                    (false, false) => "Unary",
+                    (true, false) => "ClientStream",
+                    (false, true) => "ServerStream",
+                    (true, true) => "BidiStream",
+                };
+                writeln!(
+                    out,
+                    "    GrpcMethod {{ service: \"{}.{}\", method: \"{}\", kind: MethodKind::{kind} }},",
+                    file.package(),
+                    service.name(),
+                    method.name(),
+                )?;
+            }
+        }
+    }
+    out.push_str("];\n");
+    let dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(dir.join("methods.rs"), out)?;
     Ok(())
 }

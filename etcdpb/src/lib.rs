@@ -49,6 +49,7 @@ pub mod encoded {
 }
 
 pub mod codec;
+pub mod methods;
 
 impl From<etcdserverpb::WatchResponse> for etcdserverpb::WatchResponseEncoded {
     /// The same response with each event encoded (what the client receives is unchanged).

@@ -409,14 +409,14 @@ impl Call {
             return None;
         }
         let (service, method) = req.uri().path().trim_start_matches('/').split_once('/')?;
-        let kind = match (service, method) {
-            ("etcdserverpb.Watch", "Watch") | ("etcdserverpb.Lease", "LeaseKeepAlive") => {
-                "bidi_stream"
-            }
-            ("etcdserverpb.Maintenance", "Snapshot") => "server_stream",
-            _ => "unary",
-        };
-        let labels = [kind.to_string(), service.to_string(), method.to_string()];
+        // Only methods that exist: gRPC-go answers others before its interceptors, and labels
+        // made of whatever a client sends would grow without bound.
+        let known = etcdpb::methods::find(service, method)?;
+        let labels = [
+            known.kind.name().to_string(),
+            known.service.to_string(),
+            known.method.to_string(),
+        ];
         metrics.grpc_started.with_label_values(&labels).inc();
         Some(Call {
             metrics: metrics.clone(),
