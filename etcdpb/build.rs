@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "proto/authpb/auth.proto",
     "proto/brainpb/brain.proto",
     "proto/engrampb/watch_encoded.proto",
+    "proto/grpc/health/v1/health.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

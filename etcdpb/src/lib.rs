@@ -38,6 +38,12 @@ pub mod brainpb {
     include!(concat!(env!("OUT_DIR"), "/brainpb.rs"));
 }
 
+/// Package `grpc.health.v1`: gRPC's standard health-checking service, which etcd serves.
+#[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+pub mod health {
+    include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+}
+
 /// etcd's Watch service answering with [`etcdserverpb::WatchResponseEncoded`]: the same gRPC
 /// path (`/etcdserverpb.Watch/Watch`) and the same bytes on the wire as the generated
 /// `etcdserverpb::watch_server`, but a server can encode each event once and hand the same

@@ -28,6 +28,7 @@ use etcdpb::etcdserverpb::{
     auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
     lease_server::LeaseServer, maintenance_server::MaintenanceServer,
 };
+use etcdpb::health::health_server::HealthServer;
 use futures::StreamExt;
 use header::Identity;
 use metrics::{GrpcMetricsLayer, Metrics};
@@ -264,6 +265,9 @@ impl<E: Engine + Clone> Member<E> {
             .add_service(AuthServer::new(service::auth::AuthService::new(
                 identity, revision,
             )))
+            .add_service(HealthServer::new(service::health::HealthService::new(
+                stop_rx.clone(),
+            )))
             .add_service(
                 BrainServer::new(brain::service::BrainService::new(brain.clone()))
                     .max_encoding_message_size(MAX_SEND_BYTES),
@@ -407,6 +411,7 @@ const SERVED: &[&str] = &[
     etcdpb::etcdserverpb::maintenance_server::SERVICE_NAME,
     etcdpb::etcdserverpb::cluster_server::SERVICE_NAME,
     etcdpb::etcdserverpb::auth_server::SERVICE_NAME,
+    etcdpb::health::health_server::SERVICE_NAME,
     etcdpb::brainpb::brain_server::SERVICE_NAME,
 ];
 

@@ -115,6 +115,17 @@ impl Metrics {
             &["grpc_type", "grpc_service", "grpc_method", "grpc_code"],
         )?;
         registry.register(Box::new(grpc_handled.clone()))?;
+        // Every method with every code from the start, at zero, as gRPC-go's interceptors
+        // register them for etcd: a series that first appears at 1 has no rate until its
+        // second sample, so alerts on failed calls would miss the first failures.
+        for known in etcdpb::methods::METHODS {
+            let labels = [known.kind.name(), known.service, known.method];
+            grpc_started.with_label_values(&labels);
+            for code in 0..=16 {
+                let [kind, service, method] = labels;
+                grpc_handled.with_label_values(&[kind, service, method, code_name(code)]);
+            }
+        }
         let grpc_handling_seconds = HistogramVec::new(
             HistogramOpts::new(
                 "grpc_server_handling_seconds",

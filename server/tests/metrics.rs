@@ -311,6 +311,20 @@ async fn etcd_named_metrics_match_etcds() {
             .collect()
     };
     assert_eq!(les(&e), les(&g));
+    // Every method of etcd's services is counted from the start, at zero until called, and
+    // with every status code (gRPC-go's interceptors register them so for etcd).
+    let series = |text: &str, name: &str| -> BTreeSet<String> {
+        text.lines()
+            .filter_map(|l| l.strip_prefix(name)?.strip_prefix('{'))
+            .filter(|l| !l.contains("brainpb."))
+            .filter_map(|l| Some(l.split_once('}')?.0.to_string()))
+            .collect()
+    };
+    for name in ["grpc_server_started_total", "grpc_server_handled_total"] {
+        let (etcd_series, engram_series) = (series(&e, name), series(&g, name));
+        assert!(etcd_series.len() > 40, "{name}: {etcd_series:?}");
+        assert_eq!(etcd_series, engram_series, "{name}");
+    }
     // One key on each.
     assert_eq!(sample(&e, "etcd_debugging_mvcc_keys_total"), Some(1.0));
     assert_eq!(sample(&g, "etcd_debugging_mvcc_keys_total"), Some(1.0));

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod cluster;
+pub mod health;
 pub mod kv;
 pub mod lease;
 pub mod maintenance;
