@@ -195,6 +195,13 @@ async fn a_failed_sync_fails_its_writes_and_never_reuses_their_revisions() {
         let a = store.range(&get("a")).await.unwrap();
         assert_eq!(a.kvs.len(), 1);
         assert_eq!(a.kvs[0].mod_revision, 2);
+        // Counted (etcd's failed proposals): one failed batch, one committed request.
+        let stats = store.stats();
+        assert_eq!(
+            (stats.batches_failed(), stats.requests_committed()),
+            (1, 1),
+            "round {round}"
+        );
     }
 }
 

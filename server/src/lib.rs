@@ -273,7 +273,7 @@ impl<E: Engine + Clone> Member<E> {
                     .max_encoding_message_size(MAX_SEND_BYTES),
             );
 
-        let metrics = Arc::new(Metrics::new()?);
+        let metrics = Arc::new(Metrics::new(config.quota_backend_bytes)?);
         // Like etcd, each client port serves gRPC and the HTTP endpoints.
         let client_routes = http::add_routes(
             services.routes().into_axum_router(),

@@ -52,8 +52,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Result<Metrics, prometheus::Error> {
+    /// `quota_backend_bytes`: `--quota-backend-bytes`, exported when set (0: no quota, and no
+    /// gauge, so that etcd's alert on the database nearing its quota has nothing to divide by).
+    pub fn new(quota_backend_bytes: u64) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
+        // CPU, memory, file descriptors and start time, under the names Go's client (and so
+        // etcd) gives them: the first panels of every etcd dashboard.
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
             let g = IntGauge::new(name, help)?;
             registry.register(Box::new(g.clone()))?;
@@ -135,6 +142,13 @@ impl Metrics {
             &["grpc_type", "grpc_service", "grpc_method"],
         )?;
         registry.register(Box::new(grpc_handling_seconds.clone()))?;
+        if quota_backend_bytes > 0 {
+            gauge(
+                "etcd_server_quota_backend_bytes",
+                "Current backend storage quota size in bytes.",
+            )?
+            .set(i64::try_from(quota_backend_bytes).unwrap_or(i64::MAX));
+        }
 
         Ok(Metrics {
             db_total_size: gauge(
@@ -285,6 +299,28 @@ fn store_families(stats: &backend::store::stats::StoreStats) -> Vec<MetricFamily
             &stats.commit_seconds.snapshot(),
         ),
         histogram_family(
+            "etcd_disk_wal_fsync_duration_seconds",
+            "The latency distributions of fsync called by WAL.",
+            &stats.sync_seconds.snapshot(),
+        ),
+        // Engram has no raft: a proposal is a write request, committed and applied once the
+        // batch that carries it is durable. etcd exposes these two as gauges.
+        gauge_family(
+            "etcd_server_proposals_committed_total",
+            "The total number of consensus proposals committed.",
+            stats.requests_committed(),
+        ),
+        gauge_family(
+            "etcd_server_proposals_applied_total",
+            "The total number of consensus proposals applied.",
+            stats.requests_committed(),
+        ),
+        counter_family(
+            "etcd_server_proposals_failed_total",
+            "The total number of failed proposals seen.",
+            stats.batches_failed(),
+        ),
+        histogram_family(
             "engram_write_batch_requests",
             "Requests per group-commit batch of the writer.",
             &stats.batch_requests.snapshot(),
@@ -312,6 +348,14 @@ fn counter_family(name: &str, help: &str, value: u64) -> MetricFamily {
     let mut metric = proto::Metric::default();
     metric.set_counter(counter);
     family(name, help, MetricType::COUNTER, metric)
+}
+
+fn gauge_family(name: &str, help: &str, value: u64) -> MetricFamily {
+    let mut gauge = proto::Gauge::default();
+    gauge.set_value(value as f64);
+    let mut metric = proto::Metric::default();
+    metric.set_gauge(gauge);
+    family(name, help, MetricType::GAUGE, metric)
 }
 
 fn histogram_family(name: &str, help: &str, snapshot: &HistogramSnapshot) -> MetricFamily {
@@ -533,7 +577,7 @@ mod tests {
 
     #[test]
     fn exposes_etcd_names() {
-        let metrics = Metrics::new().expect("metrics");
+        let metrics = Metrics::new(0).expect("metrics");
         metrics.observe_leadership(true, true, 1);
         let (text, content_type) = metrics.encode_with(Vec::new());
         assert!(content_type.starts_with("text/plain"));
@@ -557,10 +601,11 @@ mod tests {
             requests: 3,
             total: std::time::Duration::from_micros(1500),
             commit: Some(std::time::Duration::from_micros(500)),
+            sync: Some(std::time::Duration::from_micros(300)),
             leases_granted: 1,
             leases_revoked: 0,
         });
-        let metrics = Metrics::new().expect("metrics");
+        let metrics = Metrics::new(0).expect("metrics");
         let (text, _) = metrics.encode_with(store_families(&stats));
         for line in [
             "# TYPE etcd_debugging_lease_granted_total counter",

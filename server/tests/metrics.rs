@@ -87,6 +87,8 @@ async fn store_watch_and_lease_metrics_follow_the_operations() {
     assert_eq!(sample(&before, "etcd_debugging_mvcc_keys_total"), Some(0.0));
     assert_eq!(sample(&before, WATCH_STREAMS), Some(0.0));
     assert_eq!(sample(&before, WATCHERS), Some(0.0));
+    // No --quota-backend-bytes, no quota: nothing for a quota alert to divide by.
+    assert_eq!(sample(&before, "etcd_server_quota_backend_bytes"), None);
     assert_eq!(
         sample(&before, "etcd_debugging_lease_granted_total"),
         Some(0.0)
@@ -276,7 +278,12 @@ async fn the_watch_window_holds_what_a_lagging_watcher_still_needs() {
 /// The etcd-named metrics have etcd's types, and the commit histogram etcd's buckets.
 #[tokio::test]
 async fn etcd_named_metrics_match_etcds() {
-    let (etcd, engram) = tokio::join!(Etcd::start(), Engram::start());
+    // etcd's quota when none is given (2 GiB); Engram has none unless told.
+    let quota = [
+        "--quota-backend-bytes".to_string(),
+        (2u64 << 30).to_string(),
+    ];
+    let (etcd, engram) = tokio::join!(Etcd::start(), Engram::start_with_args(&quota));
     // Some traffic, so that etcd has committed and both have a commit histogram with samples.
     for endpoint in [etcd.endpoint(), engram.endpoint()] {
         let mut c = support::connect(&endpoint).await;
@@ -294,6 +301,16 @@ async fn etcd_named_metrics_match_etcds() {
         "etcd_debugging_lease_revoked_total",
         "etcd_debugging_lease_renewed_total",
         "etcd_disk_backend_commit_duration_seconds",
+        "etcd_disk_wal_fsync_duration_seconds",
+        "etcd_server_proposals_committed_total",
+        "etcd_server_proposals_applied_total",
+        "etcd_server_proposals_failed_total",
+        "etcd_server_quota_backend_bytes",
+        "process_cpu_seconds_total",
+        "process_resident_memory_bytes",
+        "process_open_fds",
+        "process_max_fds",
+        "process_start_time_seconds",
     ] {
         let type_line = |text: &str| {
             let prefix = format!("# TYPE {name} ");
@@ -304,13 +321,27 @@ async fn etcd_named_metrics_match_etcds() {
         assert!(type_line(&e).is_some(), "etcd lacks {name}");
         assert_eq!(type_line(&e), type_line(&g), "{name}");
     }
-    let les = |text: &str| -> BTreeSet<String> {
-        buckets(text, "etcd_disk_backend_commit_duration_seconds")
-            .into_iter()
-            .map(|(le, _)| le)
-            .collect()
-    };
-    assert_eq!(les(&e), les(&g));
+    for histogram in [
+        "etcd_disk_backend_commit_duration_seconds",
+        "etcd_disk_wal_fsync_duration_seconds",
+    ] {
+        let les = |text: &str| -> BTreeSet<String> {
+            buckets(text, histogram)
+                .into_iter()
+                .map(|(le, _)| le)
+                .collect()
+        };
+        assert_eq!(les(&e), les(&g), "{histogram}");
+        // The put was synced on both.
+        assert!(histogram_count(&g, histogram) >= 1.0, "{histogram}");
+    }
+    assert_eq!(
+        sample(&e, "etcd_server_quota_backend_bytes"),
+        sample(&g, "etcd_server_quota_backend_bytes")
+    );
+    // A proposal per write request: the put.
+    assert!(must(&g, "etcd_server_proposals_committed_total") >= 1.0);
+    assert_eq!(must(&g, "etcd_server_proposals_failed_total"), 0.0);
     // Every method of etcd's services is counted from the start, at zero until called, and
     // with every status code (gRPC-go's interceptors register them so for etcd).
     let series = |text: &str, name: &str| -> BTreeSet<String> {

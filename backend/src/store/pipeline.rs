@@ -103,9 +103,11 @@ impl<E: Engine> Writer<E> {
     /// of it did reach the disk), what the writer remembered of its versions is dropped, and
     /// the open batch, evaluated on top of it, fails with it.
     async fn sync_failed(&mut self, unanswered: Unanswered) {
+        self.shared.stats.record_batch_failed();
         self.written = WrittenLatest::default();
         resync(&self.shared, &self.options).await;
         if let Some(mut batch) = self.open.take() {
+            self.shared.stats.record_batch_failed();
             batch.fail(&earlier_batch_failed());
         }
         self.applied = self.shared.revision.load(Ordering::Acquire);
@@ -189,6 +191,7 @@ impl<E: Engine> Writer<E> {
             }
             Err(Failure { fenced, err }) => {
                 tracing::error!(%err, "write batch failed");
+                self.shared.stats.record_batch_failed();
                 if !fenced {
                     resync(&self.shared, &self.options).await;
                 }
@@ -341,6 +344,7 @@ async fn settle<E: Engine>(
     }
     let synced = syncing.elapsed();
     sample.commit = engine_time.map(|t| t + synced);
+    sample.sync = wrote.then_some(synced);
     sample.requests = replies.len();
     sample.total = started.elapsed();
     if sample.total >= SLOW_BATCH {

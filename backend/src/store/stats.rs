@@ -2,8 +2,9 @@
 //! export them (as Prometheus metrics) without the backend knowing about any metrics library.
 //!
 //! The writer records one sample per group-commit batch: how many requests it carried, how
-//! long evaluating and committing it took, and how long the engine write alone took (etcd's
-//! `backend_commit_duration`). Lease grants and revocations (including expiries) are counted
+//! long evaluating and committing it took, how long the engine write alone took (etcd's
+//! `backend_commit_duration`) and how long its sync took (the journal's fsync, what etcd's
+//! `wal_fsync_duration` measures); and each batch that failed. Lease grants and revocations (including expiries) are counted
 //! once their batch is durable; renewals when they happen.
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,6 +86,10 @@ pub struct StoreStats {
     pub batch_seconds: Histogram,
     /// Seconds of the engine write of a batch (batches that change nothing write nothing).
     pub commit_seconds: Histogram,
+    /// Seconds of the sync that made a batch durable.
+    pub sync_seconds: Histogram,
+    requests_committed: AtomicU64,
+    batches_failed: AtomicU64,
     lease_granted: AtomicU64,
     lease_revoked: AtomicU64,
     lease_renewed: AtomicU64,
@@ -96,6 +101,9 @@ impl Default for StoreStats {
             batch_requests: Histogram::new(BATCH_SIZE_BOUNDS),
             batch_seconds: Histogram::new(DURATION_BOUNDS),
             commit_seconds: Histogram::new(DURATION_BOUNDS),
+            sync_seconds: Histogram::new(DURATION_BOUNDS),
+            requests_committed: AtomicU64::new(0),
+            batches_failed: AtomicU64::new(0),
             lease_granted: AtomicU64::new(0),
             lease_revoked: AtomicU64::new(0),
             lease_renewed: AtomicU64::new(0),
@@ -111,6 +119,8 @@ pub struct BatchSample {
     pub total: Duration,
     /// The engine write alone; None when the batch had nothing to write.
     pub commit: Option<Duration>,
+    /// The sync alone; None when the batch had nothing to sync.
+    pub sync: Option<Duration>,
     pub leases_granted: u64,
     pub leases_revoked: u64,
 }
@@ -123,10 +133,30 @@ impl StoreStats {
         if let Some(commit) = sample.commit {
             self.commit_seconds.observe(commit.as_secs_f64());
         }
+        if let Some(sync) = sample.sync {
+            self.sync_seconds.observe(sync.as_secs_f64());
+        }
+        self.requests_committed
+            .fetch_add(sample.requests as u64, Ordering::Relaxed);
         self.lease_granted
             .fetch_add(sample.leases_granted, Ordering::Relaxed);
         self.lease_revoked
             .fetch_add(sample.leases_revoked, Ordering::Relaxed);
+    }
+
+    /// Records a batch that failed to be written or to become durable.
+    pub fn record_batch_failed(&self) {
+        self.batches_failed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Write requests made durable since the store opened.
+    pub fn requests_committed(&self) -> u64 {
+        self.requests_committed.load(Ordering::Relaxed)
+    }
+
+    /// Batches that failed to be written or to become durable since the store opened.
+    pub fn batches_failed(&self) -> u64 {
+        self.batches_failed.load(Ordering::Relaxed)
     }
 
     pub fn record_lease_renewed(&self) {
@@ -172,6 +202,7 @@ mod tests {
             requests: 3,
             total: Duration::from_millis(3),
             commit: Some(Duration::from_millis(1)),
+            sync: Some(Duration::from_millis(1)),
             leases_granted: 2,
             leases_revoked: 1,
         });
@@ -182,7 +213,10 @@ mod tests {
             ..Default::default()
         });
         stats.record_lease_renewed();
+        stats.record_batch_failed();
         assert_eq!(stats.batch_requests.snapshot().count, 2);
+        assert_eq!(stats.sync_seconds.snapshot().count, 1);
+        assert_eq!((stats.requests_committed(), stats.batches_failed()), (4, 1));
         assert_eq!(stats.batch_requests.snapshot().sum, 4.0);
         assert_eq!(stats.batch_seconds.snapshot().count, 2);
         assert_eq!(stats.commit_seconds.snapshot().count, 1);
