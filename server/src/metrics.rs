@@ -49,6 +49,8 @@ pub struct Metrics {
     grpc_started: IntCounterVec,
     grpc_handled: IntCounterVec,
     grpc_handling_seconds: HistogramVec,
+    grpc_received_bytes: IntCounter,
+    grpc_sent_bytes: IntCounter,
 }
 
 impl Metrics {
@@ -197,6 +199,14 @@ impl Metrics {
             grpc_started,
             grpc_handled,
             grpc_handling_seconds,
+            grpc_received_bytes: counter(
+                "etcd_network_client_grpc_received_bytes_total",
+                "The total number of bytes received from grpc clients.",
+            )?,
+            grpc_sent_bytes: counter(
+                "etcd_network_client_grpc_sent_bytes_total",
+                "The total number of bytes sent to grpc clients.",
+            )?,
             has_leader,
             is_leader,
             leader_changes,
@@ -412,7 +422,7 @@ type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for GrpcMetrics<S>
 where
-    S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
+    S: Service<http::Request<MeteredBody<ReqBody>>, Response = http::Response<ResBody>>,
     S::Future: Send + 'static,
 {
     type Response = http::Response<MeteredBody<ResBody>>;
@@ -425,7 +435,17 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let call = Call::start(&req, &self.metrics);
-        let response = self.inner.call(req);
+        // The bytes of gRPC messages (with their 5-byte frame headers) each way, as etcd
+        // counts its clients' traffic; other requests (HTTP endpoints) are not counted.
+        let metered = call.is_some();
+        let bytes = |counter: &IntCounter| metered.then(|| counter.clone());
+        let received = bytes(&self.metrics.grpc_received_bytes);
+        let sent = bytes(&self.metrics.grpc_sent_bytes);
+        let response = self.inner.call(req.map(|inner| MeteredBody {
+            inner,
+            call: None,
+            bytes: received,
+        }));
         Box::pin(async move {
             let response = response.await?;
             let call = match call {
@@ -440,7 +460,11 @@ where
                 },
                 None => None,
             };
-            Ok(response.map(|inner| MeteredBody { inner, call }))
+            Ok(response.map(|inner| MeteredBody {
+                inner,
+                call,
+                bytes: sent,
+            }))
         })
     }
 }
@@ -531,10 +555,13 @@ fn code_name(code: i32) -> &'static str {
     }
 }
 
-/// A response body that records its call once the trailers bring the gRPC status.
+/// A request or response body that counts its bytes and, for a response, records its call
+/// once the trailers bring the gRPC status.
 pub struct MeteredBody<B> {
     inner: B,
     call: Option<Call>,
+    /// Counts the bytes of the body's data frames.
+    bytes: Option<IntCounter>,
 }
 
 impl<B> Body for MeteredBody<B>
@@ -550,6 +577,11 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = &mut *self;
         let frame = Pin::new(&mut this.inner).poll_frame(cx);
+        if let (Poll::Ready(Some(Ok(frame))), Some(bytes)) = (&frame, &this.bytes)
+            && let Some(data) = frame.data_ref()
+        {
+            bytes.inc_by(data.len() as u64);
+        }
         if let Poll::Ready(Some(Ok(frame))) = &frame
             && let Some(trailers) = frame.trailers_ref()
             && let Some(mut call) = this.call.take()

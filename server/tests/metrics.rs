@@ -306,6 +306,8 @@ async fn etcd_named_metrics_match_etcds() {
         "etcd_server_proposals_applied_total",
         "etcd_server_proposals_failed_total",
         "etcd_server_quota_backend_bytes",
+        "etcd_network_client_grpc_received_bytes_total",
+        "etcd_network_client_grpc_sent_bytes_total",
         "process_cpu_seconds_total",
         "process_resident_memory_bytes",
         "process_open_fds",
@@ -339,6 +341,9 @@ async fn etcd_named_metrics_match_etcds() {
         sample(&e, "etcd_server_quota_backend_bytes"),
         sample(&g, "etcd_server_quota_backend_bytes")
     );
+    // The put's request (key and value in a gRPC frame) and its response.
+    assert!(must(&g, "etcd_network_client_grpc_received_bytes_total") >= 5.0 + 2.0);
+    assert!(must(&g, "etcd_network_client_grpc_sent_bytes_total") >= 5.0);
     // A proposal per write request: the put.
     assert!(must(&g, "etcd_server_proposals_committed_total") >= 1.0);
     assert_eq!(must(&g, "etcd_server_proposals_failed_total"), 0.0);
