@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use futures::future::Either;
 use http::HeaderValue;
 use tower::{Layer, Service};
 
@@ -55,29 +56,43 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<Result<S::Response, S::Error>>;
+    type Future = Either<S::Future, BoxFuture<Result<S::Response, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let message = is_grpc(&req)
-            .then(|| grpc_go_message(req.uri().path(), &self.services))
-            .and_then(|message| HeaderValue::from_str(&message).ok());
+        // Calls that reach a handler (nearly all) pass through untouched.
+        if !is_grpc(&req) || self.serves(req.uri().path()) {
+            return Either::Left(self.inner.call(req));
+        }
+        let message = HeaderValue::from_str(&grpc_go_message(req.uri().path(), &self.services));
         let response = self.inner.call(req);
-        Box::pin(async move {
+        Either::Right(Box::pin(async move {
             let mut response = response.await?;
             let headers = response.headers_mut();
             let bare_unimplemented = headers
                 .get("grpc-status")
                 .is_some_and(|code| code.as_bytes() == b"12")
                 && !headers.contains_key("grpc-message");
-            if let Some(message) = message.filter(|_| bare_unimplemented) {
+            if let Ok(message) = message
+                && bare_unimplemented
+            {
                 headers.insert("grpc-message", message);
             }
             Ok(response)
-        })
+        }))
+    }
+}
+
+impl<S> UnknownMethod<S> {
+    /// Whether `path` names a method of the protos whose service this port serves.
+    fn serves(&self, path: &str) -> bool {
+        path.strip_prefix('/')
+            .and_then(|name| name.split_once('/'))
+            .and_then(|(service, method)| etcdpb::methods::find(service, method))
+            .is_some_and(|known| self.services.contains(&known.service))
     }
 }
 
