@@ -6,6 +6,7 @@
 
 pub mod brain;
 pub mod config;
+mod grpc_call;
 mod header;
 mod http;
 pub mod local_cluster;

@@ -7,6 +7,7 @@
 //! [`GrpcMetricsLayer`], a tower layer on the gRPC server that records what go-grpc-prometheus
 //! records for etcd (`grpc_server_*`).
 
+use crate::grpc_call::{Called, called};
 use crate::service::maintenance::ETCD_API_VERSION;
 use backend::Store;
 use backend::engine::Engine;
@@ -480,17 +481,11 @@ struct Call {
 
 impl Call {
     fn start<B>(req: &http::Request<B>, metrics: &Arc<Metrics>) -> Option<Call> {
-        let grpc = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
-        if !grpc {
-            return None;
-        }
-        let (service, method) = req.uri().path().trim_start_matches('/').split_once('/')?;
         // Only methods that exist: gRPC-go answers others before its interceptors, and labels
         // made of whatever a client sends would grow without bound.
-        let known = etcdpb::methods::find(service, method)?;
+        let Called::Method(known) = called(req) else {
+            return None;
+        };
         let labels = [
             known.kind.name().to_string(),
             known.service.to_string(),

@@ -14,6 +14,8 @@ use futures::future::Either;
 use http::HeaderValue;
 use tower::{Layer, Service};
 
+use crate::grpc_call::{Called, called};
+
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
 /// Adds gRPC-go's message to tonic's bare `Unimplemented` answers (see the module docs).
@@ -64,7 +66,12 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         // Calls that reach a handler (nearly all) pass through untouched.
-        if !is_grpc(&req) || self.serves(req.uri().path()) {
+        let reaches_handler = match called(&req) {
+            Called::NotGrpc => true,
+            Called::Unknown => false,
+            Called::Method(known) => self.services.contains(&known.service),
+        };
+        if reaches_handler {
             return Either::Left(self.inner.call(req));
         }
         let message = HeaderValue::from_str(&grpc_go_message(req.uri().path(), &self.services));
@@ -84,22 +91,6 @@ where
             Ok(response)
         }))
     }
-}
-
-impl<S> UnknownMethod<S> {
-    /// Whether `path` names a method of the protos whose service this port serves.
-    fn serves(&self, path: &str) -> bool {
-        path.strip_prefix('/')
-            .and_then(|name| name.split_once('/'))
-            .and_then(|(service, method)| etcdpb::methods::find(service, method))
-            .is_some_and(|known| self.services.contains(&known.service))
-    }
-}
-
-fn is_grpc<B>(req: &http::Request<B>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// What gRPC-go answers for `path` (`/package.Service/Method`) when the call reaches no

@@ -56,7 +56,6 @@ impl<'a, S: Snapshot> Apply<'a, S> {
         ReadRevisions {
             current: self.begin + self.changed as i64,
             compacted: self.compacted,
-            published: self.published,
         }
     }
 

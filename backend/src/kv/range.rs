@@ -18,8 +18,6 @@ pub struct ReadRevisions {
     pub current: i64,
     /// Reads below this revision fail as compacted.
     pub compacted: i64,
-    /// The newest revision published to readers when the snapshot was taken.
-    pub published: i64,
 }
 
 impl ReadRevisions {

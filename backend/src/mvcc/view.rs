@@ -278,11 +278,7 @@ impl<'a, S: Snapshot> View<'a, S> {
         }
     }
 
-    /// Counts the `INDEX` entries of `bounds` at any readable revision. An entry at or below
-    /// `revision` is the key's state then; a key written since (or by a batch not yet visible)
-    /// is looked up at `revision` in its versions. A key without an entry has been dead since
-    /// at or below the compacted revision (compaction drops the entries of deleted keys only),
-    /// so it is dead at every revision a reader may ask for.
+    /// Counts the `INDEX` entries of `bounds` at any readable revision (see [`IndexState`]).
     async fn count_uncached(&self, bounds: Bounds<'_>, revision: i64) -> EngineResult<usize> {
         if let Some(overlay) = self.overlay
             && overlay.intersects(bounds.start, bounds.end)
@@ -302,11 +298,10 @@ impl<'a, S: Snapshot> View<'a, S> {
                 .visit(&range, COUNT_PAGE, |k, v| {
                     last.clear();
                     last.extend_from_slice(k);
-                    match decode_index(v) {
-                        Some((mod_revision, live)) if mod_revision <= revision => {
-                            n += live as usize
-                        }
-                        Some(_) => unsettled.push(Bytes::copy_from_slice(k)),
+                    match IndexState::at(v, revision) {
+                        Some(IndexState::Live(_)) => n += 1,
+                        Some(IndexState::Dead) => {}
+                        Some(IndexState::WrittenSince) => unsettled.push(Bytes::copy_from_slice(k)),
                         None => malformed = true,
                     }
                     !malformed
@@ -487,16 +482,16 @@ impl<'a, S: Snapshot> View<'a, S> {
             let mut steps = Vec::with_capacity(page.len());
             let mut exact = Vec::with_capacity(page.len());
             for (index_key, value) in &page {
-                let (latest, live) = decode_index(value).ok_or_else(|| corrupt(index_key))?;
-                if latest > revision {
-                    steps.push((index_key, None));
-                } else if live {
-                    let at = keys::revision_key_of_index(index_key, latest)
-                        .ok_or_else(|| corrupt(index_key))?;
-                    steps.push((index_key, Some(exact.len())));
-                    exact.push(at);
+                match IndexState::at(value, revision).ok_or_else(|| corrupt(index_key))? {
+                    IndexState::Live(latest) => {
+                        let at = keys::revision_key_of_index(index_key, latest)
+                            .ok_or_else(|| corrupt(index_key))?;
+                        steps.push((index_key, Some(exact.len())));
+                        exact.push(at);
+                    }
+                    IndexState::Dead => {}
+                    IndexState::WrittenSince => steps.push((index_key, None)),
                 }
-                // A tombstone at or below `revision`: the key is not there.
             }
             let mut values = self.snapshot.get_many(&exact).await?;
             for (index_key, at) in steps {
@@ -530,6 +525,32 @@ impl<'a, S: Snapshot> View<'a, S> {
                 _ => return Ok(()),
             }
         }
+    }
+}
+
+/// What a key's `INDEX` entry says of it at a revision a reader may ask for (at or above the
+/// compacted one). An entry at or below the revision is the key's state then; a key written
+/// since (or by a batch not yet visible) must be looked up in its versions. A key without an
+/// entry has been dead since at or below the compacted revision (compaction drops the entries
+/// of deleted keys only), so it is dead at every such revision.
+enum IndexState {
+    /// Live, its version at the revision written at this revision.
+    Live(i64),
+    Dead,
+    WrittenSince,
+}
+
+impl IndexState {
+    /// `None` if `value` is not an index entry.
+    fn at(value: &[u8], revision: i64) -> Option<IndexState> {
+        let (latest, live) = decode_index(value)?;
+        Some(if latest > revision {
+            IndexState::WrittenSince
+        } else if live {
+            IndexState::Live(latest)
+        } else {
+            IndexState::Dead
+        })
     }
 }
 

@@ -343,11 +343,7 @@ impl<E: Engine> Store<E> {
                     compacted.max(recorded.as_deref().and_then(decode_counter).unwrap_or(-1));
             }
             if compacted <= current {
-                let revs = ReadRevisions {
-                    current,
-                    compacted,
-                    published: current,
-                };
+                let revs = ReadRevisions { current, compacted };
                 return Ok((revs, snapshot));
             }
             tokio::time::timeout(CATCH_UP, self.wait_for(compacted))
@@ -422,7 +418,8 @@ impl<E: Engine> Store<E> {
             overlay: &mut overlay,
             begin: revs.current,
             compacted: revs.compacted,
-            published: revs.published,
+            // The snapshot holds every revision up to the one read at.
+            published: revs.current,
             leases: &self.shared.leases,
             changed: false,
             events: Vec::new(),
