@@ -5,6 +5,12 @@ use backend::kv::KvError;
 use tonic::{Code, Status};
 
 pub fn from_kv(err: KvError) -> Status {
+    if let KvError::Engine(EngineError::Undetermined(what)) = &err {
+        // etcd's answer when it cannot tell whether a proposal was applied: clients know it
+        // may have taken effect.
+        tracing::error!(error = %what, "storage failure with an unknown outcome");
+        return Status::unavailable("etcdserver: request timed out");
+    }
     let code = match &err {
         KvError::EmptyKey
         | KvError::DuplicateKey
@@ -20,8 +26,7 @@ pub fn from_kv(err: KvError) -> Status {
         KvError::Compacted | KvError::FutureRevision => Code::OutOfRange,
         KvError::Stopped | KvError::NotLeader | KvError::NoLeader => Code::Unavailable,
         KvError::NoSpace => Code::ResourceExhausted,
-        KvError::Engine(EngineError::ConditionFailed { .. }) => Code::Unavailable,
-        KvError::Engine(EngineError::Storage(_)) => Code::Unavailable,
+        KvError::Engine(_) => Code::Unavailable,
     };
     if let KvError::Engine(e) = &err {
         tracing::error!(error = %e, "storage failure");

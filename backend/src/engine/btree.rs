@@ -15,14 +15,11 @@ use std::sync::Arc;
 /// Every Engram key lives in one table; the MVCC layer partitions the keyspace by prefix.
 const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("engram");
 
-/// File name of the database inside the data directory.
-pub const DB_FILE: &str = "engram.redb";
-
 fn storage<E: std::fmt::Display>(err: E) -> EngineError {
     EngineError::Storage(err.to_string())
 }
 
-/// The default engine, backed by a redb database file.
+/// The B-tree engine, backed by a redb database file.
 #[derive(Clone)]
 pub struct BTreeEngine {
     db: Arc<Database>,
@@ -32,9 +29,9 @@ pub struct BTreeEngine {
 impl BTreeEngine {
     /// Opens (or creates) the database in `data_dir`, with a page cache of `cache_bytes`.
     pub fn open(data_dir: &Path, cache_bytes: usize) -> EngineResult<Self> {
-        super::check_no_other_engine(data_dir, super::lsm::LSM_DIR, "lsm")?;
+        super::markers::check_data_dir(data_dir, "btree")?;
         std::fs::create_dir_all(data_dir).map_err(storage)?;
-        let path = data_dir.join(DB_FILE);
+        let path = data_dir.join(super::markers::BTREE_FILE);
         let db = Database::builder()
             .set_cache_size(cache_bytes)
             .create(&path)

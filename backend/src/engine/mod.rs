@@ -6,13 +6,16 @@
 //! contract: every scan is bounded by a limit (a distributed engine pages anyway), and a write
 //! states the values it assumed instead of relying on a process-local lock.
 
+mod any;
 mod btree;
 mod lsm;
+mod markers;
 mod memory;
 mod shared;
 #[cfg(feature = "tikv")]
 mod tikv;
 
+pub use any::{AnyEngine, AnySnapshot, DynEngine, DynSnapshot, EngineConfig, open};
 pub use btree::BTreeEngine;
 pub use lsm::{LsmEngine, LsmOptions};
 pub use memory::MemoryEngine;
@@ -22,15 +25,31 @@ pub use tikv::{TikvEngine, TikvSnapshot, tikv_metrics_text};
 use bytes::Bytes;
 use std::future::Future;
 
-/// Why an engine operation failed.
-#[derive(Debug, thiserror::Error)]
+/// Why an engine operation failed. Cheap to clone: one failed batch fails every request in it
+/// with the same error.
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     /// A condition of a [`WriteBatch`] did not hold; nothing of the batch was written.
     #[error("write condition failed on key {key:?}")]
     ConditionFailed { key: Bytes },
-    /// The engine could not read or write its data (I/O, corruption, a lost connection).
+    /// The engine could not read or write its data (I/O, a lost connection): the operation did
+    /// not take effect.
     #[error("storage engine: {0}")]
     Storage(String),
+    /// A write whose outcome is unknown: it may have taken effect or not (a commit that timed
+    /// out, a connection lost while committing). Never to be reported as a write that failed.
+    #[error("storage engine: {0}; its outcome is unknown")]
+    Undetermined(String),
+    /// An entry the engine returned is not what Engram wrote there.
+    #[error("storage engine: corrupt data: {0}")]
+    Corrupt(String),
+    /// The data directory holds another engine's data: opening it with this one would look
+    /// like an empty store.
+    #[error("{dir} holds data of the {engine} engine; start with --engine {engine}")]
+    OtherEngine { dir: String, engine: &'static str },
+    /// The engine cannot be opened as configured.
+    #[error("{0}")]
+    Config(String),
 }
 
 pub type EngineResult<T> = Result<T, EngineError>;
@@ -102,22 +121,6 @@ impl KeyRange {
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= &self.start[..] && self.end.as_deref().is_none_or(|end| key < end)
     }
-}
-
-/// Refuses to open `data_dir` with one engine when it holds another engine's data: starting
-/// with the wrong `--engine` must not look like an empty store.
-pub(crate) fn check_no_other_engine(
-    data_dir: &std::path::Path,
-    other: &str,
-    flag: &str,
-) -> EngineResult<()> {
-    if data_dir.join(other).exists() {
-        return Err(EngineError::Storage(format!(
-            "{} holds data of another engine ({other}); start with --engine {flag}",
-            data_dir.display()
-        )));
-    }
-    Ok(())
 }
 
 /// The smallest key greater than `key`: where the next page of a scan starts.

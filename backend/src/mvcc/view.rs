@@ -31,7 +31,7 @@ const DERIVE_MIN: usize = 64;
 const COUNT_PAGE: usize = 8192;
 
 fn corrupt(entry: &[u8]) -> EngineError {
-    EngineError::Storage(format!("malformed entry {entry:?}"))
+    EngineError::Corrupt(format!("malformed entry {entry:?}"))
 }
 
 /// The user-key bounds of a read: `end = None` is unbounded.

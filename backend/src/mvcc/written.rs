@@ -12,11 +12,10 @@
 //! entry, and the map moves into each batch and comes back only from a batch that reached the
 //! engine: a batch that fails drops it, and the writer starts again from the engine.
 
-use super::overlay::PendingKey;
 use super::record::{Version, owned_kv};
 use bytes::Bytes;
 use etcdpb::mvccpb::KeyValue;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 /// Keys remembered before the map starts over: enough for the hot keys of a cluster, small
 /// beside the memtable.
@@ -36,7 +35,8 @@ impl WrittenLatest {
         self.versions.get(key).cloned().map(Version::Put)
     }
 
-    /// Takes in a batch that reached the engine: its keys' last versions, and the keys whose
+    /// Takes in a batch that reached the engine: each key it wrote with its last version, and
+    /// the keys whose
     /// index entry compaction removed with it (their latest version was a compacted tombstone:
     /// the engine now has no version of them).
     ///
@@ -46,14 +46,14 @@ impl WrittenLatest {
     /// A hot key pays one engine read, at its first update.
     pub fn remember<'a>(
         &mut self,
-        keys: &BTreeMap<Bytes, PendingKey>,
+        written: impl IntoIterator<Item = (&'a Bytes, Option<&'a Version>)>,
         index_removed: impl IntoIterator<Item = &'a Bytes>,
     ) {
         for key in index_removed {
             self.forget(key);
         }
-        for (key, pending) in keys {
-            let Some(last) = pending.versions.last() else {
+        for (key, last) in written {
+            let Some(last) = last else {
                 continue;
             };
             let Version::Put(kv) = last else {
@@ -114,6 +114,7 @@ fn size(kv: &KeyValue) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
 
     fn put(key: &str, rev: i64, value: usize) -> Version {
         Version::Put(KeyValue {
@@ -126,25 +127,29 @@ mod tests {
         })
     }
 
-    fn batch(versions: &[(&str, Version)]) -> BTreeMap<Bytes, PendingKey> {
+    /// Each key of a batch with its last version.
+    fn batch(versions: &[(&str, Version)]) -> BTreeMap<Bytes, Version> {
         let mut keys = BTreeMap::new();
         for (key, version) in versions {
-            keys.entry(Bytes::copy_from_slice(key.as_bytes()))
-                .or_insert_with(|| PendingKey {
-                    base_index: None,
-                    versions: Vec::new(),
-                })
-                .versions
-                .push(version.clone());
+            keys.insert(Bytes::copy_from_slice(key.as_bytes()), version.clone());
         }
         keys
+    }
+
+    fn remember<'a>(
+        written: &mut WrittenLatest,
+        batch: &'a BTreeMap<Bytes, Version>,
+        removed: impl IntoIterator<Item = &'a Bytes>,
+    ) {
+        written.remember(batch.iter().map(|(k, v)| (k, Some(v))), removed);
     }
 
     #[test]
     fn remembers_each_updated_keys_last_version() {
         let mut written = WrittenLatest::default();
         // a is created (version 1) and updated in one batch; b is only created.
-        written.remember(
+        remember(
+            &mut written,
             &batch(&[
                 ("a", put("a", 2, 8)),
                 ("a", put("a", 3, 8)),
@@ -154,15 +159,19 @@ mod tests {
         );
         assert_eq!(written.get(b"a"), Some(put("a", 3, 8)));
         assert_eq!(written.get(b"b"), None, "creates are not remembered");
-        written.remember(&batch(&[("b", put("b", 4, 8))]), []);
+        remember(&mut written, &batch(&[("b", put("b", 4, 8))]), []);
         assert_eq!(written.get(b"b"), Some(put("b", 4, 8)));
     }
 
     #[test]
     fn forgets_keys_deleted_recreated_or_left_without_an_index_entry() {
         let mut written = WrittenLatest::default();
-        written.remember(&batch(&[("a", put("a", 3, 8)), ("b", put("b", 3, 8))]), []);
-        written.remember(&batch(&[("c", put("c", 3, 8))]), []);
+        remember(
+            &mut written,
+            &batch(&[("a", put("a", 3, 8)), ("b", put("b", 3, 8))]),
+            [],
+        );
+        remember(&mut written, &batch(&[("c", put("c", 3, 8))]), []);
         assert_eq!(written.len(), 3);
         let tombstone = Version::Tombstone {
             key: Bytes::from_static(b"a"),
@@ -172,9 +181,13 @@ mod tests {
         if let Version::Put(kv) = &mut recreated {
             kv.version = 1;
         }
-        written.remember(&batch(&[("a", tombstone), ("b", recreated)]), []);
+        remember(
+            &mut written,
+            &batch(&[("a", tombstone), ("b", recreated)]),
+            [],
+        );
         assert_eq!((written.get(b"a"), written.get(b"b")), (None, None));
-        written.remember(&BTreeMap::new(), [&Bytes::from_static(b"c")]);
+        remember(&mut written, &BTreeMap::new(), [&Bytes::from_static(b"c")]);
         assert!(written.is_empty());
         assert_eq!(written.bytes, 0, "sizes are given back");
     }
@@ -184,13 +197,17 @@ mod tests {
         let mut written = WrittenLatest::default();
         let big = MAX_BYTES / 4;
         for (i, key) in ["a", "b", "c"].into_iter().enumerate() {
-            written.remember(&batch(&[(key, put(key, i as i64 + 3, big))]), []);
+            remember(
+                &mut written,
+                &batch(&[(key, put(key, i as i64 + 3, big))]),
+                [],
+            );
         }
         assert_eq!(written.len(), 3);
         // Rewriting a key replaces its size, it does not add to it.
-        written.remember(&batch(&[("a", put("a", 9, big))]), []);
+        remember(&mut written, &batch(&[("a", put("a", 9, big))]), []);
         assert_eq!(written.len(), 3);
-        written.remember(&batch(&[("d", put("d", 10, big))]), []);
+        remember(&mut written, &batch(&[("d", put("d", 10, big))]), []);
         assert!(
             written.is_empty(),
             "past {MAX_BYTES} bytes the map starts over"

@@ -4,8 +4,8 @@
 //! etcd). This task then walks the versions in bounded pages and hands each page's removals to
 //! the writer, so that writes are never blocked for longer than one ordinary batch.
 
-use super::Shared;
-use super::writer::{CompactStep, Job, Op};
+use super::request::{CompactStep, WriteRequest};
+use super::shared::Shared;
 use crate::engine::{Engine, EngineResult, Snapshot};
 use crate::mvcc::Version;
 use crate::mvcc::keys::{self, REVS};
@@ -21,7 +21,7 @@ const PAGE: usize = 1024;
 /// everything else let go of the store.
 pub(super) async fn run<E: Engine>(
     store: Weak<Shared<E>>,
-    writer: mpsc::WeakSender<Job>,
+    writer: mpsc::WeakSender<WriteRequest>,
     mut target: watch::Receiver<i64>,
     mut swept: i64,
 ) {
@@ -55,7 +55,7 @@ pub(super) async fn run<E: Engine>(
 /// is gone.
 async fn sweep<E: Engine>(
     shared: &Shared<E>,
-    writer: &mpsc::WeakSender<Job>,
+    writer: &mpsc::WeakSender<WriteRequest>,
     goal: i64,
 ) -> EngineResult<bool> {
     let snapshot = shared.engine.snapshot().await?;
@@ -120,16 +120,13 @@ async fn sweep<E: Engine>(
     }
 }
 
-async fn send(writer: &mpsc::WeakSender<Job>, step: CompactStep) -> bool {
+async fn send(writer: &mpsc::WeakSender<WriteRequest>, step: CompactStep) -> bool {
     let Some(writer) = writer.upgrade() else {
         return false;
     };
     let (reply, rx) = oneshot::channel();
     if writer
-        .send(Job {
-            op: Op::CompactStep(step),
-            reply,
-        })
+        .send(WriteRequest::CompactStep(step, reply))
         .await
         .is_err()
     {

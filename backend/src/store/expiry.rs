@@ -1,8 +1,8 @@
 //! Lease expiry: the leader revokes leases whose deadline passed, through the writer, so each
 //! expiry deletes its keys in one revision with ordinary delete events.
 
-use super::Shared;
-use super::writer::{Job, Op};
+use super::request::WriteRequest;
+use super::shared::Shared;
 use crate::engine::Engine;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,7 +14,7 @@ const TICK: Duration = Duration::from_millis(250);
 /// shares group commits with ordinary writes instead of stalling them.
 const PER_ROUND: usize = 256;
 
-pub(super) async fn run<E: Engine>(shared: Arc<Shared<E>>, writer: mpsc::WeakSender<Job>) {
+pub(super) async fn run<E: Engine>(shared: Arc<Shared<E>>, writer: mpsc::WeakSender<WriteRequest>) {
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -33,10 +33,7 @@ pub(super) async fn run<E: Engine>(shared: Arc<Shared<E>>, writer: mpsc::WeakSen
         for id in due {
             let (reply, rx) = oneshot::channel();
             if writer
-                .send(Job {
-                    op: Op::LeaseRevoke { id },
-                    reply,
-                })
+                .send(WriteRequest::LeaseRevoke { id, reply })
                 .await
                 .is_err()
             {

@@ -6,35 +6,39 @@
 //! commit. Only after that batch is durable is its last revision published to readers and are
 //! the requests answered.
 
+mod batch;
+mod commit;
 mod compactor;
 mod expiry;
 mod history;
 mod maintenance;
-mod pipeline;
+mod options;
+mod request;
+mod shared;
 pub mod stats;
 mod writer;
 
-pub use writer::{CommitListener, CommittedRevision, owned_event};
+pub use commit::{CommitListener, CommittedRevision, owned_event};
+pub use options::{DEFAULT_MAX_REQUEST_BYTES, StoreOptions};
 
-use crate::engine::{Condition, Engine, Snapshot};
+use crate::engine::{Engine, EngineError, Snapshot, for_each_page};
 use crate::kv::{Apply, KvError, KvResult, ReadRevisions, validate};
-use crate::lease::{LeaseInfo, LeaseTable};
+use crate::lease::LeaseInfo;
 use crate::mvcc::View;
 use crate::mvcc::keys;
 use crate::mvcc::overlay::Overlay;
 use crate::mvcc::record::decode_counter;
+use bytes::Bytes;
 use etcdpb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
     PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse,
 };
 use prost::Message;
+use request::{Reply, WriteRequest};
+use shared::{Recovered, Shared, recover};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot};
-use writer::{Job, Op, Reply};
-
-/// etcd's default `--max-request-bytes`: 1.5 MiB.
-pub const DEFAULT_MAX_REQUEST_BYTES: usize = 1536 * 1024;
 
 /// Bytes etcd adds around a request when it proposes it to raft (its `InternalRaftRequest`
 /// header); counted so that the size limit cuts where etcd's does.
@@ -44,133 +48,13 @@ const PROPOSAL_OVERHEAD: usize = 16;
 /// (see [`Store::snapshot`]) before it gives up: a follower that far behind has lost its leader.
 const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
-/// How the store is wired into the rest of the server.
-#[derive(Clone)]
-pub struct StoreOptions {
-    /// Most requests one engine batch carries.
-    pub max_batch: usize,
-    /// Told about every committed revision, in order (the watch event log).
-    pub listener: Option<Arc<dyn CommitListener>>,
-    /// Writes whose encoding is larger are refused (etcd's `--max-request-bytes`).
-    pub max_request_bytes: usize,
-    /// Longest one engine batch may take before its requests fail (their outcome unknown),
-    /// so a stuck engine write holds up the writes queued behind it no longer than this.
-    pub write_timeout: std::time::Duration,
-    /// The leader's fencing token: every batch the writer commits requires it, so that a
-    /// leader deposed by a newer election fails to write instead of overwriting its successor.
-    pub fence: Option<Condition>,
-}
-
-impl Default for StoreOptions {
-    fn default() -> Self {
-        StoreOptions {
-            max_batch: 1024,
-            listener: None,
-            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
-            write_timeout: std::time::Duration::from_secs(10),
-            fence: None,
-        }
-    }
-}
-
-/// State shared by readers, the writer and the compactor.
-struct Shared<E> {
-    engine: E,
-    /// The newest revision whose batch is durable: what readers see as "now".
-    revision: AtomicI64,
-    /// Reads below this revision fail as compacted (-1 before any compaction, as in etcd).
-    compacted: AtomicI64,
-    /// Live leases and their deadlines.
-    leases: LeaseTable,
-    /// The NOSPACE alarm: while raised, nothing that adds data is accepted (etcd's capped
-    /// applier): Put, a Txn with a Put on any path, LeaseGrant. Reads, deletes and
-    /// compaction go on, so an operator can make room.
-    no_space: std::sync::atomic::AtomicBool,
-    /// Counters and histograms of the writer's batches and the leases.
-    stats: stats::StoreStats,
-    /// Counts of ranges at fixed revisions, for the pages of a list.
-    counts: crate::mvcc::count_cache::CountCache,
-    /// Tells waiters each newly published revision.
-    published: tokio::sync::watch::Sender<i64>,
-    /// Tells the compactor and the leader's event log each new compacted revision
-    /// (compaction makes no revision, so nothing else would carry it).
-    compaction: tokio::sync::watch::Sender<i64>,
-    /// Whether the durable revision counter exists yet: every batch requires it to hold the
-    /// published revision (absent before the first write), so that a batch whose outcome was
-    /// unknown (a timeout) but that did commit can never be followed by one reusing its
-    /// revisions.
-    revision_stored: std::sync::atomic::AtomicBool,
-    /// Raised when a batch failed on the fence: another member leads now, and this store
-    /// accepts no more writes.
-    deposed: tokio::sync::watch::Sender<bool>,
-}
-
-impl<E> Shared<E> {
-    /// Makes `revision` the compacted one for readers, and tells whoever waits on it.
-    fn set_compacted(&self, revision: i64) {
-        self.compacted.store(revision, Ordering::Release);
-        self.compaction.send_replace(revision);
-    }
-
-    /// Makes `revision` the one readers see, and wakes whoever waits for it.
-    fn publish(&self, revision: i64) {
-        self.revision.store(revision, Ordering::Release);
-        self.published.send_replace(revision);
-    }
-}
-
-/// The durable state a store starts from.
-pub(crate) struct Recovered {
-    revision: i64,
-    revision_stored: bool,
-    compacted: i64,
-    swept: i64,
-    leases: LeaseTable,
-}
-
-pub(crate) async fn recover<E: Engine>(engine: &E) -> KvResult<Recovered> {
-    let snapshot = engine.snapshot().await?;
-    let counter = |value: Option<bytes::Bytes>| value.as_deref().and_then(decode_counter);
-    let stored = snapshot.get(&keys::meta_revision()).await?;
-    let revision_stored = stored.is_some();
-    let revision = counter(stored).unwrap_or(1);
-    let compacted = counter(snapshot.get(&keys::meta_compacted()).await?).unwrap_or(-1);
-    let swept = counter(snapshot.get(&keys::meta_compaction_done()).await?).unwrap_or(-1);
-    let leases = LeaseTable::default();
-    let mut range = keys::lease_records();
-    loop {
-        let page = snapshot.scan(&range, 1024, false).await?;
-        for (k, v) in &page {
-            if let (Some(id), Some(ttl)) = (k.get(1..9), decode_counter(v)) {
-                let id = i64::from_be_bytes(id.try_into().unwrap_or_default());
-                leases.insert(id, ttl);
-            }
-        }
-        match page.last() {
-            Some((last, _)) if page.len() == 1024 => {
-                let mut next = last.to_vec();
-                next.push(0);
-                range.start = bytes::Bytes::from(next);
-            }
-            _ => break,
-        }
-    }
-    Ok(Recovered {
-        revision,
-        revision_stored,
-        compacted,
-        swept,
-        leases,
-    })
-}
-
 /// A handle to the store; cheap to clone.
 ///
 /// A leader's store has a writer; a follower's store (see [`Store::open_follower`]) only reads,
 /// at the revisions the leader's event log has brought it to.
 pub struct Store<E> {
     shared: Arc<Shared<E>>,
-    writer: Option<mpsc::Sender<Job>>,
+    writer: Option<mpsc::Sender<WriteRequest>>,
     max_request_bytes: usize,
 }
 
@@ -188,27 +72,15 @@ impl<E: Engine> Store<E> {
     /// Opens the store on `engine`, recovering the durable revision counters, and starts the
     /// writer and compactor tasks on the current tokio runtime.
     pub async fn open(engine: E, options: StoreOptions) -> KvResult<Self> {
+        let recovered = recover(&engine).await?;
         let Recovered {
             revision,
-            revision_stored,
             compacted,
             swept,
-            leases,
-        } = recover(&engine).await?;
-        let lease_count = leases.len();
-        let shared = Arc::new(Shared {
-            engine,
-            revision: AtomicI64::new(revision),
-            compacted: AtomicI64::new(compacted),
-            leases,
-            no_space: Default::default(),
-            counts: Default::default(),
-            stats: Default::default(),
-            published: tokio::sync::watch::Sender::new(revision),
-            compaction: tokio::sync::watch::Sender::new(compacted),
-            revision_stored: revision_stored.into(),
-            deposed: tokio::sync::watch::Sender::new(false),
-        });
+            ..
+        } = recovered;
+        let lease_count = recovered.leases.len();
+        let shared = Arc::new(Shared::new(engine, recovered, true));
         let (writer_tx, writer_rx) = mpsc::channel(options.max_batch.max(1) * 4);
         tokio::spawn(compactor::run(
             Arc::downgrade(&shared),
@@ -218,7 +90,7 @@ impl<E: Engine> Store<E> {
         ));
         let max_request_bytes = options.max_request_bytes;
         tokio::spawn(expiry::run(shared.clone(), writer_tx.downgrade()));
-        let writer = tokio::spawn(pipeline::run(shared.clone(), writer_rx, options));
+        let writer = tokio::spawn(writer::run(shared.clone(), writer_rx, options));
         // Without its writer the store would keep serving reads while every write hangs: a
         // silent outage. A writer that panicked takes the process down, so that a supervisor
         // restarts it on the durable state.
@@ -244,19 +116,7 @@ impl<E: Engine> Store<E> {
     /// [`KvError::NotLeader`]; the server forwards them to the leader instead.
     pub async fn open_follower(engine: E, max_request_bytes: usize) -> KvResult<Self> {
         let recovered = recover(&engine).await?;
-        let shared = Arc::new(Shared {
-            engine,
-            revision: AtomicI64::new(recovered.revision),
-            compacted: AtomicI64::new(recovered.compacted),
-            leases: LeaseTable::default(),
-            no_space: Default::default(),
-            counts: Default::default(),
-            stats: Default::default(),
-            published: tokio::sync::watch::Sender::new(recovered.revision),
-            compaction: tokio::sync::watch::Sender::new(recovered.compacted),
-            revision_stored: recovered.revision_stored.into(),
-            deposed: tokio::sync::watch::Sender::new(false),
-        });
+        let shared = Arc::new(Shared::new(engine, recovered, false));
         Ok(Store {
             shared,
             writer: None,
@@ -379,19 +239,14 @@ impl<E: Engine> Store<E> {
         validate::check_put(&req)?;
         self.check_space()?;
         self.check_size(&req)?;
-        match self.submit(Op::Put(req)).await? {
-            Reply::Put(resp) => Ok(resp),
-            _ => Err(KvError::Stopped),
-        }
+        self.submit(|reply| WriteRequest::Put(req, reply)).await
     }
 
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> KvResult<DeleteRangeResponse> {
         validate::check_delete(&req)?;
         self.check_size(&req)?;
-        match self.submit(Op::DeleteRange(req)).await? {
-            Reply::DeleteRange(resp) => Ok(resp),
-            _ => Err(KvError::Stopped),
-        }
+        self.submit(|reply| WriteRequest::DeleteRange(req, reply))
+            .await
     }
 
     pub async fn txn(&self, req: TxnRequest) -> KvResult<TxnResponse> {
@@ -403,10 +258,7 @@ impl<E: Engine> Store<E> {
         if validate::is_read_only(&req) {
             return self.read_only_txn(&req).await;
         }
-        match self.submit(Op::Txn(req)).await? {
-            Reply::Txn(resp) => Ok(resp),
-            _ => Err(KvError::Stopped),
-        }
+        self.submit(|reply| WriteRequest::Txn(req, reply)).await
     }
 
     /// A txn that cannot write is evaluated on a snapshot, like a Range.
@@ -428,29 +280,23 @@ impl<E: Engine> Store<E> {
     }
 
     pub async fn compact(&self, req: CompactionRequest) -> KvResult<CompactionResponse> {
-        match self.submit(Op::Compact(req.revision)).await? {
-            Reply::Compact(resp) => Ok(resp),
-            _ => Err(KvError::Stopped),
-        }
+        self.submit(|reply| WriteRequest::Compact(req.revision, reply))
+            .await
     }
 
     /// LeaseGrant of lease `id` (non-zero; the caller picks one when the client did not).
     /// Returns the TTL granted.
     pub async fn lease_grant(&self, id: i64, ttl: i64) -> KvResult<i64> {
         self.check_space()?;
-        match self.submit(Op::LeaseGrant { id, ttl }).await? {
-            Reply::LeaseGrant(ttl) => Ok(ttl),
-            _ => Err(KvError::Stopped),
-        }
+        self.submit(|reply| WriteRequest::LeaseGrant { id, ttl, reply })
+            .await
     }
 
     /// LeaseRevoke: deletes the attached keys (one revision) and the lease. Returns the
     /// revision after it.
     pub async fn lease_revoke(&self, id: i64) -> KvResult<i64> {
-        match self.submit(Op::LeaseRevoke { id }).await? {
-            Reply::LeaseRevoke(revision) => Ok(revision),
-            _ => Err(KvError::Stopped),
-        }
+        self.submit(|reply| WriteRequest::LeaseRevoke { id, reply })
+            .await
     }
 
     /// Renews lease `id` for its full TTL; None if it does not exist.
@@ -472,22 +318,15 @@ impl<E: Engine> Store<E> {
     }
 
     /// The keys attached to lease `id`, in key order.
-    pub async fn lease_keys(&self, id: i64) -> KvResult<Vec<bytes::Bytes>> {
+    pub async fn lease_keys(&self, id: i64) -> KvResult<Vec<Bytes>> {
         let snapshot = self.shared.engine.snapshot().await?;
         let mut out = Vec::new();
-        let mut range = keys::lease_keys_of(id);
-        loop {
-            let page = snapshot.scan(&range, 1024, false).await?;
+        for_each_page(&snapshot, keys::lease_keys_of(id), 1024, |page| {
             out.extend(page.iter().map(|(k, _)| k.slice(9..)));
-            match page.last() {
-                Some((last, _)) if page.len() == 1024 => {
-                    let mut next = last.to_vec();
-                    next.push(0);
-                    range.start = bytes::Bytes::from(next);
-                }
-                _ => return Ok(out),
-            }
-        }
+            true
+        })
+        .await?;
+        Ok(out)
     }
 
     /// Refuses writes over the size limit, after validation (etcd's order of checks).
@@ -498,17 +337,61 @@ impl<E: Engine> Store<E> {
         Ok(())
     }
 
-    async fn submit(&self, op: Op) -> KvResult<Reply> {
+    /// Hands the writer the request `request` makes of a reply channel, and waits for the
+    /// answer.
+    async fn submit<T>(&self, request: impl FnOnce(Reply<T>) -> WriteRequest) -> KvResult<T> {
         let writer = match &self.writer {
             Some(writer) if !*self.shared.deposed.borrow() => writer,
             _ => return Err(KvError::NotLeader),
         };
         let (reply, rx) = oneshot::channel();
         writer
-            .send(Job { op, reply })
+            .send(request(reply))
             .await
             .map_err(|_| KvError::Stopped)?;
         rx.await.map_err(|_| KvError::Stopped)?
+    }
+
+    /// The events of revisions `from..=to` (clamped to the published revision), whole revisions
+    /// only, about `max_events` of them at most (a single larger revision is returned whole),
+    /// and the revision through which the answer is complete. Each event carries its prev_kv
+    /// where the previous version still exists.
+    pub async fn history(
+        &self,
+        from: i64,
+        to: i64,
+        max_events: usize,
+    ) -> KvResult<(Vec<CommittedRevision>, i64)> {
+        let (revs, snapshot) = self.snapshot().await?;
+        history::read(&snapshot, revs, from, to, max_events).await
+    }
+
+    /// HashKV at `revision` (0 = now): (hash, the revision hashed, the compacted revision).
+    pub async fn hash_kv(&self, revision: i64) -> KvResult<(u32, i64, i64)> {
+        let (revs, snapshot) = self.snapshot().await?;
+        maintenance::hash_kv(&snapshot, revs, revision).await
+    }
+
+    /// Hash: a CRC-32 of the whole keyspace as it is now.
+    pub async fn hash(&self) -> KvResult<u32> {
+        let snapshot = self.shared.engine.snapshot().await?;
+        maintenance::hash(&snapshot).await
+    }
+
+    /// A consistent backup stream of the whole store (see [`crate::snapshot`]), in chunks of
+    /// about `chunk` bytes.
+    pub async fn backup(
+        &self,
+        chunk: usize,
+    ) -> KvResult<mpsc::Receiver<Result<Bytes, EngineError>>> {
+        let snapshot = self.shared.engine.snapshot().await?;
+        // The snapshot may hold a batch the writer has not synced yet; syncing after taking it
+        // makes everything it holds durable, so a backup never holds a revision that a crash
+        // of this server could still take back.
+        self.shared.engine.sync().await?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(crate::snapshot::dump(snapshot, chunk, tx));
+        Ok(rx)
     }
 }
 

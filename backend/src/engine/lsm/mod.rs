@@ -29,9 +29,6 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-/// Folder of the database inside the data directory.
-pub const LSM_DIR: &str = "lsm";
-
 fn storage<E: std::fmt::Display>(err: E) -> EngineError {
     EngineError::Storage(err.to_string())
 }
@@ -81,9 +78,9 @@ impl LsmEngine {
     }
 
     pub fn open_with(data_dir: &Path, options: &LsmOptions) -> EngineResult<Self> {
-        super::check_no_other_engine(data_dir, super::btree::DB_FILE, "btree")?;
+        super::markers::check_data_dir(data_dir, "lsm")?;
         std::fs::create_dir_all(data_dir).map_err(storage)?;
-        let lsm_dir = data_dir.join(LSM_DIR);
+        let lsm_dir = data_dir.join(super::markers::LSM_DIR);
         let db = Database::builder(&lsm_dir)
             .cache_size(options.cache_bytes)
             // One background worker for flushes and compactions. With more, fjall's first
@@ -141,7 +138,7 @@ impl LsmEngine {
     fn bucket(&self, stored: &[u8]) -> EngineResult<Bucket> {
         match self.keyspace.get(stored).map_err(storage)? {
             Some(value) => Bucket::decode(stored, &value)
-                .ok_or_else(|| EngineError::Storage("malformed long-key bucket".into())),
+                .ok_or_else(|| EngineError::Corrupt("malformed long-key bucket".into())),
             None => Ok(Bucket::default()),
         }
     }
@@ -240,7 +237,7 @@ impl Snapshot for LsmSnapshot {
                 return Ok(None);
             };
             let bucket = Bucket::decode(&stored, &value)
-                .ok_or_else(|| EngineError::Storage("malformed long-key bucket".into()))?;
+                .ok_or_else(|| EngineError::Corrupt("malformed long-key bucket".into()))?;
             return Ok(bucket.0.get(key).cloned());
         }
         let value = self.snapshot.get(&self.keyspace, key).map_err(storage)?;
@@ -279,7 +276,7 @@ impl Snapshot for LsmSnapshot {
                 return Ok(out.len() < limit);
             }
             let bucket = Bucket::decode(&k, &v)
-                .ok_or_else(|| EngineError::Storage("malformed long-key bucket".into()))?;
+                .ok_or_else(|| EngineError::Corrupt("malformed long-key bucket".into()))?;
             let inside = bucket.0.into_iter().filter(|(key, _)| range.contains(key));
             let items: Vec<Entry> = if reverse {
                 inside.rev().collect()
@@ -332,7 +329,7 @@ impl LsmSnapshot {
             let (k, v) = guard.into_inner().map_err(storage)?;
             if long_keys::is_bucket(&k) {
                 let bucket = Bucket::decode(&k, &v)
-                    .ok_or_else(|| EngineError::Storage("malformed long-key bucket".into()))?;
+                    .ok_or_else(|| EngineError::Corrupt("malformed long-key bucket".into()))?;
                 for (key, value) in bucket.0.iter().filter(|(key, _)| range.contains(key)) {
                     shown += 1;
                     if !visit(key, value) || shown >= limit {

@@ -291,7 +291,7 @@ impl Snapshot for TikvSnapshot {
             for KvPair(key, value) in pairs {
                 let stored = Bytes::from(Vec::<u8>::from(key));
                 if keys::decode(&self.prefix, &stored).is_none() {
-                    return Err(EngineError::Storage(format!(
+                    return Err(EngineError::Corrupt(format!(
                         "tikv: scan returned key {stored:?} outside prefix {:?}",
                         self.prefix
                     )));

@@ -56,7 +56,9 @@ pub enum Failure {
     /// nothing of the batch was written. `key` is the engine key TiKV named, if it named one
     /// under our prefix.
     Conflict { key: Option<Bytes> },
-    /// Anything else, including failures after which TiKV may or may not have committed.
+    /// TiKV may or may not have committed (an `UndeterminedError` anywhere in the error).
+    Undetermined,
+    /// Anything else: nothing was committed.
     Other,
 }
 
@@ -76,8 +78,9 @@ pub fn classify(prefix: &[u8], err: &Error) -> Failure {
         }
     });
     match conflict {
-        Some(key) if !undetermined => Failure::Conflict { key },
-        _ => Failure::Other,
+        _ if undetermined => Failure::Undetermined,
+        Some(key) => Failure::Conflict { key },
+        None => Failure::Other,
     }
 }
 
@@ -123,13 +126,14 @@ fn conflict_key(leaf: &Error) -> Option<Option<&[u8]>> {
 }
 
 /// The engine error for a failed commit: a clean conflict becomes `ConditionFailed` (on the key
-/// TiKV named, else on `fallback`: the batch's first condition or mutation key), anything else
-/// `Storage`.
+/// TiKV named, else on `fallback`: the batch's first condition or mutation key), an outcome
+/// TiKV could not determine `Undetermined`, anything else `Storage`.
 pub fn commit_error(prefix: &[u8], err: &Error, fallback: Bytes) -> EngineError {
     match classify(prefix, err) {
         Failure::Conflict { key } => EngineError::ConditionFailed {
             key: key.unwrap_or(fallback),
         },
+        Failure::Undetermined => EngineError::Undetermined(format!("tikv commit: {err}")),
         Failure::Other => storage(err),
     }
 }
@@ -342,12 +346,12 @@ mod tests {
         );
         // Undetermined: it may have committed, even if a conflict is mentioned inside.
         let undetermined = Error::UndeterminedError(Box::new(write_conflict(b"p/k")));
-        assert_eq!(classify(b"p/", &undetermined), Failure::Other);
+        assert_eq!(classify(b"p/", &undetermined), Failure::Undetermined);
         let nested = Error::ExtractedErrors(vec![
             write_conflict(b"p/k"),
             Error::UndeterminedError(Box::new(Error::StringError("lost".into()))),
         ]);
-        assert_eq!(classify(b"p/", &nested), Failure::Other);
+        assert_eq!(classify(b"p/", &nested), Failure::Undetermined);
     }
 
     #[test]
@@ -361,10 +365,15 @@ mod tests {
             EngineError::ConditionFailed { key } => assert_eq!(key, fallback),
             other => panic!("{other:?}"),
         }
-        match commit_error(b"p/", &Error::StringError("boom".into()), fallback) {
+        match commit_error(b"p/", &Error::StringError("boom".into()), fallback.clone()) {
             EngineError::Storage(message) => assert_eq!(message, "tikv: boom"),
             other => panic!("{other:?}"),
         }
+        let lost = Error::UndeterminedError(Box::new(Error::StringError("lost".into())));
+        assert!(matches!(
+            commit_error(b"p/", &lost, fallback),
+            EngineError::Undetermined(_)
+        ));
     }
 
     #[test]
