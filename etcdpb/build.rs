@@ -24,6 +24,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let fds = protox::compile(PROTOS, [Path::new(PROTO_ROOT)])?;
     write_methods(&fds)?;
+    write_headers(&fds)?;
 
     tonic_prost_build::configure()
         .build_server(true)
@@ -86,5 +87,29 @@ fn write_methods(fds: &prost_types::FileDescriptorSet) -> Result<(), Box<dyn std
     out.push_str("];\n");
     let dir = PathBuf::from(std::env::var("OUT_DIR")?);
     std::fs::write(dir.join("methods.rs"), out)?;
+    Ok(())
+}
+
+/// Writes `OUT_DIR/headers.rs`: [`WithHeader`] for every etcd response that carries a
+/// `ResponseHeader` (see `src/header.rs`).
+fn write_headers(fds: &prost_types::FileDescriptorSet) -> Result<(), Box<dyn std::error::Error>> {
+    use heck::ToUpperCamelCase;
+    let mut out = String::new();
+    for file in fds.file.iter().filter(|f| f.package() == "etcdserverpb") {
+        for message in &file.message_type {
+            let has_header = message.field.iter().any(|field| {
+                field.name() == "header" && field.type_name() == ".etcdserverpb.ResponseHeader"
+            });
+            if has_header {
+                let name = message.name().to_upper_camel_case();
+                writeln!(
+                    out,
+                    "impl WithHeader for crate::etcdserverpb::{name} {{\n    fn header_mut(&mut self) -> &mut Option<ResponseHeader> {{\n        &mut self.header\n    }}\n}}",
+                )?;
+            }
+        }
+    }
+    let dir = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(dir.join("headers.rs"), out)?;
     Ok(())
 }

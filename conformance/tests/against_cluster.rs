@@ -2,10 +2,9 @@
 //! embedded engine): a client that only ever talks to a follower must see etcd's behaviour,
 //! its writes forwarded to the leader, its reads and watches served by the follower.
 
-use backend::engine::LsmEngine;
+use backend::engine::{AnyEngine, LsmEngine};
 use server::local_cluster::LocalCluster;
 use std::process::Command;
-use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -14,7 +13,7 @@ async fn suite_passes_against_a_follower() {
         .prefix("conformance-cluster-")
         .tempdir()
         .unwrap();
-    let engine = Arc::new(LsmEngine::open(dir.path(), 16 << 20).unwrap());
+    let engine = AnyEngine::Lsm(LsmEngine::open(dir.path(), 16 << 20).unwrap());
     let cluster = LocalCluster::start(3, &engine, &["--election-lease", "2s"]).unwrap();
     let leader = cluster
         .leader(Duration::from_secs(10))

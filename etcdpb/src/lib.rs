@@ -55,6 +55,7 @@ pub mod encoded {
 }
 
 pub mod codec;
+pub mod header;
 pub mod methods;
 
 impl From<etcdserverpb::WatchResponse> for etcdserverpb::WatchResponseEncoded {

@@ -1,7 +1,8 @@
 //! Command-line flags, named like etcd's so that operators can carry their habits over.
 
+use backend::engine::{EngineConfig, LsmOptions};
 use clap::{Parser, Subcommand, ValueEnum};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -180,6 +181,35 @@ pub enum Command {
 }
 
 impl Config {
+    /// The engine the flags ask for: `kind` with its data in `data_dir`.
+    pub fn engine_config(&self, kind: EngineKind, data_dir: &Path) -> EngineConfig {
+        match kind {
+            EngineKind::Lsm => EngineConfig::Lsm {
+                data_dir: data_dir.to_path_buf(),
+                options: self.lsm_options(),
+            },
+            EngineKind::Btree => EngineConfig::Btree {
+                data_dir: data_dir.to_path_buf(),
+                cache_bytes: self.cache_size_mb << 20,
+            },
+            EngineKind::Memory => EngineConfig::Memory,
+            EngineKind::Tikv => EngineConfig::Tikv {
+                pd_endpoints: self.pd_endpoints.clone(),
+                key_prefix: bytes::Bytes::from(self.key_prefix.clone().into_bytes()),
+            },
+        }
+    }
+
+    /// The LSM engine's options from the flags.
+    fn lsm_options(&self) -> LsmOptions {
+        LsmOptions {
+            cache_bytes: (self.cache_size_mb as u64) << 20,
+            memtable_bytes: Some(self.memtable_size_mb << 20),
+            separate_values_from: (self.value_separation_bytes > 0)
+                .then_some(self.value_separation_bytes),
+        }
+    }
+
     pub fn advertised_urls(&self) -> Vec<String> {
         if self.advertise_client_urls.is_empty() {
             self.listen_client_urls.clone()
@@ -215,6 +245,31 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lsm_options_follow_the_flags() {
+        let config = Config::try_parse_from([
+            "engram",
+            "--cache-size-mb",
+            "8",
+            "--memtable-size-mb",
+            "32",
+            "--value-separation-bytes",
+            "512",
+        ])
+        .unwrap();
+        assert_eq!(
+            config.lsm_options(),
+            LsmOptions {
+                cache_bytes: 8 << 20,
+                memtable_bytes: Some(32 << 20),
+                separate_values_from: Some(512),
+            }
+        );
+        let defaults = Config::try_parse_from(["engram"]).unwrap();
+        assert_eq!(defaults.lsm_options().separate_values_from, None);
+        assert_eq!(defaults.lsm_options().memtable_bytes, Some(64 << 20));
+    }
 
     #[test]
     fn durations_parse_like_etcd_flags() {

@@ -1,6 +1,7 @@
 //! The identity every response header carries.
 
 use etcdpb::etcdserverpb::ResponseHeader;
+use etcdpb::header::WithHeader;
 
 /// cluster_id, member_id and raft_term as etcd fills them into every response header.
 ///
@@ -49,9 +50,17 @@ impl Identity {
         }
     }
 
-    /// Fills the identity into `header`; a header without a revision gets `revision`.
-    pub fn fill(&self, header: &mut Option<ResponseHeader>, revision: i64) {
-        let h = header.get_or_insert_with(Default::default);
+    /// `resp` as this member answers it: its header carries the member's identity, and
+    /// `revision` unless it has one (a forwarded answer keeps the leader's revision).
+    pub fn respond<R: WithHeader>(&self, mut resp: R, revision: i64) -> tonic::Response<R> {
+        self.stamp(&mut resp, revision);
+        tonic::Response::new(resp)
+    }
+
+    /// Fills the identity into the header of `resp` (a message of a stream); a header without
+    /// a revision gets `revision`.
+    pub fn stamp<R: WithHeader>(&self, resp: &mut R, revision: i64) {
+        let h = resp.header_mut().get_or_insert_with(Default::default);
         h.cluster_id = self.cluster_id;
         h.member_id = self.member_id;
         h.raft_term = self.raft_term;

@@ -8,7 +8,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use backend::engine::Engine;
+
 use etcdpb::etcdserverpb::RangeRequest;
 use http::{StatusCode, Uri, header};
 use std::sync::Arc;
@@ -17,12 +17,12 @@ use std::time::Duration;
 /// How long the health check's read may take before the store is reported unhealthy.
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(2);
 
-pub struct HttpState<E> {
-    brain: Arc<Brain<E>>,
+pub struct HttpState {
+    brain: Arc<Brain>,
     metrics: Arc<Metrics>,
 }
 
-impl<E> Clone for HttpState<E> {
+impl Clone for HttpState {
     fn clone(&self) -> Self {
         HttpState {
             brain: self.brain.clone(),
@@ -32,17 +32,13 @@ impl<E> Clone for HttpState<E> {
 }
 
 /// `router` (the gRPC services, or nothing) with the HTTP endpoints added.
-pub fn add_routes<E: Engine + Clone>(
-    router: Router,
-    brain: Arc<Brain<E>>,
-    metrics: Arc<Metrics>,
-) -> Router {
+pub fn add_routes(router: Router, brain: Arc<Brain>, metrics: Arc<Metrics>) -> Router {
     let http = Router::new()
-        .route("/health", get(health::<E>))
-        .route("/livez", get(livez::<E>))
-        .route("/readyz", get(readyz::<E>))
+        .route("/health", get(health))
+        .route("/livez", get(livez))
+        .route("/readyz", get(readyz))
         .route("/version", get(version))
-        .route("/metrics", get(metrics_text::<E>))
+        .route("/metrics", get(metrics_text))
         .with_state(HttpState { brain, metrics });
     // The fallback replaces tonic's, which answers every unknown path with gRPC's Unimplemented.
     router.merge(http).fallback(not_found)
@@ -64,7 +60,7 @@ async fn not_found(headers: http::HeaderMap) -> Response {
 
 /// Whether the member can serve reads: with `leader`, a leader must be known (etcd's "RAFT NO
 /// LEADER"), then the store must answer a Range of one key in time (etcd's `/health` check).
-async fn check_read<E: Engine + Clone>(brain: &Brain<E>, leader: bool) -> Result<(), String> {
+async fn check_read(brain: &Brain, leader: bool) -> Result<(), String> {
     if leader && brain.leader().is_none() {
         return Err("RAFT NO LEADER".to_string());
     }
@@ -96,7 +92,7 @@ fn text(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-async fn health<E: Engine + Clone>(State(state): State<HttpState<E>>) -> Response {
+async fn health(State(state): State<HttpState>) -> Response {
     match check_read(&state.brain, true).await {
         Ok(()) => {
             state.metrics.health_success.inc();
@@ -119,12 +115,7 @@ async fn health<E: Engine + Clone>(State(state): State<HttpState<E>>) -> Respons
 
 /// etcd 3.6's `/livez` and `/readyz` (Kubernetes' healthz format): `ok`, or the failed checks
 /// and 503. `?verbose` lists every check.
-async fn probe<E: Engine + Clone>(
-    brain: &Brain<E>,
-    uri: &Uri,
-    what: &str,
-    checks: &[&'static str],
-) -> Response {
+async fn probe(brain: &Brain, uri: &Uri, what: &str, checks: &[&'static str]) -> Response {
     let verbose = uri.query().is_some_and(|q| {
         q.split('&')
             .any(|p| p == "verbose" || p.starts_with("verbose="))
@@ -152,11 +143,11 @@ async fn probe<E: Engine + Clone>(
     }
 }
 
-async fn livez<E: Engine + Clone>(State(state): State<HttpState<E>>, uri: Uri) -> Response {
+async fn livez(State(state): State<HttpState>, uri: Uri) -> Response {
     probe(&state.brain, &uri, "livez", &["serializable_read"]).await
 }
 
-async fn readyz<E: Engine + Clone>(State(state): State<HttpState<E>>, uri: Uri) -> Response {
+async fn readyz(State(state): State<HttpState>, uri: Uri) -> Response {
     // No corruption check or alarm exists yet: data_corruption always passes.
     let checks = ["data_corruption", "serializable_read", "linearizable_read"];
     probe(&state.brain, &uri, "readyz", &checks).await
@@ -169,7 +160,7 @@ async fn version() -> Response {
     )
 }
 
-async fn metrics_text<E: Engine + Clone>(State(state): State<HttpState<E>>) -> Response {
+async fn metrics_text(State(state): State<HttpState>) -> Response {
     let brain = &state.brain;
     let leader = brain.leader();
     state.metrics.observe_leadership(

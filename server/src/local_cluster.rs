@@ -3,26 +3,30 @@
 //! TiKV. Killing a member shuts its runtime down, so everything it ran stops at once, open
 //! connections included, as with `kill -9`.
 
-use crate::Member;
 use crate::brain::Role;
 use crate::config::Config;
-use backend::engine::Engine;
+use crate::member::Member;
+use backend::engine::AnyEngine;
 use clap::Parser;
 use std::time::Duration;
 
 /// One member and the runtime it runs on.
-pub struct LocalMember<E> {
+pub struct LocalMember {
     pub name: String,
     /// The member's client URL.
     pub url: String,
-    member: Option<Member<E>>,
+    member: Option<Member>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
-impl<E: Engine + Clone> LocalMember<E> {
+impl LocalMember {
     /// Starts member `name` on a free loopback port with `extra` flags (etcd-style, e.g.
     /// `["--election-lease", "1s"]`). Callable from inside or outside a tokio runtime.
-    pub fn start(name: &str, engine: &E, extra: &[&str]) -> Result<Self, crate::BoxError> {
+    pub fn start(
+        name: &str,
+        engine: &AnyEngine,
+        extra: &[&str],
+    ) -> Result<Self, crate::error::BoxError> {
         let mut args = vec![
             "engram",
             "--name",
@@ -41,7 +45,7 @@ impl<E: Engine + Clone> LocalMember<E> {
         let member = std::thread::scope(|s| {
             s.spawn(|| runtime.block_on(Member::start(config, engine)))
                 .join()
-                .map_err(|_| crate::BoxError::from("starting the member panicked"))
+                .map_err(|_| crate::error::BoxError::from("starting the member panicked"))
         })??;
         Ok(LocalMember {
             name: name.to_string(),
@@ -56,11 +60,11 @@ impl<E: Engine + Clone> LocalMember<E> {
     }
 
     /// The running member (panics after [`LocalMember::kill`]).
-    pub fn member(&self) -> &Member<E> {
+    pub fn member(&self) -> &Member {
         self.member.as_ref().expect("the member was killed")
     }
 
-    pub fn member_mut(&mut self) -> &mut Member<E> {
+    pub fn member_mut(&mut self) -> &mut Member {
         self.member.as_mut().expect("the member was killed")
     }
 
@@ -91,7 +95,7 @@ impl<E: Engine + Clone> LocalMember<E> {
     }
 }
 
-impl<E> Drop for LocalMember<E> {
+impl Drop for LocalMember {
     fn drop(&mut self) {
         self.member = None;
         if let Some(rt) = self.runtime.take() {
@@ -101,12 +105,16 @@ impl<E> Drop for LocalMember<E> {
 }
 
 /// Members `name-0`, `name-1`, ... over one engine.
-pub struct LocalCluster<E> {
-    pub members: Vec<LocalMember<E>>,
+pub struct LocalCluster {
+    pub members: Vec<LocalMember>,
 }
 
-impl<E: Engine + Clone> LocalCluster<E> {
-    pub fn start(n: usize, engine: &E, extra: &[&str]) -> Result<Self, crate::BoxError> {
+impl LocalCluster {
+    pub fn start(
+        n: usize,
+        engine: &AnyEngine,
+        extra: &[&str],
+    ) -> Result<Self, crate::error::BoxError> {
         let members = (0..n)
             .map(|i| LocalMember::start(&format!("brain-{i}"), engine, extra))
             .collect::<Result<_, _>>()?;

@@ -38,7 +38,7 @@ fn free_bytes(path: &Path) -> Option<u64> {
 /// Raises the alarm whenever the limits are crossed. Only an operator clears it (Alarm
 /// DEACTIVATE, `etcdctl alarm disarm`), as in etcd; it is raised again at the next check if the
 /// store is still over.
-pub async fn watch<E: Engine + Clone>(brain: Arc<Brain<E>>, limits: SpaceLimits) {
+pub async fn watch(brain: Arc<Brain>, limits: SpaceLimits) {
     let mut ticker = tokio::time::interval(limits.interval);
     loop {
         ticker.tick().await;

@@ -33,3 +33,17 @@ pub fn from_kv(err: KvError) -> Status {
     }
     Status::new(code, err.to_string())
 }
+
+/// What a client hears when a call forwarded to the leader fails: the leader's own answer as
+/// is, or, when the leader could not be reached or went away mid-call, etcd's `leader changed`
+/// (Unavailable), which etcd clients and kube-apiserver know to retry.
+pub fn forwarded(status: Status) -> Status {
+    let from_leader = status.message().starts_with("etcdserver:")
+        || status.message().starts_with("grpc:")
+        || status.message().starts_with("mvcc:");
+    if from_leader || !matches!(status.code(), Code::Unavailable | Code::Unknown) {
+        return status;
+    }
+    tracing::debug!(%status, "forwarding to the leader failed");
+    Status::unavailable("etcdserver: leader changed")
+}

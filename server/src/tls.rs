@@ -6,8 +6,8 @@
 //! tonic only offers ALPN `h2`: like etcd, Engram also serves HTTP/1.1 (`/health`, `/metrics`)
 //! on the client port, so it offers both `h2` and `http/1.1`.
 
-use crate::BoxError;
 use crate::config::Config;
+use crate::error::BoxError;
 use std::io;
 use std::path::Path;
 use std::sync::Arc;

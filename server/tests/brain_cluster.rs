@@ -4,7 +4,7 @@
 
 mod support;
 
-use backend::engine::LsmEngine;
+use backend::engine::{AnyEngine, LsmEngine};
 use etcd_client::{
     Client, Compare, CompareOp, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
@@ -14,7 +14,10 @@ use std::sync::Arc;
 use std::time::Duration;
 use tempfile::TempDir;
 
-type Engine = Arc<LsmEngine>;
+/// The shared embedded engine of the members.
+fn shared_engine(dir: &TempDir) -> LsmEngine {
+    LsmEngine::open(dir.path(), 16 << 20).unwrap()
+}
 
 /// Short enough for quick failovers in tests, long enough for a loaded 2-core machine.
 const FLAGS: &[&str] = &[
@@ -25,21 +28,21 @@ const FLAGS: &[&str] = &[
 ];
 
 struct Cluster {
-    local: LocalCluster<Engine>,
+    local: LocalCluster,
     _dir: TempDir,
 }
 
 impl Cluster {
     async fn start(n: usize) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
-        let engine = Arc::new(LsmEngine::open(dir.path(), 16 << 20).unwrap());
+        let engine = AnyEngine::Lsm(shared_engine(&dir));
         let local = LocalCluster::start(n, &engine, FLAGS).unwrap();
         let cluster = Cluster { local, _dir: dir };
         cluster.wait_for_leader().await;
         cluster
     }
 
-    fn node(&self, i: usize) -> &LocalMember<Engine> {
+    fn node(&self, i: usize) -> &LocalMember {
         &self.local.members[i]
     }
 
@@ -432,12 +435,54 @@ async fn members_share_the_cluster_id_and_differ_in_member_id() {
     assert_ne!(headers[0].1, headers[1].1);
 }
 
+/// Every forwarded call takes answers as large as the leader sends: a LeaseTimeToLive listing
+/// over 4 MiB of attached keys (tonic's default limit) reaches a client through a follower.
+#[tokio::test]
+async fn a_lease_answer_over_4_mib_reaches_a_client_through_a_follower() {
+    use etcdpb::etcdserverpb::{LeaseTimeToLiveRequest, lease_client::LeaseClient};
+    use prost::Message;
+    let cluster = Cluster::start(2).await;
+    let leader = cluster.wait_for_leader().await;
+    let follower = cluster.followers(leader)[0];
+    let mut l = cluster.client(leader).await;
+    let lease = l.lease_grant(600, None).await.unwrap().id();
+    // 5,000 keys of 1 KiB names: 5 MiB of keys, 125 puts per txn.
+    let name = |i: usize| format!("/lease-keys/{i:05}/{}", "k".repeat(1000));
+    for chunk in (0..5_000).collect::<Vec<_>>().chunks(125) {
+        let puts: Vec<TxnOp> = chunk
+            .iter()
+            .map(|&i| TxnOp::put(name(i), "", Some(PutOptions::new().with_lease(lease))))
+            .collect();
+        l.txn(Txn::new().and_then(puts)).await.unwrap();
+    }
+    let mut on_follower = LeaseClient::connect(cluster.node(follower).url.clone())
+        .await
+        .unwrap()
+        .max_decoding_message_size(usize::MAX);
+    let resp = on_follower
+        .lease_time_to_live(LeaseTimeToLiveRequest {
+            id: lease,
+            keys: true,
+        })
+        .await
+        .expect("the follower forwards the call and takes the leader's large answer")
+        .into_inner();
+    assert!(resp.encoded_len() > 4 << 20, "{} bytes", resp.encoded_len());
+    assert_eq!(resp.keys.len(), 5_000);
+    assert_eq!(&resp.keys[4_999][..], name(4_999).as_bytes());
+    assert_eq!(
+        resp.header.unwrap().member_id,
+        cluster.node(follower).member_id(),
+        "the follower answers in its own name"
+    );
+}
+
 /// SIGTERM on the leader hands the lead over at once (well within an election lease) and the
 /// member leaves MemberList.
 #[tokio::test]
 async fn a_leader_that_shuts_down_hands_over_at_once() {
     let dir = tempfile::tempdir().unwrap();
-    let engine = Arc::new(LsmEngine::open(dir.path(), 16 << 20).unwrap());
+    let engine = AnyEngine::Lsm(shared_engine(&dir));
     // A one-minute lease: only the handover can make another member lead within the test.
     let mut local = LocalCluster::start(2, &engine, &["--election-lease", "60s"]).unwrap();
     let leader = local.leader(Duration::from_secs(10)).await.unwrap();
@@ -456,7 +501,7 @@ async fn a_leader_that_shuts_down_hands_over_at_once() {
 /// write fails), as a network partition from the storage would.
 #[derive(Clone)]
 struct Reachable {
-    inner: Engine,
+    inner: LsmEngine,
     broken: Arc<std::sync::atomic::AtomicBool>,
 }
 
@@ -492,12 +537,12 @@ impl backend::engine::Engine for Reachable {
 #[tokio::test]
 async fn watches_requiring_a_leader_leave_a_member_without_one() {
     let dir = tempfile::tempdir().unwrap();
-    let engine: Engine = Arc::new(LsmEngine::open(dir.path(), 16 << 20).unwrap());
+    let engine = shared_engine(&dir);
     let reach = |broken: bool| Reachable {
         inner: engine.clone(),
         broken: Arc::new(std::sync::atomic::AtomicBool::new(broken)),
     };
-    let a = LocalMember::start("brain-a", &reach(false), FLAGS).unwrap();
+    let a = LocalMember::start("brain-a", &AnyEngine::custom(reach(false)), FLAGS).unwrap();
     // b starts once a leads: started together, either may win the first election (on a loaded
     // machine, with parallel test binaries, a's first campaign can take seconds).
     let deadline = std::time::Instant::now() + Duration::from_secs(15);
@@ -505,7 +550,7 @@ async fn watches_requiring_a_leader_leave_a_member_without_one() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let b_engine = reach(false);
-    let b = LocalMember::start("brain-b", &b_engine, FLAGS).unwrap();
+    let b = LocalMember::start("brain-b", &AnyEngine::custom(b_engine.clone()), FLAGS).unwrap();
     while !(a.is_leader() && b.member().brain.leader().is_some())
         && std::time::Instant::now() < deadline
     {

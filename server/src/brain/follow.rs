@@ -1,10 +1,10 @@
 //! A follower's half of the leader's event log: the stream from the leader into the member's
 //! hub and read-only store.
 
-use super::LeaderLink;
-use backend::engine::Engine;
+use super::link::LeaderLink;
+use backend::engine::AnyEngine;
 use backend::{CommittedRevision, Store};
-use etcdpb::brainpb::{FollowRequest, FollowResponse, brain_client::BrainClient};
+use etcdpb::brainpb::{FollowRequest, FollowResponse};
 use std::sync::Arc;
 use std::time::Duration;
 use watch::Hub;
@@ -16,10 +16,8 @@ const RECONNECT: Duration = Duration::from_millis(200);
 /// Follows the leader until the task is aborted (the role changes): every batch moves the
 /// store's revision, then feeds the hub, in order. A broken stream is resumed from the next
 /// revision the hub lacks.
-pub async fn run<E: Engine>(hub: Arc<Hub>, store: Store<E>, leader: Arc<LeaderLink>) {
-    let mut client = BrainClient::new(leader.channel.clone())
-        .max_decoding_message_size(usize::MAX)
-        .max_encoding_message_size(usize::MAX);
+pub async fn run(hub: Arc<Hub>, store: Store<AnyEngine>, leader: Arc<LeaderLink>) {
+    let mut client = leader.brain();
     loop {
         let from = hub.latest() + 1;
         match client
@@ -53,7 +51,7 @@ pub async fn run<E: Engine>(hub: Arc<Hub>, store: Store<E>, leader: Arc<LeaderLi
     }
 }
 
-fn apply<E: Engine>(hub: &Hub, store: &Store<E>, msg: FollowResponse) {
+fn apply(hub: &Hub, store: &Store<AnyEngine>, msg: FollowResponse) {
     let batch = Batch {
         revisions: msg
             .revisions
@@ -78,8 +76,8 @@ fn apply<E: Engine>(hub: &Hub, store: &Store<E>, msg: FollowResponse) {
     replication::apply(hub, &batch);
 }
 
-async fn restart_after_compaction<E: Engine>(hub: &Hub, store: &Store<E>, leader: &LeaderLink) {
-    let mut client = BrainClient::new(leader.channel.clone());
+async fn restart_after_compaction(hub: &Hub, store: &Store<AnyEngine>, leader: &LeaderLink) {
+    let mut client = leader.brain();
     if let Ok(resp) = client
         .read_index(etcdpb::brainpb::ReadIndexRequest {})
         .await

@@ -10,18 +10,29 @@
 
 pub mod election;
 pub mod follow;
+mod forward;
+mod history;
+mod link;
+mod read_index;
 pub mod service;
 
+pub use forward::LeaderRequest;
+pub use history::BrainHistory;
+pub use link::{LeaderLink, LinkError};
+
 use ::watch::Hub;
-use backend::engine::{Condition, Engine};
+use backend::StoreOptions;
+use backend::engine::{AnyEngine, Condition};
 use backend::kv::{KvError, KvResult};
 use backend::mvcc::keys;
-use backend::{Store, StoreOptions};
 use election::{ElectionConfig, LeaderRecord, Leadership};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::ClientTlsConfig;
+
+/// The store of a member, on whichever engine `--engine` chose.
+pub type Store = backend::Store<AnyEngine>;
 
 /// What a member needs to know to play either role.
 #[derive(Clone)]
@@ -35,33 +46,26 @@ pub struct BrainOptions {
     pub client_tls: Option<ClientTlsConfig>,
 }
 
-/// The leader as a follower reaches it.
-pub struct LeaderLink {
-    pub record: LeaderRecord,
-    /// One HTTP/2 connection to the leader's client URL, shared by all forwarded calls.
-    pub channel: Channel,
-}
-
 /// This member's current role.
 #[derive(Clone)]
-pub enum Role<E> {
+pub enum Role {
     /// No leader known: serializable reads only.
     Candidate {
-        store: Store<E>,
+        store: Store,
     },
     Leader {
-        store: Store<E>,
+        store: Store,
         term: u64,
     },
     Follower {
-        store: Store<E>,
+        store: Store,
         leader: Arc<LeaderLink>,
     },
 }
 
-impl<E> Role<E> {
+impl Role {
     /// Where a write goes in this role; None while no leader is known.
-    fn route(&self) -> Option<Route<E>> {
+    fn route(&self) -> Option<Route> {
         match self {
             Role::Leader { store, .. } => Some(Route::Local(store.clone())),
             Role::Follower { leader, .. } => Some(Route::Forward(leader.clone())),
@@ -69,7 +73,7 @@ impl<E> Role<E> {
         }
     }
 
-    pub fn store(&self) -> &Store<E> {
+    pub fn store(&self) -> &Store {
         match self {
             Role::Candidate { store }
             | Role::Leader { store, .. }
@@ -79,30 +83,38 @@ impl<E> Role<E> {
 }
 
 /// Where a write goes.
-pub enum Route<E> {
-    Local(Store<E>),
+pub enum Route {
+    Local(Store),
     Forward(Arc<LeaderLink>),
 }
 
+/// The tasks a brain runs.
+pub struct BrainTasks {
+    /// Campaigns, leads or watches the leader; when stopped, releases the lead first.
+    pub election: tokio::task::JoinHandle<()>,
+    /// Switches this member's role as the election decides.
+    pub roles: tokio::task::JoinHandle<()>,
+}
+
 /// One member's state, shared by its gRPC services.
-pub struct Brain<E> {
-    engine: E,
+pub struct Brain {
+    engine: AnyEngine,
     hub: Arc<Hub>,
-    role: watch::Sender<Role<E>>,
+    role: watch::Sender<Role>,
     options: BrainOptions,
     member_id: u64,
     /// Times the leader (member and term) changed as this member saw it.
     leader_changes: std::sync::atomic::AtomicU64,
 }
 
-impl<E: Engine + Clone> Brain<E> {
+impl Brain {
     /// Opens the member on `engine` (as a candidate), and starts its election and the task
     /// that switches roles. Setting `stop` makes a leader release the lead.
     pub async fn start(
-        engine: E,
+        engine: AnyEngine,
         options: BrainOptions,
         stop: watch::Receiver<bool>,
-    ) -> KvResult<(Arc<Self>, Vec<tokio::task::JoinHandle<()>>)> {
+    ) -> KvResult<(Arc<Self>, BrainTasks)> {
         let store = Store::open_follower(engine.clone(), options.store.max_request_bytes).await?;
         let hub = Hub::new(store.revision(), options.window);
         let brain = Arc::new(Brain {
@@ -115,14 +127,14 @@ impl<E: Engine + Clone> Brain<E> {
         });
         let (leadership, election) = election::start(engine, brain.options.election.clone(), stop);
         let roles = tokio::spawn(brain.clone().switch_roles(leadership));
-        Ok((brain, vec![election, roles]))
+        Ok((brain, BrainTasks { election, roles }))
     }
 
     pub fn hub(&self) -> &Arc<Hub> {
         &self.hub
     }
 
-    pub fn engine(&self) -> &E {
+    pub fn engine(&self) -> &AnyEngine {
         &self.engine
     }
 
@@ -130,16 +142,16 @@ impl<E: Engine + Clone> Brain<E> {
         self.member_id
     }
 
-    pub fn role(&self) -> Role<E> {
+    pub fn role(&self) -> Role {
         self.role.borrow().clone()
     }
 
-    pub fn roles(&self) -> watch::Receiver<Role<E>> {
+    pub fn roles(&self) -> watch::Receiver<Role> {
         self.role.subscribe()
     }
 
     /// The store reads are served from, whatever the role.
-    pub fn store(&self) -> Store<E> {
+    pub fn store(&self) -> Store {
         self.role.borrow().store().clone()
     }
 
@@ -160,7 +172,7 @@ impl<E: Engine + Clone> Brain<E> {
     }
 
     /// Where writes go now; waits up to about two election leases for a leader to be known.
-    pub async fn route(&self) -> KvResult<Route<E>> {
+    pub async fn route(&self) -> KvResult<Route> {
         if let Some(route) = self.role.borrow().route() {
             return Ok(route);
         }
@@ -170,39 +182,6 @@ impl<E: Engine + Clone> Brain<E> {
         match found {
             Ok(Ok(role)) => role.route().ok_or(KvError::NoLeader),
             _ => Err(KvError::NoLeader),
-        }
-    }
-
-    /// The store to serve a read from. A serializable read takes this member's store as it is;
-    /// a linearizable one must see every write acknowledged before it started: the leader's
-    /// store has them all, and a follower first learns the leader's committed revision
-    /// (ReadIndex) and waits until its own store has reached it.
-    pub async fn read_store(&self, serializable: bool) -> KvResult<Store<E>> {
-        if serializable {
-            return Ok(self.store());
-        }
-        match self.route().await? {
-            Route::Local(store) => Ok(store),
-            Route::Forward(leader) => {
-                let store = self.store();
-                let mut client =
-                    etcdpb::brainpb::brain_client::BrainClient::new(leader.channel.clone());
-                let index = client
-                    .read_index(etcdpb::brainpb::ReadIndexRequest {})
-                    .await
-                    .map_err(|status| {
-                        tracing::debug!(%status, "ReadIndex failed");
-                        KvError::NoLeader
-                    })?
-                    .into_inner();
-                // Compaction makes no revision: take the leader's compacted revision as is.
-                store.advance(0, index.compacted);
-                let wait = self.options.election.lease * 2 + Duration::from_secs(1);
-                tokio::time::timeout(wait, store.wait_for(index.revision))
-                    .await
-                    .map_err(|_| KvError::NoLeader)?;
-                Ok(store)
-            }
         }
     }
 
@@ -307,7 +286,7 @@ impl<E: Engine + Clone> Brain<E> {
     }
 
     /// A read-only store for a member that does not lead.
-    async fn follower_store(&self) -> KvResult<Store<E>> {
+    async fn follower_store(&self) -> KvResult<Store> {
         let current = self.store();
         if current.is_follower() {
             return Ok(current);
@@ -330,30 +309,15 @@ impl<E: Engine + Clone> Brain<E> {
         }
     }
 
-    async fn follow(&self, record: LeaderRecord) -> KvResult<tokio::task::JoinHandle<()>> {
+    async fn follow(
+        &self,
+        record: LeaderRecord,
+    ) -> Result<tokio::task::JoinHandle<()>, FollowError> {
         let store = self.follower_store().await?;
-        let url = record
-            .client_urls
-            .first()
-            .cloned()
-            .ok_or_else(|| KvError::Engine(storage("the leader has no client URL")))?;
-        let mut endpoint = Endpoint::from_shared(url.clone())
-            .map_err(|e| KvError::Engine(storage(&format!("leader URL {url}: {e}"))))?
-            .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5));
-        if url.starts_with("https://")
-            && let Some(tls) = &self.options.client_tls
-        {
-            endpoint = endpoint
-                .tls_config(tls.clone())
-                .map_err(|e| KvError::Engine(storage(&format!("TLS to {url}: {e}"))))?;
-        }
-        let link = Arc::new(LeaderLink {
+        let link = Arc::new(LeaderLink::connect(
             record,
-            channel: endpoint.connect_lazy(),
-        });
+            self.options.client_tls.as_ref(),
+        )?);
         tracing::info!(leader = %link.record.name, term = link.record.term, "following");
         let task = tokio::spawn(follow::run(self.hub.clone(), store.clone(), link.clone()));
         self.role.send_replace(Role::Follower {
@@ -364,53 +328,11 @@ impl<E: Engine + Clone> Brain<E> {
     }
 }
 
-/// What a client hears when a call forwarded to the leader fails: the leader's own answer as
-/// is, or, when the leader could not be reached or went away mid-call, etcd's `leader changed`
-/// (Unavailable), which etcd clients and kube-apiserver know to retry.
-pub fn forwarded(status: tonic::Status) -> tonic::Status {
-    let from_leader = status.message().starts_with("etcdserver:")
-        || status.message().starts_with("grpc:")
-        || status.message().starts_with("mvcc:");
-    if from_leader
-        || !matches!(
-            status.code(),
-            tonic::Code::Unavailable | tonic::Code::Unknown
-        )
-    {
-        return status;
-    }
-    tracing::debug!(%status, "forwarding to the leader failed");
-    tonic::Status::unavailable("etcdserver: leader changed")
-}
-
-fn storage(message: &str) -> backend::engine::EngineError {
-    backend::engine::EngineError::Storage(message.to_string())
-}
-
-/// The store's history for watchers, through whichever store the member has now.
-pub struct BrainHistory<E>(pub Arc<Brain<E>>);
-
-impl<E> Clone for BrainHistory<E> {
-    fn clone(&self) -> Self {
-        BrainHistory(self.0.clone())
-    }
-}
-
-impl<E: Engine + Clone> ::watch::HistorySource for BrainHistory<E> {
-    async fn history(
-        &self,
-        from: i64,
-        to: i64,
-        max_events: usize,
-    ) -> KvResult<(Vec<backend::CommittedRevision>, i64)> {
-        self.0.store().history(from, to, max_events).await
-    }
-
-    fn compacted(&self) -> i64 {
-        self.0.store().compacted()
-    }
-
-    fn compactions(&self) -> tokio::sync::watch::Receiver<i64> {
-        self.0.store().compactions()
-    }
+/// Why this member could not start following the leader.
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    #[error(transparent)]
+    Store(#[from] KvError),
+    #[error(transparent)]
+    Link(#[from] LinkError),
 }

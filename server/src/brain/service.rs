@@ -2,7 +2,7 @@
 
 use super::{Brain, BrainHistory, Role};
 use crate::status::from_kv;
-use backend::engine::Engine;
+
 use backend::kv::KvError;
 use etcdpb::brainpb::{
     CommittedRevision, FollowRequest, FollowResponse, ReadIndexRequest, ReadIndexResponse,
@@ -13,12 +13,12 @@ use std::pin::Pin;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-pub struct BrainService<E> {
-    brain: Arc<Brain<E>>,
+pub struct BrainService {
+    brain: Arc<Brain>,
 }
 
-impl<E> BrainService<E> {
-    pub fn new(brain: Arc<Brain<E>>) -> Self {
+impl BrainService {
+    pub fn new(brain: Arc<Brain>) -> Self {
         BrainService { brain }
     }
 }
@@ -26,7 +26,7 @@ impl<E> BrainService<E> {
 type FollowStream = Pin<Box<dyn Stream<Item = Result<FollowResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl<E: Engine + Clone> brain_server::Brain for BrainService<E> {
+impl brain_server::Brain for BrainService {
     type FollowStream = FollowStream;
 
     /// The log from the asked revision on; the stream ends when this member stops leading

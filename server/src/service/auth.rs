@@ -15,9 +15,9 @@ use etcdpb::etcdserverpb::{
     AuthUserChangePasswordResponse, AuthUserDeleteRequest, AuthUserDeleteResponse,
     AuthUserGetRequest, AuthUserGetResponse, AuthUserGrantRoleRequest, AuthUserGrantRoleResponse,
     AuthUserListRequest, AuthUserListResponse, AuthUserRevokeRoleRequest,
-    AuthUserRevokeRoleResponse, AuthenticateRequest, AuthenticateResponse, ResponseHeader,
-    auth_server::Auth,
+    AuthUserRevokeRoleResponse, AuthenticateRequest, AuthenticateResponse, auth_server::Auth,
 };
+use etcdpb::header::WithHeader;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
@@ -31,10 +31,8 @@ impl AuthService {
         AuthService { identity, revision }
     }
 
-    fn header(&self) -> Option<ResponseHeader> {
-        let mut header = None;
-        self.identity.fill(&mut header, (self.revision)());
-        header
+    fn respond<R: WithHeader>(&self, resp: R) -> Response<R> {
+        self.identity.respond(resp, (self.revision)())
     }
 }
 
@@ -67,17 +65,15 @@ impl Auth for AuthService {
         &self,
         _: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        Ok(Response::new(AuthDisableResponse {
-            header: self.header(),
-        }))
+        Ok(self.respond(AuthDisableResponse { header: None }))
     }
 
     async fn auth_status(
         &self,
         _: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
-        Ok(Response::new(AuthStatusResponse {
-            header: self.header(),
+        Ok(self.respond(AuthStatusResponse {
+            header: None,
             enabled: false,
             auth_revision: 1,
         }))
@@ -110,8 +106,8 @@ impl Auth for AuthService {
         &self,
         _: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        Ok(Response::new(AuthUserListResponse {
-            header: self.header(),
+        Ok(self.respond(AuthUserListResponse {
+            header: None,
             users: Vec::new(),
         }))
     }
@@ -162,8 +158,8 @@ impl Auth for AuthService {
         &self,
         _: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        Ok(Response::new(AuthRoleListResponse {
-            header: self.header(),
+        Ok(self.respond(AuthRoleListResponse {
+            header: None,
             roles: Vec::new(),
         }))
     }

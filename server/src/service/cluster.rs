@@ -2,7 +2,7 @@
 
 use crate::brain::{Brain, election};
 use crate::header::Identity;
-use backend::engine::Engine;
+
 use etcdpb::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
     MemberPromoteRequest, MemberPromoteResponse, MemberRemoveRequest, MemberRemoveResponse,
@@ -12,13 +12,13 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 /// MemberList lists the members registered in the shared engine (see `brain::election`).
-pub struct ClusterService<E> {
+pub struct ClusterService {
     identity: Identity,
-    brain: Arc<Brain<E>>,
+    brain: Arc<Brain>,
 }
 
-impl<E> ClusterService<E> {
-    pub fn new(identity: Identity, brain: Arc<Brain<E>>) -> Self {
+impl ClusterService {
+    pub fn new(identity: Identity, brain: Arc<Brain>) -> Self {
         ClusterService { identity, brain }
     }
 }
@@ -33,7 +33,7 @@ fn membership_is_not_raft() -> Status {
 }
 
 #[tonic::async_trait]
-impl<E: Engine + Clone> Cluster for ClusterService<E> {
+impl Cluster for ClusterService {
     async fn member_add(
         &self,
         _req: Request<MemberAddRequest>,

@@ -3,31 +3,29 @@
 //! Reads are served by this member (see [`Brain::read_store`]); writes by the leader's store,
 //! locally or forwarded to the leader.
 
-use crate::brain::{Brain, Route, forwarded};
+use crate::brain::{Brain, LeaderLink, LeaderRequest, Store};
 use crate::header::Identity;
 use crate::status::from_kv;
-use backend::engine::Engine;
-use backend::kv::validate;
+use backend::kv::{KvResult, validate};
 use etcdpb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, ResponseHeader, TxnRequest, TxnResponse,
-    kv_client::KvClient, kv_server::Kv,
+    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, kv_server::Kv,
 };
 use prost::Message;
 use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
-pub struct KvService<E> {
-    brain: Arc<Brain<E>>,
+pub struct KvService {
+    brain: Arc<Brain>,
     identity: Identity,
     max_message_bytes: usize,
 }
 
-impl<E: Engine + Clone> KvService<E> {
+impl KvService {
     /// `max_message_bytes`: the largest request message accepted (etcd: --max-request-bytes
     /// plus 512 KiB); the transport's own limit is set well above it so that this service can
     /// refuse with gRPC-go's exact status, which clients match on.
-    pub fn new(brain: Arc<Brain<E>>, identity: Identity, max_message_bytes: usize) -> Self {
+    pub fn new(brain: Arc<Brain>, identity: Identity, max_message_bytes: usize) -> Self {
         KvService {
             brain,
             identity,
@@ -45,31 +43,10 @@ impl<E: Engine + Clone> KvService<E> {
         }
         Ok(())
     }
-
-    /// Answers with this member's identity in the header (a forwarded answer's revision is
-    /// the leader's and stays).
-    fn respond<T>(
-        &self,
-        mut resp: T,
-        revision: i64,
-        header: impl FnOnce(&mut T) -> &mut Option<ResponseHeader>,
-    ) -> Result<Response<T>, Status> {
-        self.identity.fill(header(&mut resp), revision);
-        Ok(Response::new(resp))
-    }
-
-    fn client(
-        leader: &crate::brain::LeaderLink,
-        max: usize,
-    ) -> KvClient<tonic::transport::Channel> {
-        KvClient::new(leader.channel.clone())
-            .max_decoding_message_size(usize::MAX)
-            .max_encoding_message_size(max.saturating_mul(4))
-    }
 }
 
 #[tonic::async_trait]
-impl<E: Engine + Clone> Kv for KvService<E> {
+impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
         let req = req.into_inner();
         self.check_message(&req)?;
@@ -80,21 +57,14 @@ impl<E: Engine + Clone> Kv for KvService<E> {
             .await
             .map_err(from_kv)?;
         let resp = store.range(&req).await.map_err(from_kv)?;
-        self.respond(resp, store.revision(), |r| &mut r.header)
+        Ok(self.identity.respond(resp, store.revision()))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let req = req.into_inner();
         self.check_message(&req)?;
-        let resp = match self.brain.route().await.map_err(from_kv)? {
-            Route::Local(store) => store.put(req).await.map_err(from_kv)?,
-            Route::Forward(leader) => Self::client(&leader, self.max_message_bytes)
-                .put(req)
-                .await
-                .map_err(forwarded)?
-                .into_inner(),
-        };
-        self.respond(resp, 0, |r| &mut r.header)
+        let resp = self.brain.on_leader(req).await?;
+        Ok(self.identity.respond(resp, 0))
     }
 
     async fn delete_range(
@@ -103,15 +73,8 @@ impl<E: Engine + Clone> Kv for KvService<E> {
     ) -> Result<Response<DeleteRangeResponse>, Status> {
         let req = req.into_inner();
         self.check_message(&req)?;
-        let resp = match self.brain.route().await.map_err(from_kv)? {
-            Route::Local(store) => store.delete_range(req).await.map_err(from_kv)?,
-            Route::Forward(leader) => Self::client(&leader, self.max_message_bytes)
-                .delete_range(req)
-                .await
-                .map_err(forwarded)?
-                .into_inner(),
-        };
-        self.respond(resp, 0, |r| &mut r.header)
+        let resp = self.brain.on_leader(req).await?;
+        Ok(self.identity.respond(resp, 0))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
@@ -121,17 +84,10 @@ impl<E: Engine + Clone> Kv for KvService<E> {
             validate::check_txn(&req).map_err(from_kv)?;
             let store = self.brain.read_store(false).await.map_err(from_kv)?;
             let resp = store.txn(req).await.map_err(from_kv)?;
-            return self.respond(resp, store.revision(), |r| &mut r.header);
+            return Ok(self.identity.respond(resp, store.revision()));
         }
-        let resp = match self.brain.route().await.map_err(from_kv)? {
-            Route::Local(store) => store.txn(req).await.map_err(from_kv)?,
-            Route::Forward(leader) => Self::client(&leader, self.max_message_bytes)
-                .txn(req)
-                .await
-                .map_err(forwarded)?
-                .into_inner(),
-        };
-        self.respond(resp, 0, |r| &mut r.header)
+        let resp = self.brain.on_leader(req).await?;
+        Ok(self.identity.respond(resp, 0))
     }
 
     async fn compact(
@@ -139,21 +95,59 @@ impl<E: Engine + Clone> Kv for KvService<E> {
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
         let req = req.into_inner();
-        let resp = match self.brain.route().await.map_err(from_kv)? {
-            Route::Local(store) => store.compact(req).await.map_err(from_kv)?,
-            Route::Forward(leader) => {
-                let revision = req.revision;
-                let resp = Self::client(&leader, self.max_message_bytes)
-                    .compact(req)
-                    .await
-                    .map_err(forwarded)?
-                    .into_inner();
-                // The leader compacted: reads here must fail below it from now on, not only
-                // once the leader's log says so.
-                self.brain.store().advance(0, revision);
-                resp
-            }
-        };
-        self.respond(resp, 0, |r| &mut r.header)
+        let revision = req.revision;
+        let resp = self.brain.on_leader(req).await?;
+        // The leader compacted: reads here must fail below it from now on, not only once the
+        // leader's log says so (on the leader itself this changes nothing).
+        self.brain.store().advance(0, revision);
+        Ok(self.identity.respond(resp, 0))
+    }
+}
+
+impl LeaderRequest for PutRequest {
+    type Response = PutResponse;
+
+    async fn local(self, store: Store) -> KvResult<PutResponse> {
+        store.put(self).await
+    }
+
+    async fn forward(self, leader: &LeaderLink) -> Result<Response<PutResponse>, Status> {
+        leader.kv().put(self).await
+    }
+}
+
+impl LeaderRequest for DeleteRangeRequest {
+    type Response = DeleteRangeResponse;
+
+    async fn local(self, store: Store) -> KvResult<DeleteRangeResponse> {
+        store.delete_range(self).await
+    }
+
+    async fn forward(self, leader: &LeaderLink) -> Result<Response<DeleteRangeResponse>, Status> {
+        leader.kv().delete_range(self).await
+    }
+}
+
+impl LeaderRequest for TxnRequest {
+    type Response = TxnResponse;
+
+    async fn local(self, store: Store) -> KvResult<TxnResponse> {
+        store.txn(self).await
+    }
+
+    async fn forward(self, leader: &LeaderLink) -> Result<Response<TxnResponse>, Status> {
+        leader.kv().txn(self).await
+    }
+}
+
+impl LeaderRequest for CompactionRequest {
+    type Response = CompactionResponse;
+
+    async fn local(self, store: Store) -> KvResult<CompactionResponse> {
+        store.compact(self).await
+    }
+
+    async fn forward(self, leader: &LeaderLink) -> Result<Response<CompactionResponse>, Status> {
+        leader.kv().compact(self).await
     }
 }

@@ -1,15 +1,13 @@
 //! The Lease service: grant, revoke, keep-alive, time-to-live, list.
 
-use crate::brain::{Brain, Role, Route, forwarded};
+use crate::brain::{Brain, LeaderLink, LeaderRequest, Role, Route, Store};
 use crate::header::Identity;
-use crate::status::from_kv;
-use backend::Store;
-use backend::engine::Engine;
-use etcdpb::etcdserverpb::lease_client::LeaseClient;
+use crate::status::{forwarded, from_kv};
+use backend::kv::{KvError, KvResult};
 use etcdpb::etcdserverpb::{
     LeaseGrantRequest, LeaseGrantResponse, LeaseKeepAliveRequest, LeaseKeepAliveResponse,
     LeaseLeasesRequest, LeaseLeasesResponse, LeaseRevokeRequest, LeaseRevokeResponse, LeaseStatus,
-    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, lease_server::Lease,
+    LeaseTimeToLiveRequest, LeaseTimeToLiveResponse, ResponseHeader, lease_server::Lease,
 };
 use futures::{Stream, StreamExt};
 use std::pin::Pin;
@@ -20,34 +18,46 @@ use tonic::{Request, Response, Status, Streaming};
 
 /// Leases live in the leader's memory (deadlines) and store (records): a follower forwards
 /// every lease call to the leader.
-pub struct LeaseService<E> {
-    brain: Arc<Brain<E>>,
+pub struct LeaseService {
+    brain: Arc<Brain>,
     identity: Identity,
-    /// Source of server-chosen lease ids.
-    next_id: AtomicU64,
+    ids: LeaseIds,
 }
 
-impl<E: Engine + Clone> LeaseService<E> {
-    pub fn new(brain: Arc<Brain<E>>, identity: Identity) -> Self {
-        // Seeded from the clock and the member, so ids chosen before and after a restart, or by
-        // two members, do not collide in practice; a collision is retried anyway.
+impl LeaseService {
+    pub fn new(brain: Arc<Brain>, identity: Identity) -> Self {
+        LeaseService {
+            brain,
+            identity,
+            ids: LeaseIds::new(identity.member_id),
+        }
+    }
+
+    /// `resp` with this member's identity, and the revision it reads at unless it has one.
+    fn respond<R: etcdpb::header::WithHeader>(&self, resp: R) -> Response<R> {
+        self.identity.respond(resp, self.brain.store().revision())
+    }
+}
+
+/// Source of server-chosen lease ids.
+struct LeaseIds(AtomicU64);
+
+impl LeaseIds {
+    /// Seeded from the clock and the member, so ids chosen before and after a restart, or by
+    /// two members, do not collide in practice; a collision is retried anyway.
+    fn new(member_id: u64) -> Self {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
             .unwrap_or(0);
-        LeaseService {
-            brain,
-            identity,
-            next_id: AtomicU64::new(nanos ^ identity.member_id.rotate_left(32)),
-        }
+        LeaseIds(AtomicU64::new(nanos ^ member_id.rotate_left(32)))
     }
 
-    fn choose_id(&self, store: &Store<E>) -> i64 {
+    /// A positive id no live lease of `store` has.
+    fn choose(&self, store: &Store) -> i64 {
         loop {
             // A positive id from a well-mixed counter (splitmix64 step).
-            let mut z = self
-                .next_id
-                .fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
+            let mut z = self.0.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
             z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
             z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             let id = ((z ^ (z >> 31)) & (i64::MAX as u64)) as i64;
@@ -56,90 +66,28 @@ impl<E: Engine + Clone> LeaseService<E> {
             }
         }
     }
-
-    fn header(&self, store: &Store<E>) -> Option<etcdpb::etcdserverpb::ResponseHeader> {
-        let mut header = None;
-        self.identity.fill(&mut header, store.revision());
-        header
-    }
-
-    /// The leader's store, or a client of the leader to forward to.
-    async fn leader(
-        &self,
-    ) -> Result<Result<Store<E>, LeaseClient<tonic::transport::Channel>>, Status> {
-        match self.brain.route().await.map_err(from_kv)? {
-            Route::Local(store) => Ok(Ok(store)),
-            Route::Forward(leader) => Ok(Err(LeaseClient::new(leader.channel.clone()))),
-        }
-    }
 }
 
 type KeepAliveStream = Pin<Box<dyn Stream<Item = Result<LeaseKeepAliveResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl<E: Engine + Clone> Lease for LeaseService<E> {
+impl Lease for LeaseService {
     async fn lease_grant(
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
-        let req = req.into_inner();
-        let store = match self.leader().await? {
-            Ok(store) => store,
-            Err(mut client) => {
-                let mut resp = client
-                    .lease_grant(req)
-                    .await
-                    .map_err(forwarded)?
-                    .into_inner();
-                self.identity.fill(&mut resp.header, 0);
-                return Ok(Response::new(resp));
-            }
+        let grant = Grant {
+            req: req.into_inner(),
+            ids: &self.ids,
         };
-        let client_chose = req.id != 0;
-        let mut id = if client_chose {
-            req.id
-        } else {
-            self.choose_id(&store)
-        };
-        let ttl = loop {
-            match store.lease_grant(id, req.ttl).await {
-                Ok(ttl) => break ttl,
-                // Our own pick raced with another grant: pick again.
-                Err(backend::kv::KvError::LeaseExists) if !client_chose => {
-                    id = self.choose_id(&store)
-                }
-                Err(err) => return Err(from_kv(err)),
-            }
-        };
-        Ok(Response::new(LeaseGrantResponse {
-            header: self.header(&store),
-            id,
-            ttl,
-            error: String::new(),
-        }))
+        Ok(self.respond(self.brain.on_leader(grant).await?))
     }
 
     async fn lease_revoke(
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let req = req.into_inner();
-        let store = match self.leader().await? {
-            Ok(store) => store,
-            Err(mut client) => {
-                let mut resp = client
-                    .lease_revoke(req)
-                    .await
-                    .map_err(forwarded)?
-                    .into_inner();
-                self.identity.fill(&mut resp.header, 0);
-                return Ok(Response::new(resp));
-            }
-        };
-        let revision = store.lease_revoke(req.id).await.map_err(from_kv)?;
-        let mut header = None;
-        self.identity.fill(&mut header, revision);
-        Ok(Response::new(LeaseRevokeResponse { header }))
+        Ok(self.respond(self.brain.on_leader(req.into_inner()).await?))
     }
 
     type LeaseKeepAliveStream = KeepAliveStream;
@@ -158,18 +106,18 @@ impl<E: Engine + Clone> Lease for LeaseService<E> {
         let (store, term) = match self.brain.route().await.map_err(from_kv)? {
             Route::Local(store) => match self.brain.role() {
                 Role::Leader { term, .. } => (store, term),
-                _ => return Err(from_kv(backend::kv::KvError::NoLeader)),
+                _ => return Err(from_kv(KvError::NoLeader)),
             },
             Route::Forward(leader) => {
-                let mut client = LeaseClient::new(leader.channel.clone());
-                let out = client
+                let out = leader
+                    .lease()
                     .lease_keep_alive(inbound)
                     .await
                     .map_err(forwarded)?
                     .into_inner()
                     .map(move |resp| {
                         resp.map_err(forwarded).map(|mut resp| {
-                            identity.fill(&mut resp.header, 0);
+                            identity.stamp(&mut resp, 0);
                             resp
                         })
                     });
@@ -187,13 +135,13 @@ impl<E: Engine + Clone> Lease for LeaseService<E> {
             })
             .map(move |req| {
                 let ttl = store.lease_keep_alive(req.id).unwrap_or(0);
-                let mut header = None;
-                identity.fill(&mut header, store.revision());
-                Ok(LeaseKeepAliveResponse {
-                    header,
+                let mut resp = LeaseKeepAliveResponse {
+                    header: None,
                     id: req.id,
                     ttl,
-                })
+                };
+                identity.stamp(&mut resp, store.revision());
+                Ok(resp)
             });
         Ok(Response::new(Box::pin(out)))
     }
@@ -203,64 +151,120 @@ impl<E: Engine + Clone> Lease for LeaseService<E> {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let req = req.into_inner();
-        let store = match self.leader().await? {
-            Ok(store) => store,
-            Err(mut client) => {
-                let mut resp = client
-                    .lease_time_to_live(req)
-                    .await
-                    .map_err(forwarded)?
-                    .into_inner();
-                self.identity.fill(&mut resp.header, 0);
-                return Ok(Response::new(resp));
-            }
-        };
-        let Some(lease) = store.lease(req.id) else {
-            return Ok(Response::new(LeaseTimeToLiveResponse {
-                header: self.header(&store),
-                id: req.id,
-                ttl: -1,
-                ..Default::default()
-            }));
-        };
-        let keys = if req.keys {
-            store.lease_keys(req.id).await.map_err(from_kv)?
-        } else {
-            Vec::new()
-        };
-        Ok(Response::new(LeaseTimeToLiveResponse {
-            header: self.header(&store),
-            id: req.id,
-            ttl: lease.remaining(Instant::now()),
-            granted_ttl: lease.ttl,
-            keys,
-        }))
+        Ok(self.respond(self.brain.on_leader(req.into_inner()).await?))
     }
 
     async fn lease_leases(
         &self,
         req: Request<LeaseLeasesRequest>,
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
-        let store = match self.leader().await? {
-            Ok(store) => store,
-            Err(mut client) => {
-                let mut resp = client
-                    .lease_leases(req.into_inner())
-                    .await
-                    .map_err(forwarded)?
-                    .into_inner();
-                self.identity.fill(&mut resp.header, 0);
-                return Ok(Response::new(resp));
+        Ok(self.respond(self.brain.on_leader(req.into_inner()).await?))
+    }
+}
+
+/// A LeaseGrant, with where a server-chosen id comes from.
+struct Grant<'a> {
+    req: LeaseGrantRequest,
+    ids: &'a LeaseIds,
+}
+
+impl LeaderRequest for Grant<'_> {
+    type Response = LeaseGrantResponse;
+
+    async fn local(self, store: Store) -> KvResult<LeaseGrantResponse> {
+        let client_chose = self.req.id != 0;
+        let mut id = if client_chose {
+            self.req.id
+        } else {
+            self.ids.choose(&store)
+        };
+        let ttl = loop {
+            match store.lease_grant(id, self.req.ttl).await {
+                Ok(ttl) => break ttl,
+                // Our own pick raced with another grant: pick again.
+                Err(KvError::LeaseExists) if !client_chose => id = self.ids.choose(&store),
+                Err(err) => return Err(err),
             }
         };
-        Ok(Response::new(LeaseLeasesResponse {
-            header: self.header(&store),
+        Ok(LeaseGrantResponse {
+            header: None,
+            id,
+            ttl,
+            error: String::new(),
+        })
+    }
+
+    async fn forward(self, leader: &LeaderLink) -> Result<Response<LeaseGrantResponse>, Status> {
+        leader.lease().lease_grant(self.req).await
+    }
+}
+
+impl LeaderRequest for LeaseRevokeRequest {
+    type Response = LeaseRevokeResponse;
+
+    async fn local(self, store: Store) -> KvResult<LeaseRevokeResponse> {
+        let revision = store.lease_revoke(self.id).await?;
+        Ok(LeaseRevokeResponse {
+            header: Some(ResponseHeader {
+                revision,
+                ..Default::default()
+            }),
+        })
+    }
+
+    async fn forward(self, leader: &LeaderLink) -> Result<Response<LeaseRevokeResponse>, Status> {
+        leader.lease().lease_revoke(self).await
+    }
+}
+
+impl LeaderRequest for LeaseTimeToLiveRequest {
+    type Response = LeaseTimeToLiveResponse;
+
+    async fn local(self, store: Store) -> KvResult<LeaseTimeToLiveResponse> {
+        let Some(lease) = store.lease(self.id) else {
+            return Ok(LeaseTimeToLiveResponse {
+                id: self.id,
+                ttl: -1,
+                ..Default::default()
+            });
+        };
+        let keys = if self.keys {
+            store.lease_keys(self.id).await?
+        } else {
+            Vec::new()
+        };
+        Ok(LeaseTimeToLiveResponse {
+            header: None,
+            id: self.id,
+            ttl: lease.remaining(Instant::now()),
+            granted_ttl: lease.ttl,
+            keys,
+        })
+    }
+
+    async fn forward(
+        self,
+        leader: &LeaderLink,
+    ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
+        leader.lease().lease_time_to_live(self).await
+    }
+}
+
+impl LeaderRequest for LeaseLeasesRequest {
+    type Response = LeaseLeasesResponse;
+
+    async fn local(self, store: Store) -> KvResult<LeaseLeasesResponse> {
+        Ok(LeaseLeasesResponse {
+            header: None,
             leases: store
                 .lease_ids()
                 .into_iter()
                 .map(|id| LeaseStatus { id })
                 .collect(),
-        }))
+        })
+    }
+
+    async fn forward(self, leader: &LeaderLink) -> Result<Response<LeaseLeasesResponse>, Status> {
+        leader.lease().lease_leases(self).await
     }
 }

@@ -24,19 +24,19 @@ const SNAPSHOT_CHUNK: usize = 64 * 1024;
 pub const ETCD_API_VERSION: &str = "3.5.13";
 
 /// Maintenance answers for this member: its store, its alarms; Status names the leader.
-pub struct MaintenanceService<E> {
-    brain: Arc<Brain<E>>,
+pub struct MaintenanceService {
+    brain: Arc<Brain>,
     identity: Identity,
 }
 
-impl<E: Engine + Clone> MaintenanceService<E> {
-    pub fn new(brain: Arc<Brain<E>>, identity: Identity) -> Self {
+impl MaintenanceService {
+    pub fn new(brain: Arc<Brain>, identity: Identity) -> Self {
         MaintenanceService { brain, identity }
     }
 }
 
 #[tonic::async_trait]
-impl<E: Engine + Clone> Maintenance for MaintenanceService<E> {
+impl Maintenance for MaintenanceService {
     /// Engram has no raft log: raft_index and raft_applied_index report the current revision,
     /// which grows with every write as a raft index does.
     async fn status(
@@ -48,7 +48,7 @@ impl<E: Engine + Clone> Maintenance for MaintenanceService<E> {
         let size = store.engine().size_on_disk() as i64;
         // No leader known (an election is under way): etcd reports leader 0.
         let (leader, term) = self.brain.leader().unwrap_or((0, self.identity.raft_term));
-        let mut resp = StatusResponse {
+        let resp = StatusResponse {
             version: ETCD_API_VERSION.to_string(),
             db_size: size,
             db_size_in_use: size,
@@ -58,8 +58,7 @@ impl<E: Engine + Clone> Maintenance for MaintenanceService<E> {
             raft_term: term,
             ..Default::default()
         };
-        self.identity.fill(&mut resp.header, revision);
-        Ok(Response::new(resp))
+        Ok(self.identity.respond(resp, revision))
     }
 
     /// The NOSPACE alarm is the one alarm Engram raises (see `space.rs`); GET lists it,
@@ -91,13 +90,11 @@ impl<E: Engine + Clone> Maintenance for MaintenanceService<E> {
             }
             _ => Vec::new(),
         };
-        let mut resp = AlarmResponse {
+        let resp = AlarmResponse {
             header: None,
             alarms,
         };
-        self.identity
-            .fill(&mut resp.header, self.brain.store().revision());
-        Ok(Response::new(resp))
+        Ok(self.identity.respond(resp, self.brain.store().revision()))
     }
 
     /// A documented no-op: the embedded engine reuses the pages compaction frees (redb's own
@@ -106,18 +103,14 @@ impl<E: Engine + Clone> Maintenance for MaintenanceService<E> {
         &self,
         _req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        let mut resp = DefragmentResponse::default();
-        self.identity
-            .fill(&mut resp.header, self.brain.store().revision());
-        Ok(Response::new(resp))
+        let resp = DefragmentResponse::default();
+        Ok(self.identity.respond(resp, self.brain.store().revision()))
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
         let hash = self.brain.store().hash().await.map_err(from_kv)?;
-        let mut resp = HashResponse { header: None, hash };
-        self.identity
-            .fill(&mut resp.header, self.brain.store().revision());
-        Ok(Response::new(resp))
+        let resp = HashResponse { header: None, hash };
+        Ok(self.identity.respond(resp, self.brain.store().revision()))
     }
 
     async fn hash_kv(
@@ -130,14 +123,12 @@ impl<E: Engine + Clone> Maintenance for MaintenanceService<E> {
             .hash_kv(req.into_inner().revision)
             .await
             .map_err(from_kv)?;
-        let mut resp = HashKvResponse {
+        let resp = HashKvResponse {
             header: None,
             hash,
             compact_revision,
         };
-        self.identity
-            .fill(&mut resp.header, self.brain.store().revision());
-        Ok(Response::new(resp))
+        Ok(self.identity.respond(resp, self.brain.store().revision()))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
@@ -157,19 +148,19 @@ impl<E: Engine + Clone> Maintenance for MaintenanceService<E> {
         let out = ReceiverStream::new(chunks).map(move |chunk| {
             let blob = chunk.map_err(|e| Status::unavailable(e.to_string()))?;
             sent += blob.len() as u64;
-            let mut header = None;
-            identity.fill(&mut header, revision);
             // The size is known only at the end: report an estimate that reaches 0 there.
             let last = blob.len() < SNAPSHOT_CHUNK;
-            Ok(SnapshotResponse {
-                header,
+            let mut resp = SnapshotResponse {
+                header: None,
                 remaining_bytes: if last {
                     0
                 } else {
                     estimate.saturating_sub(sent).max(1)
                 },
                 blob,
-            })
+            };
+            identity.stamp(&mut resp, revision);
+            Ok(resp)
         });
         Ok(Response::new(Box::pin(out)))
     }

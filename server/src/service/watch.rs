@@ -4,7 +4,7 @@
 //! encoded once by the hub and shared by every watcher that receives it.
 
 use crate::brain::{Brain, BrainHistory, Role};
-use backend::engine::Engine;
+
 use etcdpb::encoded::watch_server::Watch;
 use etcdpb::etcdserverpb::{WatchRequest, WatchResponseEncoded};
 use futures::{Stream, StreamExt};
@@ -23,16 +23,16 @@ const STREAM_BUFFER_BYTES: usize = 1 << 20;
 
 /// Watches are served by every member from its own hub: the leader's is fed by its commits,
 /// a follower's by the leader's event log.
-pub struct WatchService<E> {
-    brain: Arc<Brain<E>>,
+pub struct WatchService {
+    brain: Arc<Brain>,
     options: StreamOptions,
     /// How long a `hasleader` stream survives its member knowing no leader (etcd: three
     /// election timeouts).
     leaderless_grace: Duration,
 }
 
-impl<E: Engine + Clone> WatchService<E> {
-    pub fn new(brain: Arc<Brain<E>>, options: StreamOptions, leaderless_grace: Duration) -> Self {
+impl WatchService {
+    pub fn new(brain: Arc<Brain>, options: StreamOptions, leaderless_grace: Duration) -> Self {
         WatchService {
             brain,
             options,
@@ -42,7 +42,7 @@ impl<E: Engine + Clone> WatchService<E> {
 }
 
 #[tonic::async_trait]
-impl<E: Engine + Clone> Watch for WatchService<E> {
+impl Watch for WatchService {
     type WatchStream =
         Pin<Box<dyn Stream<Item = Result<WatchResponseEncoded, Status>> + Send + 'static>>;
 
@@ -102,7 +102,7 @@ fn no_leader() -> Status {
 }
 
 /// Resolves once the member has known no leader for `grace` without a break.
-async fn leader_lost<E>(mut roles: tokio::sync::watch::Receiver<Role<E>>, grace: Duration) {
+async fn leader_lost(mut roles: tokio::sync::watch::Receiver<Role>, grace: Duration) {
     loop {
         let leaderless = roles
             .wait_for(|r| matches!(r, Role::Candidate { .. }))

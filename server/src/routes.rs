@@ -1,0 +1,129 @@
+//! What a port serves: the gRPC services of a client port and the HTTP/2 settings etcd's
+//! clients rely on.
+
+use crate::brain::Brain;
+use crate::config::Config;
+use crate::header::Identity;
+use crate::metrics::{GrpcMetricsLayer, Metrics};
+use crate::service;
+use crate::unknown_method::UnknownMethodLayer;
+use etcdpb::brainpb::brain_server::BrainServer;
+// Watch answers with events encoded once and shared (wire-identical to etcd's WatchResponse).
+use etcdpb::encoded::watch_server::WatchServer;
+use etcdpb::etcdserverpb::{
+    auth_server::AuthServer, cluster_server::ClusterServer, kv_server::KvServer,
+    lease_server::LeaseServer, maintenance_server::MaintenanceServer,
+};
+use etcdpb::health::health_server::HealthServer;
+use std::sync::Arc;
+use tonic::service::{Routes, RoutesBuilder};
+use tonic::transport::Server;
+use tower::layer::util::{Identity as NoLayer, Stack};
+
+/// Room gRPC allows beyond --max-request-bytes before refusing a message outright (etcd's
+/// `grpcOverheadBytes`).
+pub const GRPC_OVERHEAD_BYTES: usize = 512 * 1024;
+
+/// Largest response message sent (etcd: `grpc.MaxSendMsgSize(math.MaxInt32)`, 2 GiB).
+const MAX_SEND_BYTES: usize = i32::MAX as usize;
+
+/// The gRPC services each client port serves.
+pub const SERVED: &[&str] = &[
+    etcdpb::etcdserverpb::kv_server::SERVICE_NAME,
+    etcdpb::etcdserverpb::watch_server::SERVICE_NAME,
+    etcdpb::etcdserverpb::lease_server::SERVICE_NAME,
+    etcdpb::etcdserverpb::maintenance_server::SERVICE_NAME,
+    etcdpb::etcdserverpb::cluster_server::SERVICE_NAME,
+    etcdpb::etcdserverpb::auth_server::SERVICE_NAME,
+    etcdpb::health::health_server::SERVICE_NAME,
+    etcdpb::brainpb::brain_server::SERVICE_NAME,
+];
+
+/// etcd's gRPC services (and the members' own) over `brain`, answering as `identity`.
+/// `stopped` turns the health service to NOT_SERVING.
+pub fn grpc_services(
+    config: &Config,
+    brain: &Arc<Brain>,
+    identity: Identity,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> Routes {
+    let watch_options = watch::StreamOptions {
+        progress_interval: config.watch_progress_notify_interval,
+        max_response_bytes: config.max_request_bytes + GRPC_OVERHEAD_BYTES,
+        header: identity.header(),
+    };
+    let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
+    let revision = {
+        let brain = brain.clone();
+        Arc::new(move || brain.store().revision())
+    };
+    let mut services = RoutesBuilder::default();
+    services
+        .add_service(
+            KvServer::new(service::kv::KvService::new(
+                brain.clone(),
+                identity,
+                max_message,
+            ))
+            .max_decoding_message_size(max_message.saturating_mul(4).max(64 << 20))
+            .max_encoding_message_size(usize::MAX),
+        )
+        .add_service(
+            WatchServer::new(service::watch::WatchService::new(
+                brain.clone(),
+                watch_options,
+                config.election_lease * 2,
+            ))
+            .max_encoding_message_size(MAX_SEND_BYTES),
+        )
+        .add_service(
+            LeaseServer::new(service::lease::LeaseService::new(brain.clone(), identity))
+                .max_encoding_message_size(MAX_SEND_BYTES),
+        )
+        .add_service(
+            MaintenanceServer::new(service::maintenance::MaintenanceService::new(
+                brain.clone(),
+                identity,
+            ))
+            .max_encoding_message_size(MAX_SEND_BYTES),
+        )
+        .add_service(
+            ClusterServer::new(service::cluster::ClusterService::new(
+                identity,
+                brain.clone(),
+            ))
+            .max_encoding_message_size(MAX_SEND_BYTES),
+        )
+        .add_service(AuthServer::new(service::auth::AuthService::new(
+            identity, revision,
+        )))
+        .add_service(HealthServer::new(service::health::HealthService::new(
+            stopped,
+        )))
+        .add_service(
+            BrainServer::new(crate::brain::service::BrainService::new(brain.clone()))
+                .max_encoding_message_size(MAX_SEND_BYTES),
+        );
+    services.routes()
+}
+
+pub type ServerLayers = Stack<UnknownMethodLayer, Stack<GrpcMetricsLayer, NoLayer>>;
+
+/// The HTTP/2 settings etcd's clients and kube-apiserver rely on, with HTTP/1.1 accepted too,
+/// for a port serving the gRPC services named in `served`.
+pub fn server_builder(
+    config: &Config,
+    metrics: &Arc<Metrics>,
+    served: &[&'static str],
+) -> Server<ServerLayers> {
+    Server::builder()
+        .accept_http1(true)
+        // etcd's --grpc-keepalive-interval/-timeout. Client pings are answered however often
+        // they come (hyper has no ping policy to enforce, unlike grpc-go's 5s minimum).
+        .http2_keepalive_interval(Some(config.grpc_keepalive_interval))
+        .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
+        // etcd: math.MaxUint32 streams per connection (kube-apiserver multiplexes watches).
+        .max_concurrent_streams(u32::MAX)
+        .layer(GrpcMetricsLayer::new(metrics.grpc()))
+        .layer(UnknownMethodLayer::new(served))
+}
