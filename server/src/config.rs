@@ -75,7 +75,7 @@ pub struct Config {
 
     /// LSM engine: keep values of at least this many bytes in blob files beside the tree, so
     /// compactions move a small pointer instead of the value (0: off). Writes stay fast as
-    /// the store grows (README "Store growth": 4M keys at 96-98% of the 100k-key create rate,
+    /// the store grows (bench/RESULTS.md, "Store growth": 4M keys at 96-98% of the 100k-key create rate,
     /// against ~66-81% without); stale blob files are rewritten by compactions. Fixed when the
     /// data directory is created; off by default until every workload has been measured with
     /// it.

@@ -3,7 +3,7 @@
 //! redb's read transactions are true snapshots, a commit is durable (fsync) when it returns,
 //! and its scans and point reads are the fastest measured here. Its cost is on writes: every
 //! commit rewrites one page per touched key, so random-key write batches are several times
-//! slower than on the LSM engine (see the README's design section for the numbers).
+//! slower than on the LSM engine (see docs/design.md for the numbers).
 
 use super::{Engine, EngineError, EngineResult, Entry, KeyRange, Mutation, Snapshot, WriteBatch};
 use bytes::Bytes;
