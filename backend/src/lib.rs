@@ -3,7 +3,9 @@
 //! DeleteRange, Txn, Compact) against it, and [`store`] is the front door: reads from snapshots,
 //! writes through one group-committing writer. Nothing here knows about gRPC.
 
+pub mod bolt;
 pub mod engine;
+pub mod etcd;
 pub mod kv;
 pub mod lease;
 pub mod mvcc;

@@ -1,22 +1,20 @@
-//! Backups: a consistent copy of the whole engine keyspace as one byte stream, and its restore
-//! into an empty engine.
+//! Backups Engram wrote before it wrote etcd's format (see `crate::etcd::export`): read back
+//! into an empty engine, so that `engram restore` still takes them.
 //!
-//! The stream is Engram's own format (etcd's is a bbolt file, meaningless here):
-//! `MAGIC`, then entries `u32 key length, key, u32 value length, value` in key order, then
-//! `u32::MAX` and the CRC-32 of everything before it. It is read from one engine snapshot, so it
-//! is consistent without pausing writes. As etcd's stream does, it ends padded to a multiple of
-//! 512 bytes followed by the SHA-256 of all before it: `etcdctl snapshot save` insists on that
-//! trailer.
+//! The format: `MAGIC`, then entries `u32 key length, key, u32 value length, value` in key
+//! order (the engine's own keyspace), then `u32::MAX` and the CRC-32 of everything before it,
+//! padded to a multiple of 512 bytes and followed by the SHA-256 of all before it.
+//!
+//! Engram no longer writes it: an etcd database carries everything it did (every version,
+//! revision, compacted revision and lease), etcd's own tools read it, and it is no larger
+//! (versions stored once, not beside an index and a log).
 
 use crate::engine::{Engine, EngineError, KeyRange, Snapshot, WriteBatch};
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use std::io::Read;
-use tokio::sync::mpsc;
 
 pub const MAGIC: &[u8] = b"ENGRAM-SNAPSHOT-1\n";
 const END: u32 = u32::MAX;
-/// Entries scanned per engine read.
-const PAGE: usize = 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -32,57 +30,6 @@ pub enum SnapshotError {
     Engine(#[from] EngineError),
     #[error(transparent)]
     Io(#[from] std::io::Error),
-}
-
-/// Streams a consistent copy of `snapshot` in chunks of about `chunk` bytes into `out`.
-pub async fn dump<S: Snapshot>(
-    snapshot: S,
-    chunk: usize,
-    out: mpsc::Sender<Result<Bytes, EngineError>>,
-) {
-    let mut crc = crc32fast::Hasher::new();
-    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
-    let mut sent = 0usize;
-    let mut buf = BytesMut::with_capacity(chunk + 1024);
-    buf.put_slice(MAGIC);
-    // The members' election records stay behind: a restored store elects its own leader.
-    let mut range = crate::mvcc::keys::data_range();
-    loop {
-        let page = match snapshot.scan(&range, PAGE, false).await {
-            Ok(page) => page,
-            Err(err) => {
-                let _ = out.send(Err(err)).await;
-                return;
-            }
-        };
-        for (k, v) in &page {
-            buf.put_u32(k.len() as u32);
-            buf.put_slice(k);
-            buf.put_u32(v.len() as u32);
-            buf.put_slice(v);
-            if buf.len() >= chunk {
-                let piece = buf.split().freeze();
-                crc.update(&piece);
-                sha.update(&piece);
-                sent += piece.len();
-                if out.send(Ok(piece)).await.is_err() {
-                    return;
-                }
-            }
-        }
-        match page.last() {
-            Some((last, _)) if page.len() == PAGE => range.start = crate::engine::next_key(last),
-            _ => break,
-        }
-    }
-    buf.put_u32(END);
-    crc.update(&buf);
-    buf.put_u32(crc.finalize());
-    let padding = (512 - (sent + buf.len()) % 512) % 512;
-    buf.put_bytes(0, padding);
-    sha.update(&buf);
-    buf.put_slice(sha.finish().as_ref());
-    let _ = out.send(Ok(buf.freeze())).await;
 }
 
 /// Writes the snapshot read from `input` into `engine`, which must be empty.
@@ -142,6 +89,64 @@ pub async fn restore<E: Engine>(engine: &E, mut input: impl Read) -> Result<u64,
 mod tests {
     use super::*;
     use crate::engine::MemoryEngine;
+    use bytes::{BufMut, BytesMut};
+    use tokio::sync::mpsc;
+
+    /// Entries scanned per engine read.
+    const PAGE: usize = 1024;
+
+    /// Streams a consistent copy of `snapshot` in chunks of about `chunk` bytes into `out`.
+    pub async fn dump<S: Snapshot>(
+        snapshot: S,
+        chunk: usize,
+        out: mpsc::Sender<Result<Bytes, EngineError>>,
+    ) {
+        let mut crc = crc32fast::Hasher::new();
+        let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+        let mut sent = 0usize;
+        let mut buf = BytesMut::with_capacity(chunk + 1024);
+        buf.put_slice(MAGIC);
+        // The members' election records stay behind: a restored store elects its own leader.
+        let mut range = crate::mvcc::keys::data_range();
+        loop {
+            let page = match snapshot.scan(&range, PAGE, false).await {
+                Ok(page) => page,
+                Err(err) => {
+                    let _ = out.send(Err(err)).await;
+                    return;
+                }
+            };
+            for (k, v) in &page {
+                buf.put_u32(k.len() as u32);
+                buf.put_slice(k);
+                buf.put_u32(v.len() as u32);
+                buf.put_slice(v);
+                if buf.len() >= chunk {
+                    let piece = buf.split().freeze();
+                    crc.update(&piece);
+                    sha.update(&piece);
+                    sent += piece.len();
+                    if out.send(Ok(piece)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            match page.last() {
+                Some((last, _)) if page.len() == PAGE => {
+                    range.start = crate::engine::next_key(last)
+                }
+                _ => break,
+            }
+        }
+        buf.put_u32(END);
+        crc.update(&buf);
+        buf.put_u32(crc.finalize());
+        let padding = (512 - (sent + buf.len()) % 512) % 512;
+        buf.put_bytes(0, padding);
+        sha.update(&buf);
+        buf.put_slice(sha.finish().as_ref());
+        let _ = out.send(Ok(buf.freeze())).await;
+    }
 
     #[tokio::test]
     async fn a_dump_restores_to_the_same_keyspace_and_corruption_is_caught() {

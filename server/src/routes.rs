@@ -84,6 +84,7 @@ pub fn grpc_services(
             MaintenanceServer::new(service::maintenance::MaintenanceService::new(
                 brain.clone(),
                 identity,
+                backup_dir(config),
             ))
             .max_encoding_message_size(MAX_SEND_BYTES),
         )
@@ -105,6 +106,16 @@ pub fn grpc_services(
                 .max_encoding_message_size(MAX_SEND_BYTES),
         );
     services.routes()
+}
+
+/// Where snapshots are written before they are sent: beside the data when it is on local disk
+/// (a snapshot is about as large as the data), else the system's temporary directory.
+fn backup_dir(config: &Config) -> std::path::PathBuf {
+    if config.data_dir.is_dir() {
+        config.data_dir.clone()
+    } else {
+        std::env::temp_dir()
+    }
 }
 
 pub type ServerLayers = Stack<UnknownMethodLayer, Stack<GrpcMetricsLayer, NoLayer>>;

@@ -24,7 +24,10 @@ pub fn from_kv(err: KvError) -> Status {
         KvError::LeaseExists => Code::FailedPrecondition,
         KvError::LeaseTtlTooLarge => Code::OutOfRange,
         KvError::Compacted | KvError::FutureRevision => Code::OutOfRange,
-        KvError::Stopped | KvError::NotLeader | KvError::NoLeader => Code::Unavailable,
+        KvError::Stopped | KvError::NotLeader | KvError::NoLeader | KvError::Learner => {
+            Code::Unavailable
+        }
+        KvError::ReplicationGap { .. } => Code::Internal,
         KvError::NoSpace => Code::ResourceExhausted,
         KvError::Engine(_) => Code::Unavailable,
     };

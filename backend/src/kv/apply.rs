@@ -220,6 +220,56 @@ impl<'a, S: Snapshot> Apply<'a, S> {
         })
     }
 
+    /// A revision another etcd made, applied as it was made there (a store replicating the
+    /// etcd it migrates from): each event as is, its create revision, version and lease
+    /// included, at this request's revision, in the order given.
+    pub async fn replicate(&mut self, events: &[Event]) -> KvResult<()> {
+        let rev = self.begin + 1;
+        for event in events {
+            let Some(kv) = event.kv.clone() else {
+                continue;
+            };
+            if kv.mod_revision != rev {
+                return Err(KvError::ReplicationGap {
+                    current: self.begin,
+                    got: kv.mod_revision,
+                });
+            }
+            let latest = self.view().version_at(&kv.key, self.revision()).await?;
+            let prev = latest.as_ref().and_then(Version::live).cloned();
+            if let Some(p) = &prev
+                && (p.lease != kv.lease || event.r#type == EventType::Delete as i32)
+            {
+                self.attach(p.lease, &kv.key, false);
+            }
+            if event.r#type == EventType::Delete as i32 {
+                let tombstone = Version::Tombstone {
+                    key: kv.key.clone(),
+                    mod_revision: rev,
+                };
+                self.record(latest, tombstone);
+                self.events.push(Event {
+                    r#type: EventType::Delete as i32,
+                    kv: Some(KeyValue {
+                        key: kv.key,
+                        mod_revision: rev,
+                        ..Default::default()
+                    }),
+                    prev_kv: prev,
+                });
+            } else {
+                self.attach(kv.lease, &kv.key, true);
+                self.record(latest, Version::Put(kv.clone()));
+                self.events.push(Event {
+                    r#type: EventType::Put as i32,
+                    kv: Some(kv),
+                    prev_kv: prev,
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// Adds `version` to the overlay; `latest` is the key's newest version before it.
     fn record(&mut self, latest: Option<Version>, version: Version) {
         let key = match &version {

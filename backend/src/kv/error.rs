@@ -39,6 +39,14 @@ pub enum KvError {
     /// No leader is known right now (an election is under way).
     #[error("etcdserver: no leader")]
     NoLeader,
+    /// The store replicates another etcd (a migration from it) and takes no writes of its own
+    /// until it takes over: etcd's answer from a member that only follows.
+    #[error("etcdserver: rpc not supported for learner")]
+    Learner,
+    /// A replicated revision does not follow the store's current one: a revision of the
+    /// source was missed.
+    #[error("etcdserver: replicated revision {got} does not follow revision {current}")]
+    ReplicationGap { current: i64, got: i64 },
     /// The store is shutting down or its writer stopped after an engine failure.
     #[error("etcdserver: server stopped")]
     Stopped,

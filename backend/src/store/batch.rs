@@ -137,7 +137,39 @@ impl<S: Snapshot> OpenBatch<S> {
             WriteRequest::CompactStep(step, reply) => {
                 let view = View::new(&self.snapshot);
                 let planned = plan_removals(&view, &mut self.extra, step).await;
-                Answer::CompactStep(reply, planned.map_err(KvError::Engine))
+                Answer::Done(reply, planned.map_err(KvError::Engine))
+            }
+            WriteRequest::Replicate {
+                revision,
+                events,
+                reply,
+            } => {
+                let result = if revision != self.revision + 1 {
+                    Err(KvError::ReplicationGap {
+                        current: self.revision,
+                        got: revision,
+                    })
+                } else {
+                    apply.replicate(&events).await
+                };
+                Answer::Done(reply, result)
+            }
+            WriteRequest::ReplicateLeases {
+                leases: wanted,
+                reply,
+            } => {
+                let wanted: BTreeMap<i64, i64> = wanted.into_iter().collect();
+                for id in leases.ids() {
+                    if !wanted.contains_key(&id) {
+                        apply.overlay.leases.insert(id, None);
+                    }
+                }
+                for (id, ttl) in wanted {
+                    if !apply.lease_exists(id) {
+                        apply.overlay.leases.insert(id, Some(ttl));
+                    }
+                }
+                Answer::Done(reply, Ok(()))
             }
         };
         if apply.changed && answer.is_ok() {

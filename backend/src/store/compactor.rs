@@ -6,10 +6,11 @@
 
 use super::request::{CompactStep, WriteRequest};
 use super::shared::Shared;
-use crate::engine::{Engine, EngineResult, Snapshot};
+use crate::engine::{Engine, EngineResult, Snapshot, for_each_page};
 use crate::mvcc::Version;
 use crate::mvcc::keys::{self, REVS};
 use bytes::Bytes;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Weak;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -60,12 +61,13 @@ async fn sweep<E: Engine>(
 ) -> EngineResult<bool> {
     let snapshot = shared.engine.snapshot().await?;
     let mut range = keys::region_range(REVS, b"", None);
-    // The key being walked, and whether its newest version at or below `goal` was seen.
     let mut current: Option<Bytes> = None;
     let mut kept = false;
     loop {
         let page = snapshot.scan(&range, PAGE, false).await?;
         let mut step = CompactStep::default();
+        // The keys whose version at a revision goes, by revision: their `LOG` entries go too.
+        let mut removed: BTreeMap<i64, HashSet<Bytes>> = BTreeMap::new();
         for (k, v) in &page {
             let Some((key, rev)) = keys::decode_revision_key(k) else {
                 continue;
@@ -79,15 +81,18 @@ async fn sweep<E: Engine>(
             }
             if kept {
                 step.versions.push(k.clone());
+                removed.entry(rev).or_default().insert(key);
             } else {
                 kept = true;
                 if let Some(Version::Tombstone { .. }) =
                     Version::decode(key.clone(), rev, v.clone())
                 {
-                    step.tombstones.push((key, rev));
+                    step.tombstones.push((key.clone(), rev));
+                    removed.entry(rev).or_default().insert(key);
                 }
             }
         }
+        step.log = log_entries(&snapshot, &removed).await?;
         let last_page = page.len() < PAGE;
         let idle = step.versions.is_empty() && step.tombstones.is_empty();
         if !idle && !send(writer, step).await {
@@ -98,26 +103,35 @@ async fn sweep<E: Engine>(
             _ => break,
         }
     }
-    // The change log below the goal: no watch may start there any more.
-    let mut range = keys::log_range(0, goal);
-    loop {
-        let page = snapshot.scan(&range, PAGE, false).await?;
-        let last_page = page.len() < PAGE;
-        if let Some((last, _)) = page.last() {
-            range.start = crate::engine::next_key(last);
-        }
-        let step = CompactStep {
-            log: page.into_iter().map(|(k, _)| k).collect(),
-            done: last_page.then_some(goal),
-            ..Default::default()
-        };
-        if !send(writer, step).await {
-            return Ok(false);
-        }
-        if last_page {
-            return Ok(true);
-        }
+    let done = CompactStep {
+        done: Some(goal),
+        ..Default::default()
+    };
+    Ok(send(writer, done).await)
+}
+
+/// The `LOG` entries of the versions `removed` names (by revision, the keys whose version
+/// there goes). What stays of the log below the compacted revision is then exactly what
+/// etcd's `key` bucket keeps: one row for the newest version of each key that still exists
+/// there (see `crate::etcd`).
+async fn log_entries<S: Snapshot>(
+    snapshot: &S,
+    removed: &BTreeMap<i64, HashSet<Bytes>>,
+) -> EngineResult<Vec<Bytes>> {
+    let mut out = Vec::new();
+    for (revision, gone) in removed {
+        let of_revision = keys::log_range(*revision, revision + 1);
+        for_each_page(snapshot, of_revision, PAGE, |page| {
+            out.extend(
+                page.iter()
+                    .filter(|(_, key)| gone.contains(key))
+                    .map(|(entry, _)| entry.clone()),
+            );
+            true
+        })
+        .await?;
     }
+    Ok(out)
 }
 
 async fn send(writer: &mpsc::WeakSender<WriteRequest>, step: CompactStep) -> bool {

@@ -5,6 +5,7 @@ use super::request::WriteRequest;
 use super::shared::Shared;
 use crate::engine::Engine;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
@@ -19,6 +20,13 @@ pub(super) async fn run<E: Engine>(shared: Arc<Shared<E>>, writer: mpsc::WeakSen
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        if shared.replicating.load(Ordering::Acquire) {
+            // The source expires its leases; the deletions arrive with its revisions.
+            if writer.strong_count() == 0 {
+                return;
+            }
+            continue;
+        }
         let due = shared.leases.expired(Instant::now(), PER_ROUND);
         if due.is_empty() {
             if writer.strong_count() == 0 {

@@ -21,7 +21,9 @@ mod writer;
 pub use commit::{CommitListener, CommittedRevision, owned_event};
 pub use options::{DEFAULT_MAX_REQUEST_BYTES, StoreOptions};
 
-use crate::engine::{Engine, EngineError, Snapshot, for_each_page};
+use crate::engine::{Engine, Snapshot, for_each_page};
+use crate::etcd::EtcdDbError;
+use crate::etcd::hash::HashKv;
 use crate::kv::{Apply, KvError, KvResult, ReadRevisions, validate};
 use crate::lease::LeaseInfo;
 use crate::mvcc::View;
@@ -81,6 +83,9 @@ impl<E: Engine> Store<E> {
         } = recovered;
         let lease_count = recovered.leases.len();
         let shared = Arc::new(Shared::new(engine, recovered, true));
+        shared
+            .replicating
+            .store(options.replicating, Ordering::Release);
         let (writer_tx, writer_rx) = mpsc::channel(options.max_batch.max(1) * 4);
         tokio::spawn(compactor::run(
             Arc::downgrade(&shared),
@@ -337,9 +342,16 @@ impl<E: Engine> Store<E> {
         Ok(())
     }
 
-    /// Hands the writer the request `request` makes of a reply channel, and waits for the
-    /// answer.
+    /// Hands the writer a client's request (`request` makes it of a reply channel), and waits
+    /// for the answer. A replica takes none.
     async fn submit<T>(&self, request: impl FnOnce(Reply<T>) -> WriteRequest) -> KvResult<T> {
+        if self.replicating() {
+            return Err(KvError::Learner);
+        }
+        self.send(request).await
+    }
+
+    async fn send<T>(&self, request: impl FnOnce(Reply<T>) -> WriteRequest) -> KvResult<T> {
         let writer = match &self.writer {
             Some(writer) if !*self.shared.deposed.borrow() => writer,
             _ => return Err(KvError::NotLeader),
@@ -350,6 +362,49 @@ impl<E: Engine> Store<E> {
             .await
             .map_err(|_| KvError::Stopped)?;
         rx.await.map_err(|_| KvError::Stopped)?
+    }
+
+    /// Whether the store replicates another etcd (see [`Store::replicate`]).
+    pub fn replicating(&self) -> bool {
+        self.shared.replicating.load(Ordering::Acquire)
+    }
+
+    /// Commits revision `revision` of the etcd this store replicates, with its `events` (in
+    /// etcd's order), as the same revision here: the store stays that etcd's exact copy,
+    /// revision for revision. It must follow the store's current revision.
+    pub async fn replicate(
+        &self,
+        revision: i64,
+        events: Vec<etcdpb::mvccpb::Event>,
+    ) -> KvResult<()> {
+        self.send(|reply| WriteRequest::Replicate {
+            revision,
+            events,
+            reply,
+        })
+        .await
+    }
+
+    /// Makes the leases of the store those of the etcd it replicates: `leases` (id, TTL).
+    pub async fn replicate_leases(&self, leases: Vec<(i64, i64)>) -> KvResult<()> {
+        self.send(|reply| WriteRequest::ReplicateLeases { leases, reply })
+            .await
+    }
+
+    /// Compacts as the etcd this store replicates did (a compaction makes no revision).
+    pub async fn replicate_compaction(&self, revision: i64) -> KvResult<CompactionResponse> {
+        self.send(|reply| WriteRequest::Compact(revision, reply))
+            .await
+    }
+
+    /// The store stops replicating and takes writes from now on, its next revision the one
+    /// after the last it replicated. Every lease gets its full TTL from now, as etcd grants
+    /// when a new leader takes over.
+    pub fn end_replication(&self) {
+        for id in self.shared.leases.ids() {
+            self.shared.leases.keep_alive(id);
+        }
+        self.shared.replicating.store(false, Ordering::Release);
     }
 
     /// The events of revisions `from..=to` (clamped to the published revision), whole revisions
@@ -366,10 +421,10 @@ impl<E: Engine> Store<E> {
         history::read(&snapshot, revs, from, to, max_events).await
     }
 
-    /// HashKV at `revision` (0 = now): (hash, the revision hashed, the compacted revision).
-    pub async fn hash_kv(&self, revision: i64) -> KvResult<(u32, i64, i64)> {
+    /// HashKV at `revision` (0 = now), as etcd 3.5 computes it (see [`crate::etcd::hash`]).
+    pub async fn hash_kv(&self, revision: i64) -> KvResult<HashKv> {
         let (revs, snapshot) = self.snapshot().await?;
-        maintenance::hash_kv(&snapshot, revs, revision).await
+        crate::etcd::hash::hash_kv(&snapshot, revs, revision).await
     }
 
     /// Hash: a CRC-32 of the whole keyspace as it is now.
@@ -378,20 +433,26 @@ impl<E: Engine> Store<E> {
         maintenance::hash(&snapshot).await
     }
 
-    /// A consistent backup stream of the whole store (see [`crate::snapshot`]), in chunks of
-    /// about `chunk` bytes.
-    pub async fn backup(
-        &self,
-        chunk: usize,
-    ) -> KvResult<mpsc::Receiver<Result<Bytes, EngineError>>> {
-        let snapshot = self.shared.engine.snapshot().await?;
+    /// A consistent backup of the whole store as an etcd 3.5 database (see
+    /// [`crate::etcd::export`]), written to an anonymous file in `dir` (it is gone once the
+    /// file is closed). Returns the file, rewound, and the database's size.
+    pub async fn backup(&self, dir: &std::path::Path) -> Result<(std::fs::File, u64), EtcdDbError> {
+        let (revs, snapshot) = self.snapshot().await?;
         // The snapshot may hold a batch the writer has not synced yet; syncing after taking it
         // makes everything it holds durable, so a backup never holds a revision that a crash
         // of this server could still take back.
         self.shared.engine.sync().await?;
-        let (tx, rx) = mpsc::channel(4);
-        tokio::spawn(crate::snapshot::dump(snapshot, chunk, tx));
-        Ok(rx)
+        let file = tempfile::tempfile_in(dir)?;
+        let (mut file, exported) = crate::etcd::export::export(&snapshot, revs, file).await?;
+        std::io::Seek::rewind(&mut file)?;
+        tracing::info!(
+            revision = revs.current,
+            rows = exported.rows,
+            leases = exported.leases,
+            bytes = exported.size,
+            "backup written"
+        );
+        Ok((file, exported.size))
     }
 }
 

@@ -22,6 +22,9 @@ pub struct StoreOptions {
     /// The leader's fencing token: every batch the writer commits requires it, so that a
     /// leader deposed by a newer election fails to write instead of overwriting its successor.
     pub fence: Option<Condition>,
+    /// The store starts as a replica of another etcd (see [`crate::store::Store::replicate`]):
+    /// it takes no client writes until [`crate::store::Store::end_replication`].
+    pub replicating: bool,
 }
 
 impl Default for StoreOptions {
@@ -32,6 +35,7 @@ impl Default for StoreOptions {
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             write_timeout: std::time::Duration::from_secs(10),
             fence: None,
+            replicating: false,
         }
     }
 }

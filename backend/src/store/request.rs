@@ -35,6 +35,18 @@ pub(super) enum WriteRequest {
         id: i64,
         reply: Reply<i64>,
     },
+    /// One revision of the etcd the store replicates, with its events in order.
+    Replicate {
+        revision: i64,
+        events: Vec<etcdpb::mvccpb::Event>,
+        reply: Reply<()>,
+    },
+    /// The leases of the etcd the store replicates (id, TTL): missing ones are granted,
+    /// others dropped (their keys go with the source's own delete events).
+    ReplicateLeases {
+        leases: Vec<(i64, i64)>,
+        reply: Reply<()>,
+    },
 }
 
 impl WriteRequest {
@@ -48,6 +60,8 @@ impl WriteRequest {
             WriteRequest::CompactStep(_, reply) => reply.send(Err(err)).is_ok(),
             WriteRequest::LeaseGrant { reply, .. } => reply.send(Err(err)).is_ok(),
             WriteRequest::LeaseRevoke { reply, .. } => reply.send(Err(err)).is_ok(),
+            WriteRequest::Replicate { reply, .. } => reply.send(Err(err)).is_ok(),
+            WriteRequest::ReplicateLeases { reply, .. } => reply.send(Err(err)).is_ok(),
         };
     }
 }
@@ -58,7 +72,7 @@ impl WriteRequest {
 pub(super) struct CompactStep {
     /// `REVS` entries no read at or above the compacted revision can see.
     pub(super) versions: Vec<Bytes>,
-    /// `LOG` entries of revisions below the compacted one.
+    /// The `LOG` entries of the versions removed (see `compactor::log_entries`).
     pub(super) log: Vec<Bytes>,
     /// Tombstones at or below the compacted revision: (user key, revision). Their `INDEX` entry
     /// goes too if the tombstone is still the key's latest version.
@@ -73,7 +87,8 @@ pub(super) enum Answer {
     DeleteRange(Reply<DeleteRangeResponse>, KvResult<DeleteRangeResponse>),
     Txn(Reply<TxnResponse>, KvResult<TxnResponse>),
     Compact(Reply<CompactionResponse>, KvResult<CompactionResponse>),
-    CompactStep(Reply<()>, KvResult<()>),
+    /// A request that answers nothing but whether it was done.
+    Done(Reply<()>, KvResult<()>),
     LeaseGrant(Reply<i64>, KvResult<i64>),
     LeaseRevoke(Reply<i64>, KvResult<i64>),
 }
@@ -86,7 +101,7 @@ macro_rules! each {
             Answer::DeleteRange($reply, $result) => $body,
             Answer::Txn($reply, $result) => $body,
             Answer::Compact($reply, $result) => $body,
-            Answer::CompactStep($reply, $result) => $body,
+            Answer::Done($reply, $result) => $body,
             Answer::LeaseGrant($reply, $result) => $body,
             Answer::LeaseRevoke($reply, $result) => $body,
         }

@@ -40,6 +40,9 @@ pub(super) struct Shared<E> {
     /// Raised when a batch failed on the fence: another member leads now, and this store
     /// accepts no more writes.
     pub(super) deposed: tokio::sync::watch::Sender<bool>,
+    /// While set, the store replicates another etcd: client writes are refused and leases do
+    /// not expire here (the source's expiries arrive as its delete events).
+    pub(super) replicating: AtomicBool,
 }
 
 impl<E> Shared<E> {
@@ -62,6 +65,7 @@ impl<E> Shared<E> {
             compaction: tokio::sync::watch::Sender::new(recovered.compacted),
             revision_stored: recovered.revision_stored.into(),
             deposed: tokio::sync::watch::Sender::new(false),
+            replicating: AtomicBool::new(false),
         }
     }
 

@@ -4,20 +4,23 @@ use crate::brain::Brain;
 use crate::header::Identity;
 use crate::status::from_kv;
 use backend::engine::Engine;
+use backend::etcd::EtcdDbError;
+use backend::kv::KvError;
 use etcdpb::etcdserverpb::{
     AlarmMember, AlarmRequest, AlarmResponse, AlarmType, DefragmentRequest, DefragmentResponse,
     DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
     MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
     StatusResponse, alarm_request::AlarmAction, maintenance_server::Maintenance,
 };
-use futures::{Stream, StreamExt};
+use futures::Stream;
+use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-/// Bytes per Snapshot message.
-const SNAPSHOT_CHUNK: usize = 64 * 1024;
+/// Bytes per Snapshot message (etcd's `snapshotSendBufferSize`).
+const SNAPSHOT_CHUNK: u64 = 32 * 1024;
 
 /// The etcd API version Engram reports. kube-apiserver enables consistent reads from its cache
 /// and WatchList only for a server of 3.5.13 or later.
@@ -27,11 +30,17 @@ pub const ETCD_API_VERSION: &str = "3.5.13";
 pub struct MaintenanceService {
     brain: Arc<Brain>,
     identity: Identity,
+    /// Where a snapshot is written before it is sent (an anonymous file, gone once sent).
+    backup_dir: PathBuf,
 }
 
 impl MaintenanceService {
-    pub fn new(brain: Arc<Brain>, identity: Identity) -> Self {
-        MaintenanceService { brain, identity }
+    pub fn new(brain: Arc<Brain>, identity: Identity, backup_dir: PathBuf) -> Self {
+        MaintenanceService {
+            brain,
+            identity,
+            backup_dir,
+        }
     }
 }
 
@@ -117,7 +126,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        let (hash, _revision, compact_revision) = self
+        let hashed = self
             .brain
             .store()
             .hash_kv(req.into_inner().revision)
@@ -125,44 +134,30 @@ impl Maintenance for MaintenanceService {
             .map_err(from_kv)?;
         let resp = HashKvResponse {
             header: None,
-            hash,
-            compact_revision,
+            hash: hashed.hash,
+            compact_revision: hashed.compacted,
         };
-        Ok(self.identity.respond(resp, self.brain.store().revision()))
+        // etcd's header carries the current revision, whatever revision was hashed.
+        Ok(self.identity.respond(resp, hashed.current))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
 
-    /// A consistent copy of the whole store in Engram's snapshot format; `engram restore`
-    /// turns it back into a data directory.
+    /// A consistent copy of the whole store as an etcd 3.5 database, streamed as etcd streams
+    /// its own: `etcdctl snapshot save` writes a file `etcdutl snapshot restore` turns into a
+    /// data directory for a real etcd, and `engram restore` into one for Engram.
     async fn snapshot(
         &self,
         _req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
         let store = self.brain.store();
-        let chunks = store.backup(SNAPSHOT_CHUNK).await.map_err(from_kv)?;
-        let estimate = store.engine().size_on_disk();
-        let identity = self.identity;
-        let revision = store.revision();
-        let mut sent = 0u64;
-        let out = ReceiverStream::new(chunks).map(move |chunk| {
-            let blob = chunk.map_err(|e| Status::unavailable(e.to_string()))?;
-            sent += blob.len() as u64;
-            // The size is known only at the end: report an estimate that reaches 0 there.
-            let last = blob.len() < SNAPSHOT_CHUNK;
-            let mut resp = SnapshotResponse {
-                header: None,
-                remaining_bytes: if last {
-                    0
-                } else {
-                    estimate.saturating_sub(sent).max(1)
-                },
-                blob,
-            };
-            identity.stamp(&mut resp, revision);
-            Ok(resp)
-        });
-        Ok(Response::new(Box::pin(out)))
+        let (file, size) = store
+            .backup(&self.backup_dir)
+            .await
+            .map_err(backup_failed)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        tokio::task::spawn_blocking(move || send_snapshot(file, size, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn move_leader(
@@ -186,4 +181,50 @@ fn not_yet(method: &str) -> Status {
     Status::unimplemented(format!(
         "engram: Maintenance.{method} is not implemented yet"
     ))
+}
+
+/// Sends the database in `file` as etcd does: messages of 32 KiB, each with the bytes still to
+/// come after it (no header), then one last message holding the SHA-256 of everything sent,
+/// which `etcdctl snapshot save` appends to the file and `etcdutl snapshot restore` checks.
+fn send_snapshot(
+    mut file: std::fs::File,
+    size: u64,
+    tx: tokio::sync::mpsc::Sender<Result<SnapshotResponse, Status>>,
+) {
+    let mut sha = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut sent = 0u64;
+    while sent < size {
+        let mut blob = vec![0u8; SNAPSHOT_CHUNK.min(size - sent) as usize];
+        if let Err(err) = std::io::Read::read_exact(&mut file, &mut blob) {
+            let _ = tx.blocking_send(Err(Status::internal(format!(
+                "reading the snapshot: {err}"
+            ))));
+            return;
+        }
+        sha.update(&blob);
+        sent += blob.len() as u64;
+        let message = SnapshotResponse {
+            header: None,
+            remaining_bytes: size - sent,
+            blob: blob.into(),
+        };
+        if tx.blocking_send(Ok(message)).is_err() {
+            return;
+        }
+    }
+    let checksum = SnapshotResponse {
+        header: None,
+        remaining_bytes: 0,
+        blob: sha.finish().as_ref().to_vec().into(),
+    };
+    let _ = tx.blocking_send(Ok(checksum));
+}
+
+/// The status of a snapshot that could not be written.
+fn backup_failed(err: EtcdDbError) -> Status {
+    match err {
+        EtcdDbError::Kv(err) => from_kv(err),
+        EtcdDbError::Engine(err) => from_kv(KvError::Engine(err)),
+        other => Status::internal(format!("writing the snapshot: {other}")),
+    }
 }
