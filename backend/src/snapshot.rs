@@ -6,8 +6,8 @@
 //! padded to a multiple of 512 bytes and followed by the SHA-256 of all before it.
 //!
 //! Engram no longer writes it: an etcd database carries everything it did (every version,
-//! revision, compacted revision and lease), etcd's own tools read it, and it is no larger
-//! (versions stored once, not beside an index and a log).
+//! revision, compacted revision and lease) and etcd's own tools read it. It is somewhat larger
+//! (20,000 keys of 1 KiB written 3 times: 83 MB against 71 MB; bbolt's pages are not full).
 
 use crate::engine::{Engine, EngineError, KeyRange, Snapshot, WriteBatch};
 use bytes::Bytes;
