@@ -26,51 +26,56 @@ pub struct Config {
     pub command: Option<Command>,
 
     /// Human-readable name of this member (shown by `etcdctl member list`).
-    #[arg(long, default_value = "default")]
+    #[arg(long, global = true, default_value = "default")]
     pub name: String,
 
     /// Directory holding the embedded engine's data; created if missing.
-    #[arg(long, default_value = "default.engram")]
+    #[arg(long, global = true, default_value = "default.engram")]
     pub data_dir: PathBuf,
 
     /// Comma-separated URLs to serve clients on: http://host:port, or https://host:port with
     /// --cert-file and --key-file. Each port serves gRPC and the HTTP endpoints (/health,
     /// /livez, /readyz, /version, /metrics).
-    #[arg(long, default_value = "http://127.0.0.1:2379", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        default_value = "http://127.0.0.1:2379",
+        value_delimiter = ','
+    )]
     pub listen_client_urls: Vec<String>,
 
     /// Comma-separated client URLs to advertise to clients (defaults to the listen URLs).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, global = true, value_delimiter = ',')]
     pub advertise_client_urls: Vec<String>,
 
     /// Largest write request accepted, in bytes (etcd's default: 1.5 MiB). Messages larger than
     /// this plus 512 KiB are refused by gRPC itself, as etcd does.
-    #[arg(long, default_value_t = 1536 * 1024)]
+    #[arg(long, global = true, default_value_t = 1536 * 1024)]
     pub max_request_bytes: usize,
 
     /// Log filter: error, warn, info, debug, trace, or a tracing directive such as
     /// `engram=debug,backend=trace`.
-    #[arg(long, default_value = "info")]
+    #[arg(long, global = true, default_value = "info")]
     pub log_level: String,
 
     /// Storage engine.
-    #[arg(long, value_enum, default_value = "lsm")]
+    #[arg(long, global = true, value_enum, default_value = "lsm")]
     pub engine: EngineKind,
 
     /// With --engine tikv: comma-separated PD addresses (host:port) of the TiKV cluster.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, global = true, value_delimiter = ',')]
     pub pd_endpoints: Vec<String>,
 
     /// With --engine tikv: the prefix of every key this Engram cluster writes, so several
     /// clusters can share one TiKV cluster. All members of one cluster use the same prefix.
-    #[arg(long, default_value = "engram/")]
+    #[arg(long, global = true, default_value = "engram/")]
     pub key_prefix: String,
 
     /// Size at which the LSM engine's in-memory write buffer (memtable) is flushed to disk, in
     /// MiB. Larger buffers flush less often; each one costs about twice its size in memory.
     /// Fixed when the data directory is created (the engine keeps it with the data; a
     /// different value on a later start is ignored).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, global = true, default_value_t = 64)]
     pub memtable_size_mb: u64,
 
     /// LSM engine: keep values of at least this many bytes in blob files beside the tree, so
@@ -79,105 +84,127 @@ pub struct Config {
     /// against ~66-81% without); stale blob files are rewritten by compactions. Fixed when the
     /// data directory is created; off by default until every workload has been measured with
     /// it.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, global = true, default_value_t = 0)]
     pub value_separation_bytes: u32,
 
     /// Block/page cache of the embedded engine, in MiB.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, global = true, default_value_t = 64)]
     pub cache_size_mb: usize,
 
     /// How often an idle watcher created with progress_notify is told the current revision,
     /// e.g. `5s` or `500ms` (etcd's default of 10 minutes stalls kube-apiserver watch caches).
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     pub watch_progress_notify_interval: Duration,
 
     /// Events kept in memory for watchers; older history is read back from the store.
-    #[arg(long, default_value_t = 16_384)]
+    #[arg(long, global = true, default_value_t = 16_384)]
     pub watch_window_events: usize,
 
     /// MiB of keys and values (with previous values) the watch window keeps at most, whatever
     /// its event count: older history is read back from the store.
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, global = true, default_value_t = 16)]
     pub watch_window_mb: usize,
 
     /// Events the watch window keeps even when no watcher is behind (a watcher that starts a
     /// little in the past starts from memory); past this, only revisions some watcher or
     /// follower has yet to read stay, up to --watch-window-events.
-    #[arg(long, default_value_t = 1_024)]
+    #[arg(long, global = true, default_value_t = 1_024)]
     pub watch_window_idle_events: usize,
 
     /// MiB of keys and values the watch window keeps even when no watcher is behind; past
     /// this, only revisions some watcher or follower has yet to read stay, up to
     /// --watch-window-mb.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, global = true, default_value_t = 1)]
     pub watch_window_idle_mb: usize,
 
     /// Raise the NOSPACE alarm when the store is larger than this many bytes (etcd's flag;
     /// 0, the default, sets no quota: Engram's size is bounded by its disk, not by a quota).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, global = true, default_value_t = 0)]
     pub quota_backend_bytes: u64,
 
     /// Raise the NOSPACE alarm when the data directory's filesystem has less free space.
-    #[arg(long, default_value_t = 256 << 20)]
+    #[arg(long, global = true, default_value_t = 256 << 20)]
     pub space_alarm_min_free_bytes: u64,
 
     /// Most write requests committed together in one durable engine batch.
-    #[arg(long, default_value_t = 1024)]
+    #[arg(long, global = true, default_value_t = 1024)]
     pub max_batch: usize,
 
     /// Comma-separated URLs serving only the HTTP endpoints (/metrics, /health, /livez,
     /// /readyz, /version); https:// ones use the client TLS settings.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, global = true, value_delimiter = ',')]
     pub listen_metrics_urls: Vec<String>,
 
     /// Path to the client server TLS certificate file (PEM; the chain, leaf first).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub cert_file: Option<PathBuf>,
 
     /// Path to the client server TLS key file (PEM).
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub key_file: Option<PathBuf>,
 
     /// Path to the client server TLS trusted CA certificate file (PEM), used to verify client
     /// certificates under --client-cert-auth.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub trusted_ca_file: Option<PathBuf>,
 
     /// Refuse https clients that do not present a certificate signed by --trusted-ca-file.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub client_cert_auth: bool,
 
     /// How long a connection may be idle before the server pings the client to check it is
     /// still there (etcd's default: 2h).
-    #[arg(long, default_value = "2h", value_parser = parse_duration)]
+    #[arg(long, global = true, default_value = "2h", value_parser = parse_duration)]
     pub grpc_keepalive_interval: Duration,
 
     /// How long the server waits for the answer to its keepalive ping before closing the
     /// connection (etcd's default: 20s). Clients may ping as often as they like.
-    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    #[arg(long, global = true, default_value = "20s", value_parser = parse_duration)]
     pub grpc_keepalive_timeout: Duration,
 
     /// How long the leader's record may go unrenewed before another member takes over: the
     /// longest a dead leader's writes stall. The leader renews every third of it.
-    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    #[arg(long, global = true, default_value = "5s", value_parser = parse_duration)]
     pub election_lease: Duration,
 }
 
-/// Tools besides serving.
+/// Tools besides serving. Every flag above may follow the subcommand too.
 #[derive(Debug, Clone, Subcommand)]
 pub enum Command {
-    /// Turns a snapshot (from `etcdctl snapshot save` against Engram) into a new data
-    /// directory; then start `engram --data-dir DIR` on it.
+    /// Turns a backup into a new data directory (--data-dir, which must be new or empty, of
+    /// --engine lsm or btree); then start `engram --data-dir DIR` on it. Takes etcd's own
+    /// backups (`etcdctl snapshot save` against etcd or Engram, or a member's
+    /// `member/snap/db`) and files older Engram releases wrote.
     Restore {
-        /// The snapshot file.
+        /// The backup file.
         snapshot: PathBuf,
-        /// The data directory to create; it must not hold data yet.
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// The engine of the new data directory.
-        #[arg(long, value_enum, default_value = "lsm")]
-        engine: EngineKind,
     },
+    /// Moves a running etcd cluster onto Engram, revisions unchanged: copies a snapshot of the
+    /// source into a new --data-dir, then serves it (reads and watches; writes are refused)
+    /// while following every revision of the source, until `POST /migration/cutover` on a
+    /// client URL makes Engram take over. See the README, "Migrating from etcd".
+    Migrate(MigrateArgs),
+}
+
+/// Where the source etcd is, and how to reach it (etcdctl's names for its TLS flags).
+#[derive(Debug, Clone, clap::Args)]
+pub struct MigrateArgs {
+    /// Client URL of the etcd to migrate from (https:// with the TLS flags below).
+    #[arg(long)]
+    pub from: String,
+    /// CA bundle that verifies the source's certificate.
+    #[arg(long)]
+    pub cacert: Option<PathBuf>,
+    /// Client certificate to present to the source.
+    #[arg(long)]
+    pub cert: Option<PathBuf>,
+    /// Key of the client certificate.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// How often the source's leases are read: leases granted and revoked in between are not
+    /// seen (their keys' writes and deletes are); keep it below the shortest TTL that matters.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub lease_poll_interval: Duration,
 }
 
 impl Config {

@@ -169,6 +169,7 @@ async fn metrics_text(State(state): State<HttpState>) -> Response {
         brain.leader_changes(),
     );
     state.metrics.observe_watch_window(brain.hub().window());
+    state.metrics.observe_replication(brain.replication_lag());
     let (body, content_type) = state.metrics.scrape(&brain.store()).await;
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }

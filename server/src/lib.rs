@@ -14,6 +14,7 @@ mod listen;
 pub mod local_cluster;
 mod member;
 mod metrics;
+mod migrate;
 mod restore;
 mod routes;
 mod service;
@@ -29,17 +30,17 @@ use config::{Command, Config};
 
 /// Runs `engram` with `config` until SIGINT/SIGTERM (or a listener fails).
 pub async fn run(config: Config) -> Result<(), BoxError> {
-    if let Some(Command::Restore {
-        snapshot,
-        data_dir,
-        engine,
-    }) = &config.command
-    {
-        return restore::run(snapshot, data_dir, *engine, &config).await;
-    }
-    let engine_config = config.engine_config(config.engine, &config.data_dir);
-    let engine = backend::engine::open(&engine_config).await?;
-    let mut member = Member::start(config, engine).await?;
+    let mut member = match &config.command {
+        Some(Command::Restore { snapshot }) => {
+            return restore::run(snapshot, &config.data_dir, config.engine, &config).await;
+        }
+        Some(Command::Migrate(source)) => migrate::start(source.clone(), config).await?,
+        None => {
+            let engine_config = config.engine_config(config.engine, &config.data_dir);
+            let engine = backend::engine::open(&engine_config).await?;
+            Member::start(config, engine).await?
+        }
+    };
     tokio::select! {
         _ = shutdown_signal() => {
             tracing::info!("shutting down: handing over the lead first");

@@ -3,7 +3,7 @@
 
 use crate::brain::election::{ElectionConfig, MemberRecord};
 use crate::brain::{Brain, BrainOptions, BrainTasks};
-use crate::config::Config;
+use crate::config::{Command, Config};
 use crate::error::BoxError;
 use crate::header::Identity;
 use crate::listen::{self, Listener};
@@ -42,6 +42,15 @@ impl Member {
     /// [`Member::shutdown`]. Listen URLs with port 0 get a port from the system; the member
     /// then advertises that port (unless --advertise-client-urls says otherwise).
     pub async fn start(config: Config, engine: AnyEngine) -> Result<Self, BoxError> {
+        Member::start_with(config, engine, axum::Router::new()).await
+    }
+
+    /// [`Member::start`], with `routes` added to the HTTP endpoints of each client port.
+    pub async fn start_with(
+        config: Config,
+        engine: AnyEngine,
+        routes: axum::Router,
+    ) -> Result<Self, BoxError> {
         let tls = tls::server_config(&config)?;
         // Bind every listener before serving any, so that a client that reaches one finds all.
         let mut client_listeners = Vec::new();
@@ -82,8 +91,11 @@ impl Member {
         let metrics = Arc::new(Metrics::new(config.quota_backend_bytes)?);
         // Like etcd, each client port serves gRPC and the HTTP endpoints.
         let grpc = routes::grpc_services(&config, &brain, identity, stopped.clone());
-        let client_routes =
-            http::add_routes(grpc.into_axum_router(), brain.clone(), metrics.clone());
+        let client_routes = http::add_routes(
+            grpc.into_axum_router().merge(routes),
+            brain.clone(),
+            metrics.clone(),
+        );
         let metrics_routes = http::add_routes(axum::Router::new(), brain.clone(), metrics.clone());
         let client_router = routes::server_builder(&config, &metrics, SERVED)
             .add_routes(Routes::from(client_routes));
@@ -194,6 +206,8 @@ fn brain_options(
         store: StoreOptions {
             max_batch: config.max_batch,
             max_request_bytes: config.max_request_bytes,
+            // `engram migrate` starts as a replica of the etcd it migrates from.
+            replicating: matches!(config.command, Some(Command::Migrate(_))),
             ..StoreOptions::default()
         },
         window: watch::WindowLimits {

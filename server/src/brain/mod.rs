@@ -27,6 +27,7 @@ use backend::kv::{KvError, KvResult};
 use backend::mvcc::keys;
 use election::{ElectionConfig, LeaderRecord, Leadership};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 use tokio::sync::watch;
 use tonic::transport::ClientTlsConfig;
@@ -105,6 +106,11 @@ pub struct Brain {
     member_id: u64,
     /// Times the leader (member and term) changed as this member saw it.
     leader_changes: std::sync::atomic::AtomicU64,
+    /// While set, the member replicates the etcd it migrates from (see `crate::migrate`): its
+    /// store takes no client writes.
+    replicating: AtomicBool,
+    /// The source's newest revision as last heard, while replicating.
+    source_revision: AtomicI64,
 }
 
 impl Brain {
@@ -117,6 +123,7 @@ impl Brain {
     ) -> KvResult<(Arc<Self>, BrainTasks)> {
         let store = Store::open_follower(engine.clone(), options.store.max_request_bytes).await?;
         let hub = Hub::new(store.revision(), options.window);
+        let replicating = options.store.replicating;
         let brain = Arc::new(Brain {
             engine: engine.clone(),
             hub,
@@ -124,6 +131,8 @@ impl Brain {
             member_id: options.election.member.id,
             options,
             leader_changes: Default::default(),
+            replicating: AtomicBool::new(replicating),
+            source_revision: AtomicI64::new(0),
         });
         let (leadership, election) = election::start(engine, brain.options.election.clone(), stop);
         let roles = tokio::spawn(brain.clone().switch_roles(leadership));
@@ -169,6 +178,31 @@ impl Brain {
     pub fn leader_changes(&self) -> u64 {
         self.leader_changes
             .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether the member replicates the etcd it migrates from (and takes no writes).
+    pub fn replicating(&self) -> bool {
+        self.replicating.load(Ordering::Acquire)
+    }
+
+    /// Records the source's newest revision, as the replication last heard it.
+    pub fn set_source_revision(&self, revision: i64) {
+        self.source_revision.fetch_max(revision, Ordering::AcqRel);
+    }
+
+    /// How many revisions the store is behind the source it replicates (`None` when it does
+    /// not replicate).
+    pub fn replication_lag(&self) -> Option<i64> {
+        self.replicating().then(|| {
+            let source = self.source_revision.load(Ordering::Acquire);
+            (source - self.store().revision()).max(0)
+        })
+    }
+
+    /// The member stops replicating and takes writes: from now on, and whenever it leads.
+    pub fn end_replication(&self) {
+        self.replicating.store(false, Ordering::Release);
+        self.store().end_replication();
     }
 
     /// Where writes go now; waits up to about two election leases for a leader to be known.
@@ -273,6 +307,7 @@ impl Brain {
                 key: keys::brain_term(),
                 expected: Some(election::encode_term(term)),
             }),
+            replicating: self.replicating(),
             ..self.options.store.clone()
         };
         let store = Store::open(self.engine.clone(), options).await?;

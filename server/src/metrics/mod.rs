@@ -37,6 +37,7 @@ pub struct Metrics {
     watchers: IntGauge,
     watch_window_events: IntGauge,
     watch_window_bytes: IntGauge,
+    replication_lag: IntGauge,
     has_leader: IntGauge,
     is_leader: IntGauge,
     leader_changes: IntCounter,
@@ -141,6 +142,11 @@ impl Metrics {
                 "engram_watch_window_bytes",
                 "Bytes of keys and values (with previous values) the watch window holds.",
             )?,
+            replication_lag: gauge(
+                "engram_replication_lag_revisions",
+                "While migrating from etcd: revisions of the source not yet applied here \
+                 (0 otherwise).",
+            )?,
             watchers: gauge(
                 "etcd_debugging_mvcc_watcher_total",
                 "Total number of watchers.",
@@ -175,6 +181,11 @@ impl Metrics {
         if changes > seen {
             self.leader_changes.inc_by(changes - seen);
         }
+    }
+
+    /// How far the store is behind the etcd it migrates from (`None`: it does not migrate).
+    pub fn observe_replication(&self, lag: Option<i64>) {
+        self.replication_lag.set(lag.unwrap_or(0));
     }
 
     /// Copies what the member's watch window holds into its gauges.

@@ -14,6 +14,11 @@ pub struct Reply {
 
 /// GET `path` from `hostport` over plain HTTP/1.1.
 pub async fn get(hostport: &str, path: &str) -> Reply {
+    request("GET", hostport, path).await
+}
+
+/// `method` `path` (no body) to `hostport` over plain HTTP/1.1.
+pub async fn request(method: &str, hostport: &str, path: &str) -> Reply {
     let tcp = tokio::net::TcpStream::connect(hostport)
         .await
         .unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
@@ -21,14 +26,16 @@ pub async fn get(hostport: &str, path: &str) -> Reply {
         .await
         .expect("HTTP/1.1 handshake");
     tokio::spawn(conn);
-    let req = hyper::Request::get(path)
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
         .header("host", hostport)
         .body(Empty::<Bytes>::new())
         .expect("request");
     let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
         .await
-        .unwrap_or_else(|_| panic!("GET {hostport}{path} timed out"))
-        .unwrap_or_else(|e| panic!("GET {hostport}{path}: {e}"));
+        .unwrap_or_else(|_| panic!("{method} {hostport}{path} timed out"))
+        .unwrap_or_else(|e| panic!("{method} {hostport}{path}: {e}"));
     let status = resp.status().as_u16();
     let content_type = resp
         .headers()

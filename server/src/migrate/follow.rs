@@ -1,0 +1,245 @@
+//! Following the source: every revision it commits is applied here as the same revision, its
+//! leases and its compaction mirrored, until the cut-over.
+
+use super::source::Source;
+use crate::brain::{Brain, Route, Store};
+use backend::kv::KvError;
+use etcdpb::mvccpb::Event;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+/// Pause before reconnecting after the source's stream broke.
+const RECONNECT: Duration = Duration::from_secs(1);
+/// How often the lag is logged, and the source's compaction looked for.
+const REPORT: Duration = Duration::from_secs(10);
+
+/// Where a migration stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stage {
+    /// Applying the source's revisions as they come.
+    Following,
+    /// Engram took over at this revision: it serves writes, the source is left alone.
+    CutOver { revision: i64 },
+    /// Following stopped and cannot go on; the reason says what to do.
+    Failed(String),
+}
+
+/// One migration: the source, this member, and where it stands.
+pub struct Migration {
+    pub source: Source,
+    brain: OnceLock<Arc<Brain>>,
+    stage: Mutex<Stage>,
+    /// The leases of the source as last read: id and granted TTL.
+    leases: Mutex<HashMap<i64, i64>>,
+    lease_poll: Duration,
+    tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// One cut-over at a time.
+    pub(super) cutting_over: tokio::sync::Mutex<()>,
+}
+
+impl Migration {
+    pub fn new(source: Source, lease_poll: Duration) -> Arc<Self> {
+        Arc::new(Migration {
+            source,
+            brain: OnceLock::new(),
+            stage: Mutex::new(Stage::Following),
+            leases: Mutex::new(HashMap::new()),
+            lease_poll,
+            tasks: Mutex::new(Vec::new()),
+            cutting_over: tokio::sync::Mutex::new(()),
+        })
+    }
+
+    /// Starts following the source through `brain`'s store.
+    pub fn start(self: &Arc<Self>, brain: Arc<Brain>) {
+        let _ = self.brain.set(brain);
+        let tasks = vec![
+            tokio::spawn(self.clone().follow()),
+            tokio::spawn(self.clone().mirror_leases()),
+            tokio::spawn(self.clone().report()),
+        ];
+        *lock(&self.tasks) = tasks;
+    }
+
+    pub fn brain(&self) -> Option<&Arc<Brain>> {
+        self.brain.get()
+    }
+
+    pub fn stage(&self) -> Stage {
+        lock(&self.stage).clone()
+    }
+
+    fn set_stage(&self, stage: Stage) {
+        *lock(&self.stage) = stage;
+    }
+
+    pub fn lease_count(&self) -> usize {
+        lock(&self.leases).len()
+    }
+
+    /// Stops following (the cut-over, or a failure).
+    pub(super) fn stop(&self, stage: Stage) {
+        for task in lock(&self.tasks).drain(..) {
+            task.abort();
+        }
+        self.set_stage(stage);
+    }
+
+    /// The store of this member once it leads (it is the only member writing the engine).
+    async fn store(&self) -> Option<Store> {
+        let brain = self.brain.get()?;
+        loop {
+            if let Ok(Route::Local(store)) = brain.route().await {
+                return Some(store);
+            }
+            tokio::time::sleep(RECONNECT).await;
+        }
+    }
+
+    /// Applies the source's revisions from the one after the store's, for as long as the
+    /// source's stream lasts; then resumes where it stopped.
+    async fn follow(self: Arc<Self>) {
+        loop {
+            let Some(store) = self.store().await else {
+                return;
+            };
+            let from = store.revision() + 1;
+            match self.source.watch(from).await {
+                Ok((_keep_open, mut stream)) => loop {
+                    let response = match stream.message().await {
+                        Ok(Some(response)) => response,
+                        Ok(None) => {
+                            tracing::warn!(source = %self.source.url, "the source's watch ended");
+                            break;
+                        }
+                        Err(status) => {
+                            tracing::warn!(%status, source = %self.source.url, "the source's watch broke");
+                            break;
+                        }
+                    };
+                    if response.canceled {
+                        let reason = if response.compact_revision > 0 {
+                            format!(
+                                "the source compacted its history past revision {from} (to {}) \
+                                 before it was followed: start the migration again into a new \
+                                 data directory, and keep the source's compaction behind it",
+                                response.compact_revision
+                            )
+                        } else {
+                            format!("the source canceled the watch: {}", response.cancel_reason)
+                        };
+                        tracing::error!(%reason, "migration stopped");
+                        self.stop(Stage::Failed(reason));
+                        return;
+                    }
+                    if let Some(header) = &response.header
+                        && let Some(brain) = self.brain()
+                    {
+                        brain.set_source_revision(header.revision);
+                    }
+                    if let Err(err) = apply(&store, response.events).await {
+                        if let KvError::ReplicationGap { .. } = err {
+                            let reason = format!("a revision of the source was missed: {err}");
+                            tracing::error!(%reason, "migration stopped");
+                            self.stop(Stage::Failed(reason));
+                            return;
+                        }
+                        tracing::warn!(%err, "applying the source's revision failed; resuming");
+                        break;
+                    }
+                },
+                Err(status) => {
+                    tracing::warn!(%status, source = %self.source.url, "watching the source failed")
+                }
+            }
+            tokio::time::sleep(RECONNECT).await;
+        }
+    }
+
+    /// Reads the source's leases every poll interval and makes them the store's.
+    async fn mirror_leases(self: Arc<Self>) {
+        loop {
+            if let Err(err) = self.sync_leases().await {
+                tracing::warn!(%err, "reading the source's leases failed");
+            }
+            tokio::time::sleep(self.lease_poll).await;
+        }
+    }
+
+    /// Makes the store's leases the source's, now.
+    pub(super) async fn sync_leases(&self) -> Result<(), crate::error::BoxError> {
+        let known = lock(&self.leases).clone();
+        let leases = self.source.leases(&known).await?;
+        if let Some(store) = self.store().await {
+            store.replicate_leases(leases.clone()).await?;
+        }
+        *lock(&self.leases) = leases.into_iter().collect();
+        Ok(())
+    }
+
+    /// Compacts the store as the source did (`compacted`), if it is behind.
+    pub(super) async fn mirror_compaction(&self, compacted: i64) -> Result<(), KvError> {
+        let Some(store) = self.store().await else {
+            return Ok(());
+        };
+        if compacted > store.compacted() && compacted <= store.revision() {
+            store.replicate_compaction(compacted).await?;
+            tracing::info!(compacted, "compacted as the source did");
+        }
+        Ok(())
+    }
+
+    /// Logs how far behind the source the store is, and mirrors the source's compaction.
+    async fn report(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(REPORT).await;
+            let (Some(brain), Some(store)) = (self.brain(), self.store().await) else {
+                continue;
+            };
+            let lag = brain.replication_lag().unwrap_or(0);
+            tracing::info!(
+                lag,
+                applied = store.revision(),
+                source = %self.source.url,
+                "migration: following the source, {lag} revisions behind"
+            );
+            let compacted = match self.source.revision().await {
+                Ok(current) => self.source.compacted(current).await,
+                Err(status) => Err(status),
+            };
+            match compacted {
+                Ok(compacted) => {
+                    if let Err(err) = self.mirror_compaction(compacted).await {
+                        tracing::warn!(%err, compacted, "compacting as the source did failed");
+                    }
+                }
+                Err(status) => tracing::debug!(%status, "reading the source's compaction"),
+            }
+        }
+    }
+}
+
+/// Applies the events of one watch response: each revision whole, in order.
+async fn apply(store: &Store, events: Vec<Event>) -> Result<(), KvError> {
+    let mut revision = Vec::new();
+    let mut at = 0;
+    for event in events {
+        let rev = event.kv.as_ref().map_or(0, |kv| kv.mod_revision);
+        if rev != at && !revision.is_empty() {
+            store.replicate(at, std::mem::take(&mut revision)).await?;
+        }
+        at = rev;
+        revision.push(event);
+    }
+    if !revision.is_empty() {
+        store.replicate(at, revision).await?;
+    }
+    Ok(())
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}

@@ -1,0 +1,104 @@
+//! `engram migrate`: a running etcd cluster moved onto Engram, every revision unchanged, and
+//! back if need be (a snapshot of Engram restores into etcd: see `backend::etcd`).
+//!
+//! 1. A snapshot of the source is streamed to a file beside the new data directory (never held
+//!    in memory), checked and restored there (`backend::etcd::import`): same keys, versions,
+//!    revisions, compaction and leases.
+//! 2. The member starts on it, replicating: it serves reads and watches (a watcher sees the
+//!    source's revisions as they arrive) and refuses writes with etcd's `rpc not supported for
+//!    learner` (`follow.rs`). It follows the source with a watch of the whole keyspace from the
+//!    snapshot's revision + 1 and applies each revision as the same revision here. Leases are
+//!    not in the watch stream: they are read every `--lease-poll-interval`; the source's
+//!    compaction is looked for every 10 s and done here too. A broken stream resumes from the
+//!    next revision; a source that compacted past it stops the migration, which says so.
+//! 3. The cut-over (`cutover.rs`): once the operator has stopped the source's writers,
+//!    `POST /migration/cutover` checks that Engram has the source's latest revision and the same
+//!    HashKV there, and makes Engram take writes from the next revision on.
+//!
+//! Started on a data directory that holds a store already (a migration that was interrupted),
+//! it follows on from that store's revision without a new snapshot.
+
+mod cutover;
+mod follow;
+mod source;
+
+use crate::config::{Config, MigrateArgs};
+use crate::error::BoxError;
+use crate::member::Member;
+use backend::engine::{AnyEngine, Engine};
+use backend::etcd::import;
+use follow::Migration;
+use source::Source;
+
+/// Copies the source into the data directory (unless it holds a store already), starts the
+/// member replicating it, and starts following.
+pub async fn start(args: MigrateArgs, config: Config) -> Result<Member, BoxError> {
+    let source = Source::connect(&args)?;
+    let dir = &config.data_dir;
+    let holds_data = dir.is_dir() && std::fs::read_dir(dir)?.next().is_some();
+    let engine = if holds_data {
+        tracing::info!(
+            data_dir = %dir.display(),
+            "the data directory holds a store: following the source on from its revision"
+        );
+        backend::engine::open(&config.engine_config(config.engine, dir)).await?
+    } else {
+        // Nothing half-written stays: the directory was new or empty.
+        let copied = copy(&source, &config).await;
+        if copied.is_err() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        copied?
+    };
+    let migration = Migration::new(source, args.lease_poll_interval);
+    let routes = cutover::routes(migration.clone());
+    let member = Member::start_with(config, engine, routes).await?;
+    migration.start(member.brain.clone());
+    Ok(member)
+}
+
+/// Streams a snapshot of the source into a file in the new data directory, checks it, and
+/// restores it into the engine opened there.
+async fn copy(source: &Source, config: &Config) -> Result<AnyEngine, BoxError> {
+    std::fs::create_dir_all(&config.data_dir)?;
+    let path = config.data_dir.join("migration-snapshot.db");
+    let started = std::time::Instant::now();
+    let fetched = async {
+        let mut file = std::fs::File::create(&path)?;
+        let bytes = source
+            .snapshot_to(&mut file)
+            .await
+            .map_err(|e| format!("snapshot of {}: {e}", source.url))?;
+        let verified =
+            import::verify(&path).map_err(|e| format!("snapshot of {}: {e}", source.url))?;
+        Ok::<_, BoxError>((bytes, verified))
+    }
+    .await;
+    let (bytes, verified) = match fetched {
+        Ok(fetched) => fetched,
+        Err(err) => {
+            let _ = std::fs::remove_file(&path);
+            return Err(err);
+        }
+    };
+    let engine =
+        backend::engine::open(&config.engine_config(config.engine, &config.data_dir)).await?;
+    let imported = import::import(&engine, &verified).await;
+    let _ = std::fs::remove_file(&path);
+    let imported = imported?;
+    engine.sync().await?;
+    tracing::info!(
+        source = %source.url,
+        bytes,
+        revision = imported.revision,
+        compacted = imported.compacted,
+        keys = imported.keys,
+        leases = imported.leases,
+        took_ms = started.elapsed().as_millis() as u64,
+        "copied a snapshot of the source"
+    );
+    for (what, count) in &imported.left_behind {
+        tracing::warn!(what, count, "not carried over from the source");
+    }
+    Ok(engine)
+}
