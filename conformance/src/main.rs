@@ -5,6 +5,7 @@
 //! `engram-conformance record --endpoint URL --out DIR` records the transcripts of a real
 //! etcd 3.5 that later runs without `--reference` are compared with.
 
+mod case;
 mod cases;
 mod client;
 mod expectations;
@@ -161,7 +162,7 @@ async fn record(endpoint: &str, out: &std::path::Path, only: &[String], any: boo
         );
     }
     let source = format!("etcd {version}");
-    let env = Arc::new(runner::RunEnv {
+    let env = Arc::new(case::RunEnv {
         endpoint: endpoint.to_string(),
         restart_cmd: None,
     });

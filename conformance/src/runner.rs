@@ -1,73 +1,17 @@
 //! Case registry, execution and comparison against a reference endpoint.
 //!
-//! A case is an async function of a [`Ctx`]. It checks its own expectations (taken from
-//! etcd 3.5; failing one fails the case) and, through the recording helpers of `Ctx`,
-//! writes a normalised transcript of every answer it got. With `--reference` every case
-//! runs on the endpoint and then on the reference, with the same keys, and the two
-//! transcripts must be identical.
+//! A case (see `case.rs`) writes a normalised transcript of every answer it got. With
+//! `--reference` every case runs on the endpoint and then on the reference, with the same
+//! keys, and the two transcripts must be identical.
 
-use std::future::Future;
-use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
-use bytes::Bytes;
-use etcdpb::etcdserverpb::{
-    CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
-    PutResponse, RangeRequest, RangeResponse, TxnRequest, TxnResponse, WatchResponse,
-};
-use tonic::Status;
 
+use crate::case::{Case, Ctx, RunEnv};
 use crate::client::{self, Conn};
 use crate::normalize::{self, Norm};
-
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
-/// One conformance case.
-pub struct Case {
-    pub group: &'static str,
-    pub name: &'static str,
-    /// Compacts the store (affects every key): run after all other cases.
-    pub compacts: bool,
-    /// Kills and restarts the endpoint (`--restart-cmd`): runs last, never on the
-    /// reference, and is skipped without a restart command.
-    pub restarts: bool,
-    pub run: fn(Ctx) -> BoxFuture<Result<()>>,
-}
-
-/// `case!(group, fn_name)`, `case!(group, fn_name, compacts)` or
-/// `case!(group, fn_name, restarts)`.
-#[macro_export]
-macro_rules! case {
-    ($group:expr, $f:ident) => {
-        $crate::runner::Case {
-            group: $group,
-            name: stringify!($f),
-            compacts: false,
-            restarts: false,
-            run: |c| Box::pin($f(c)),
-        }
-    };
-    ($group:expr, $f:ident, compacts) => {
-        $crate::runner::Case {
-            group: $group,
-            name: stringify!($f),
-            compacts: true,
-            restarts: false,
-            run: |c| Box::pin($f(c)),
-        }
-    };
-    ($group:expr, $f:ident, restarts) => {
-        $crate::runner::Case {
-            group: $group,
-            name: stringify!($f),
-            compacts: false,
-            restarts: true,
-            run: |c| Box::pin($f(c)),
-        }
-    };
-}
 
 pub const GROUPS: [&str; 4] = ["etcd-api", "kubernetes", "concurrency", "faults"];
 
@@ -83,142 +27,6 @@ pub fn registry() -> Vec<Case> {
     // Stable: group order is kept, compacting cases go last, restarting ones after them.
     v.sort_by_key(|c| (c.restarts, c.compacts));
     v
-}
-
-/// What the whole run knows about the endpoint under test.
-pub struct RunEnv {
-    pub endpoint: String,
-    /// Shell command that kills the endpoint with SIGKILL and starts it again.
-    pub restart_cmd: Option<String>,
-}
-
-/// What a case runs against: one endpoint, its key prefix, its base revision and the
-/// transcript being recorded.
-#[derive(Clone)]
-pub struct Ctx {
-    pub conn: Conn,
-    pub n: Norm,
-    pub env: Arc<RunEnv>,
-    log: Arc<Mutex<Vec<String>>>,
-    detail: Arc<Mutex<Option<String>>>,
-}
-
-impl Ctx {
-    /// The key `<prefix><name>`.
-    pub fn key(&self, name: &str) -> Bytes {
-        client::b(format!("{}{name}", self.n.prefix))
-    }
-
-    /// `[prefix, prefix_end)`: every key of this case.
-    pub fn all(&self) -> (Bytes, Bytes) {
-        let p = client::b(&self.n.prefix);
-        let end = client::prefix_end(&p);
-        (p, end)
-    }
-
-    /// Details shown after `ok` when the case passes (not part of the transcript:
-    /// counts that differ from run to run go here).
-    pub fn detail(&self, s: impl Into<String>) {
-        if let Ok(mut d) = self.detail.lock() {
-            *d = Some(s.into());
-        }
-    }
-
-    /// Adds a line to the transcript.
-    pub fn note(&self, line: impl Into<String>) {
-        if let Ok(mut l) = self.log.lock() {
-            l.push(line.into());
-        }
-    }
-
-    fn rec<T>(&self, what: &str, r: &Result<T, Status>, f: impl Fn(&T) -> String) {
-        match r {
-            Ok(v) => self.note(format!("{what}: {}", f(v))),
-            Err(s) => self.note(format!("{what}: ERR {}", normalize::status(s))),
-        }
-    }
-
-    pub async fn range(&self, what: &str, req: RangeRequest) -> Result<RangeResponse, Status> {
-        let r = self
-            .conn
-            .kv
-            .clone()
-            .range(req)
-            .await
-            .map(|r| r.into_inner());
-        self.rec(what, &r, |v| self.n.range(v));
-        r
-    }
-
-    pub async fn put(&self, what: &str, req: PutRequest) -> Result<PutResponse, Status> {
-        let r = self.conn.kv.clone().put(req).await.map(|r| r.into_inner());
-        self.rec(what, &r, |v| self.n.put(v));
-        r
-    }
-
-    pub async fn delete(
-        &self,
-        what: &str,
-        req: DeleteRangeRequest,
-    ) -> Result<DeleteRangeResponse, Status> {
-        let r = self
-            .conn
-            .kv
-            .clone()
-            .delete_range(req)
-            .await
-            .map(|r| r.into_inner());
-        self.rec(what, &r, |v| self.n.delete(v));
-        r
-    }
-
-    pub async fn txn(&self, what: &str, req: TxnRequest) -> Result<TxnResponse, Status> {
-        let r = self.conn.kv.clone().txn(req).await.map(|r| r.into_inner());
-        self.rec(what, &r, |v| self.n.txn(v));
-        r
-    }
-
-    pub async fn compact(&self, what: &str, revision: i64) -> Result<CompactionResponse, Status> {
-        let req = CompactionRequest {
-            revision,
-            physical: true,
-        };
-        let r = self
-            .conn
-            .kv
-            .clone()
-            .compact(req)
-            .await
-            .map(|r| r.into_inner());
-        self.rec(what, &r, |_| "ok".into());
-        r
-    }
-
-    pub fn watch_note(&self, what: &str, r: &WatchResponse) {
-        self.note(format!("{what}: {}", self.n.watch(r)));
-    }
-}
-
-/// Expects `got == want` (Debug-printed in the failure).
-pub fn expect_eq<T: PartialEq + std::fmt::Debug>(what: &str, got: T, want: T) -> Result<()> {
-    if got != want {
-        bail!("{what}: got {got:?}, want {want:?}");
-    }
-    Ok(())
-}
-
-/// Expects an error with exactly this code (Debug name) and message.
-pub fn expect_err<T: std::fmt::Debug>(
-    what: &str,
-    r: &Result<T, Status>,
-    code: &str,
-    msg: &str,
-) -> Result<()> {
-    let want = format!("{code}: {msg}");
-    match r {
-        Ok(v) => bail!("{what}: got success {v:?}, want error `{want}`"),
-        Err(s) => expect_eq(what, normalize::status(s), want),
-    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -272,25 +80,21 @@ pub async fn run_on(conn: &Conn, env: &Arc<RunEnv>, prefix: &str, case: &Case) -
             };
         }
     };
-    let log = Arc::new(Mutex::new(Vec::new()));
-    let detail = Arc::new(Mutex::new(None));
-    let ctx = Ctx {
-        conn: conn.clone(),
-        n: Norm {
+    let ctx = Ctx::new(
+        conn.clone(),
+        Norm {
             prefix: prefix.to_string(),
             base,
         },
-        env: env.clone(),
-        log: log.clone(),
-        detail: detail.clone(),
-    };
-    let error = match tokio::time::timeout(CASE_TIMEOUT, (case.run)(ctx)).await {
+        env.clone(),
+    );
+    let error = match tokio::time::timeout(CASE_TIMEOUT, (case.run)(ctx.clone())).await {
         Err(_) => Some(format!("timed out after {CASE_TIMEOUT:?}")),
         Ok(Err(e)) => Some(format!("{e:#}")),
         Ok(Ok(())) => None,
     };
-    let transcript = log.lock().map(|l| l.clone()).unwrap_or_default();
-    let detail = detail.lock().ok().and_then(|d| d.clone());
+    let transcript = ctx.transcript();
+    let detail = ctx.shown_detail();
     Run {
         error,
         transcript,

@@ -14,8 +14,12 @@ use etcdpb::etcdserverpb::LeaseGrantRequest;
 use etcdpb::etcdserverpb::lease_client::LeaseClient;
 use tokio::sync::Mutex;
 
+use super::ctx::Ctx;
+use super::driver::{Failure, OpOutput};
+use super::keys::key;
 use super::kv::{create, get, list, update};
-use super::{Ctx, Failure, OpOutput, Rng, key, populate};
+use super::populate::populate;
+use super::rng::Rng;
 use crate::stats::Stats;
 
 pub struct KubeWorkload {

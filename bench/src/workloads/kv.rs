@@ -11,7 +11,11 @@ use etcdpb::etcdserverpb::request_op::Request;
 use etcdpb::etcdserverpb::response_op::Response;
 use etcdpb::etcdserverpb::{Compare, PutRequest, RangeRequest, RequestOp, TxnRequest};
 
-use super::{Ctx, Failure, OpOutput, Rng, key, populate, prefix_end};
+use super::ctx::Ctx;
+use super::driver::{Failure, OpOutput};
+use super::keys::{key, prefix_end};
+use super::populate::populate;
+use super::rng::Rng;
 use crate::cli::WorkloadKind;
 use crate::stats::Stats;
 

@@ -16,8 +16,10 @@ use tokio::sync::{mpsc, watch as signal};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Streaming;
 
+use super::ctx::Ctx;
+use super::driver::{self, Failure, RunResult};
+use super::keys::{key, prefix_end};
 use super::watch_wire::{self, WatchResponse};
-use super::{Ctx, Failure, RunResult, key, prefix_end};
 use crate::cli::Args;
 use crate::stats::Stats;
 
@@ -163,7 +165,7 @@ impl WatchWorkload {
         wargs.clients = args.writers.unwrap_or(args.clients).max(1);
         let ctx = self.ctx.clone();
         let prefix = Arc::new(self.prefix.clone());
-        let writes = super::drive(&wargs, move |_i, mut rng, st| {
+        let writes = driver::drive(&wargs, move |_i, mut rng, st| {
             let (ctx, prefix) = (ctx.clone(), prefix.clone());
             async move {
                 let k = key(&prefix, rng.below(ctx.keys));

@@ -14,6 +14,8 @@ use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 use tonic_prost::ProstCodec;
 
+use super::ctx::MAX_MESSAGE;
+
 /// `etcdserverpb.WatchResponse`, without the header, compact revision and fragment flag.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct WatchResponse {
@@ -49,8 +51,8 @@ where
     S: tokio_stream::Stream<Item = WatchRequest> + Send + 'static,
 {
     let mut grpc = tonic::client::Grpc::new(channel)
-        .max_decoding_message_size(super::MAX_MESSAGE)
-        .max_encoding_message_size(super::MAX_MESSAGE);
+        .max_decoding_message_size(MAX_MESSAGE)
+        .max_encoding_message_size(MAX_MESSAGE);
     grpc.ready()
         .await
         .map_err(|e| Status::unavailable(format!("watch channel not ready: {e}")))?;

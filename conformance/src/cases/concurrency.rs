@@ -9,8 +9,8 @@ use etcdpb::mvccpb::Event;
 use super::hrev;
 use super::workload::{self, Config};
 use crate::case;
+use crate::case::{Case, Ctx};
 use crate::client::{Watch, get, prefix_end, put, watch_create};
-use crate::runner::{Case, Ctx};
 
 const G: &str = "concurrency";
 

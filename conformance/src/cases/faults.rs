@@ -10,7 +10,7 @@ use anyhow::{Result, ensure};
 
 use super::workload::{self, Config};
 use crate::case;
-use crate::runner::{Case, Ctx};
+use crate::case::{Case, Ctx};
 
 const G: &str = "faults";
 

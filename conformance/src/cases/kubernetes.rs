@@ -13,11 +13,11 @@ use etcdpb::etcdserverpb::{
 
 use super::{f, fields, hrev, names, sv};
 use crate::case;
+use crate::case::{Case, Ctx, expect_eq, expect_err};
 use crate::client::{
     Watch, b, get, mod_eq, op_del, op_get, op_put, prefix_end, put, range, txn, version_eq,
     watch_create,
 };
-use crate::runner::{Case, Ctx, expect_eq, expect_err};
 
 const G: &str = "kubernetes";
 const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";

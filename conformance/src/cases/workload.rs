@@ -27,9 +27,9 @@ use etcdpb::mvccpb::Event;
 use tonic::Status;
 
 use super::hrev;
+use crate::case::Ctx;
 use crate::client::{Conn, Watch, compare, get, mod_eq, op_get, op_put, put, txn, watch_create};
 use crate::linearizability::{self as lin, Input, Op, Output, Value};
-use crate::runner::Ctx;
 
 /// How big a workload is.
 pub struct Config {

@@ -1,6 +1,14 @@
 //! Put, Range and DeleteRange cases.
 
-use super::*;
+use anyhow::{Result, ensure};
+use bytes::Bytes;
+use etcdpb::etcdserverpb::range_request::{SortOrder, SortTarget};
+use etcdpb::etcdserverpb::{PutRequest, RangeRequest};
+
+use super::errors::FUTURE_REV;
+use crate::case::{Ctx, expect_eq, expect_err};
+use crate::cases::{f, fields, hrev, names, sv};
+use crate::client::{b, del, get, prefix_end, put, range};
 
 pub(super) async fn put_get_fields(c: Ctx) -> Result<()> {
     let k = c.key("a");

@@ -2,24 +2,7 @@
 //! code and exact message, range edge cases, sorting, transactions, compaction).
 //! Expected values are those of etcd 3.5 (checked against etcd 3.5.1).
 
-use anyhow::{Result, ensure};
-use bytes::Bytes;
-use etcdpb::etcdserverpb::compare::{CompareResult, TargetUnion};
-use etcdpb::etcdserverpb::range_request::{SortOrder, SortTarget};
-use etcdpb::etcdserverpb::request_op::Request;
-use etcdpb::etcdserverpb::{Compare, PutRequest, RangeRequest, TxnRequest};
-
-use super::{f, fields, hrev, names, sv};
-use crate::case;
-use crate::client::{Watch, watch_create};
-use crate::client::{
-    b, compare, del, get, op, op_del, op_get, op_put, prefix_end, put, range, txn,
-};
-use crate::runner::{Case, Ctx, expect_eq, expect_err};
-use etcdpb::etcdserverpb::WatchCreateRequest;
-use std::collections::BTreeMap;
-use std::time::Duration;
-
+mod errors;
 mod kv;
 mod txn;
 mod watch_lease;
@@ -28,10 +11,10 @@ use kv::*;
 use txn::*;
 use watch_lease::*;
 
-const G: &str = "etcd-api";
+use crate::case;
+use crate::case::Case;
 
-const FUTURE_REV: &str = "etcdserver: mvcc: required revision is a future revision";
-const COMPACTED: &str = "etcdserver: mvcc: required revision has been compacted";
+const G: &str = "etcd-api";
 
 pub fn cases() -> Vec<Case> {
     vec![

@@ -1,6 +1,15 @@
 //! Txn and compaction cases.
 
-use super::*;
+use anyhow::Result;
+use bytes::Bytes;
+use etcdpb::etcdserverpb::compare::{CompareResult, TargetUnion};
+use etcdpb::etcdserverpb::request_op::Request;
+use etcdpb::etcdserverpb::{Compare, RangeRequest, TxnRequest};
+
+use super::errors::{COMPACTED, FUTURE_REV};
+use crate::case::{Ctx, expect_eq, expect_err};
+use crate::cases::{f, fields, hrev};
+use crate::client::{b, compare, del, get, op, op_del, op_get, op_put, put, txn};
 
 pub(super) async fn txn_compare_targets(c: Ctx) -> Result<()> {
     let a = c.key("a");

@@ -1,6 +1,15 @@
 //! Watch and Lease cases.
 
-use super::*;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use anyhow::{Result, ensure};
+use bytes::Bytes;
+use etcdpb::etcdserverpb::{PutRequest, WatchCreateRequest};
+
+use crate::case::{Ctx, expect_eq, expect_err};
+use crate::cases::sv;
+use crate::client::{Watch, del, op_put, put, range, txn, watch_create};
 
 /// Watch ids, filters, prev_kv, cancel, and one response per txn revision.
 pub(super) async fn watch_basics(c: Ctx) -> Result<()> {
