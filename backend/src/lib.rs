@@ -12,4 +12,4 @@ pub mod mvcc;
 pub mod snapshot;
 pub mod store;
 
-pub use store::{CommitListener, CommittedRevision, Store, StoreOptions};
+pub use store::{CommitListener, CommittedRevision, Replicating, Store, StoreOptions};

@@ -160,7 +160,14 @@ pub struct Args {
     #[arg(long, value_delimiter = ',', default_values_t = [100_000u64, 200_000, 400_000])]
     pub scale_steps: Vec<u64>,
 
-    /// --scale: concurrent preload requests (each a Txn of up to 128 puts).
+    /// Measure a migration from etcd onto Engram: on a fresh etcd preloaded with --keys
+    /// values, the time and peak RSS of `engram restore` from its snapshot, the follow lag of
+    /// `engram migrate` while --workload runs on the etcd for --duration, and the cut-over's
+    /// pause (--systems is ignored).
+    #[arg(long)]
+    pub migration: bool,
+
+    /// --scale, --migration: concurrent preload requests (each a Txn of up to 128 puts).
     #[arg(long, default_value_t = 32)]
     pub preload_clients: usize,
 

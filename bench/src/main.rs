@@ -3,6 +3,7 @@
 
 mod chart;
 mod cli;
+mod migration;
 mod report;
 mod scale;
 mod servers;
@@ -62,6 +63,14 @@ fn main() -> ExitCode {
 }
 
 async fn main_async(args: &Args) -> Result<()> {
+    if args.migration {
+        let measured = migration::run(args, STARTUP_TIMEOUT).await?;
+        print!("{}", migration::table(args, &measured));
+        if let Some(path) = &args.json {
+            report::write_text(path, &migration::to_json(args, &measured))?;
+        }
+        return Ok(());
+    }
     if args.scale {
         let systems = scale::run(args, STARTUP_TIMEOUT).await?;
         print!("{}", scale::tables(args, &systems));

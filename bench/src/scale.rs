@@ -69,7 +69,7 @@ pub struct SystemScale {
     pub skip_reason: Option<String>,
 }
 
-enum Preload {
+pub enum Preload {
     Done,
     NoSpace(String),
 }
@@ -254,7 +254,7 @@ async fn settle(server: &Server, limit: f64) -> f64 {
 }
 
 /// Writes keys `from..to` of `prefix` in Txns of `TXN_OPS` puts, `clients` in flight.
-async fn preload(
+pub async fn preload(
     ctx: &Arc<Ctx>,
     prefix: &Arc<str>,
     from: u64,

@@ -50,6 +50,19 @@ const PROPOSAL_OVERHEAD: usize = 16;
 /// (see [`Store::snapshot`]) before it gives up: a follower that far behind has lost its leader.
 const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Replicated revisions handed to the writer (see [`Store::replicate`]).
+pub struct Replicating(Vec<oneshot::Receiver<KvResult<()>>>);
+
+impl Replicating {
+    /// Waits until every revision is committed: the first failure, if one fails.
+    pub async fn committed(self) -> KvResult<()> {
+        for answer in self.0 {
+            answer.await.map_err(|_| KvError::Stopped)??;
+        }
+        Ok(())
+    }
+}
+
 /// A handle to the store; cheap to clone.
 ///
 /// A leader's store has a writer; a follower's store (see [`Store::open_follower`]) only reads,
@@ -369,20 +382,32 @@ impl<E: Engine> Store<E> {
         self.shared.replicating.load(Ordering::Acquire)
     }
 
-    /// Commits revision `revision` of the etcd this store replicates, with its `events` (in
-    /// etcd's order), as the same revision here: the store stays that etcd's exact copy,
-    /// revision for revision. It must follow the store's current revision.
+    /// Hands `revisions` of the etcd this store replicates to the writer, each (revision, its
+    /// events in etcd's order) to be committed as the same revision here: the store stays that
+    /// etcd's exact copy, revision for revision. The first must follow the last revision
+    /// handed over, each the one before. Returns once they are queued; the [`Replicating`]
+    /// returned says when they are committed. Revisions handed over before earlier ones are
+    /// committed share group commits with them: one at a time, each would cost a sync.
     pub async fn replicate(
         &self,
-        revision: i64,
-        events: Vec<etcdpb::mvccpb::Event>,
-    ) -> KvResult<()> {
-        self.send(|reply| WriteRequest::Replicate {
-            revision,
-            events,
-            reply,
-        })
-        .await
+        revisions: Vec<(i64, Vec<etcdpb::mvccpb::Event>)>,
+    ) -> KvResult<Replicating> {
+        let writer = match &self.writer {
+            Some(writer) if !*self.shared.deposed.borrow() => writer,
+            _ => return Err(KvError::NotLeader),
+        };
+        let mut answers = Vec::with_capacity(revisions.len());
+        for (revision, events) in revisions {
+            let (reply, rx) = oneshot::channel();
+            let request = WriteRequest::Replicate {
+                revision,
+                events,
+                reply,
+            };
+            writer.send(request).await.map_err(|_| KvError::Stopped)?;
+            answers.push(rx);
+        }
+        Ok(Replicating(answers))
     }
 
     /// Makes the leases of the store those of the etcd it replicates: `leases` (id, TTL).

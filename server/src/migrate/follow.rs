@@ -3,6 +3,7 @@
 
 use super::source::Source;
 use crate::brain::{Brain, Route, Store};
+use backend::Replicating;
 use backend::kv::KvError;
 use etcdpb::mvccpb::Event;
 use std::collections::HashMap;
@@ -13,6 +14,8 @@ use std::time::Duration;
 const RECONNECT: Duration = Duration::from_secs(1);
 /// How often the lag is logged, and the source's compaction looked for.
 const REPORT: Duration = Duration::from_secs(10);
+/// Watch responses handed to the writer and not yet confirmed committed, at most.
+const CONFIRM_AHEAD: usize = 256;
 
 /// Where a migration stands.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -104,57 +107,84 @@ impl Migration {
             let Some(store) = self.store().await else {
                 return;
             };
-            let from = store.revision() + 1;
-            match self.source.watch(from).await {
-                Ok((_keep_open, mut stream)) => loop {
-                    let response = match stream.message().await {
-                        Ok(Some(response)) => response,
-                        Ok(None) => {
-                            tracing::warn!(source = %self.source.url, "the source's watch ended");
-                            break;
-                        }
-                        Err(status) => {
-                            tracing::warn!(%status, source = %self.source.url, "the source's watch broke");
-                            break;
-                        }
-                    };
-                    if response.canceled {
-                        let reason = if response.compact_revision > 0 {
-                            format!(
-                                "the source compacted its history past revision {from} (to {}) \
-                                 before it was followed: start the migration again into a new \
-                                 data directory, and keep the source's compaction behind it",
-                                response.compact_revision
-                            )
-                        } else {
-                            format!("the source canceled the watch: {}", response.cancel_reason)
-                        };
-                        tracing::error!(%reason, "migration stopped");
-                        self.stop(Stage::Failed(reason));
-                        return;
-                    }
-                    if let Some(header) = &response.header
-                        && let Some(brain) = self.brain()
-                    {
-                        brain.set_source_revision(header.revision);
-                    }
-                    if let Err(err) = apply(&store, response.events).await {
-                        if let KvError::ReplicationGap { .. } = err {
-                            let reason = format!("a revision of the source was missed: {err}");
-                            tracing::error!(%reason, "migration stopped");
-                            self.stop(Stage::Failed(reason));
-                            return;
-                        }
-                        tracing::warn!(%err, "applying the source's revision failed; resuming");
-                        break;
-                    }
-                },
-                Err(status) => {
-                    tracing::warn!(%status, source = %self.source.url, "watching the source failed")
+            match self.follow_stream(&store).await {
+                Ok(()) => {}
+                Err(Stop::Resume) => {}
+                Err(Stop::Fail(reason)) => {
+                    tracing::error!(%reason, "migration stopped");
+                    self.stop(Stage::Failed(reason));
+                    return;
                 }
             }
             tokio::time::sleep(RECONNECT).await;
         }
+    }
+
+    /// One watch of the source, from the revision after the store's: each response's
+    /// revisions are handed to the writer as soon as they arrive, and their commits confirmed
+    /// in order alongside, so that the revisions of many responses share group commits.
+    async fn follow_stream(&self, store: &Store) -> Result<(), Stop> {
+        let from = store.revision() + 1;
+        let (_keep_open, mut stream) = self.source.watch(from).await.map_err(|status| {
+            tracing::warn!(%status, source = %self.source.url, "watching the source failed");
+            Stop::Resume
+        })?;
+        let (queued, mut to_confirm) = tokio::sync::mpsc::channel::<Replicating>(CONFIRM_AHEAD);
+        let mut confirm = tokio::spawn(async move {
+            while let Some(replicating) = to_confirm.recv().await {
+                replicating.committed().await?;
+            }
+            Ok::<(), KvError>(())
+        });
+        let ended = loop {
+            let response = tokio::select! {
+                response = stream.message() => response,
+                confirmed = &mut confirm => break confirmed_stop(confirmed),
+            };
+            let response = match response {
+                Ok(Some(response)) => response,
+                Ok(None) => {
+                    tracing::warn!(source = %self.source.url, "the source's watch ended");
+                    break Stop::Resume;
+                }
+                Err(status) => {
+                    tracing::warn!(%status, source = %self.source.url, "the source's watch broke");
+                    break Stop::Resume;
+                }
+            };
+            if response.canceled {
+                break Stop::Fail(if response.compact_revision > 0 {
+                    format!(
+                        "the source compacted its history past revision {from} (to {}) before \
+                         it was followed: start the migration again into a new data \
+                         directory, and keep the source's compaction behind it",
+                        response.compact_revision
+                    )
+                } else {
+                    format!("the source canceled the watch: {}", response.cancel_reason)
+                });
+            }
+            if let Some(header) = &response.header
+                && let Some(brain) = self.brain()
+            {
+                brain.set_source_revision(header.revision);
+            }
+            match handover(store, response.events).await {
+                Ok(Some(replicating)) => {
+                    if queued.send(replicating).await.is_err() {
+                        break confirmed_stop((&mut confirm).await);
+                    }
+                }
+                Ok(None) => {}
+                Err(err) => break replication_stop(err),
+            }
+        };
+        // What was handed over is committed (or failed) before following resumes.
+        drop(queued);
+        if !confirm.is_finished() {
+            let _ = (&mut confirm).await;
+        }
+        Err(ended)
     }
 
     /// Reads the source's leases every poll interval and makes them the store's.
@@ -220,22 +250,44 @@ impl Migration {
     }
 }
 
-/// Applies the events of one watch response: each revision whole, in order.
-async fn apply(store: &Store, events: Vec<Event>) -> Result<(), KvError> {
-    let mut revision = Vec::new();
-    let mut at = 0;
+/// Why one watch of the source ended.
+enum Stop {
+    /// Watch again from the store's revision.
+    Resume,
+    /// Following cannot go on, for this reason.
+    Fail(String),
+}
+
+fn replication_stop(err: KvError) -> Stop {
+    if let KvError::ReplicationGap { .. } = err {
+        return Stop::Fail(format!("a revision of the source was missed: {err}"));
+    }
+    tracing::warn!(%err, "applying the source's revision failed; resuming");
+    Stop::Resume
+}
+
+fn confirmed_stop(confirmed: Result<Result<(), KvError>, tokio::task::JoinError>) -> Stop {
+    match confirmed {
+        Ok(Err(err)) => replication_stop(err),
+        _ => Stop::Resume,
+    }
+}
+
+/// Hands the events of one watch response to the writer: each revision whole, in order (etcd
+/// never splits a revision across responses).
+async fn handover(store: &Store, events: Vec<Event>) -> Result<Option<Replicating>, KvError> {
+    let mut revisions: Vec<(i64, Vec<Event>)> = Vec::new();
     for event in events {
         let rev = event.kv.as_ref().map_or(0, |kv| kv.mod_revision);
-        if rev != at && !revision.is_empty() {
-            store.replicate(at, std::mem::take(&mut revision)).await?;
+        match revisions.last_mut() {
+            Some((at, events)) if *at == rev => events.push(event),
+            _ => revisions.push((rev, vec![event])),
         }
-        at = rev;
-        revision.push(event);
     }
-    if !revision.is_empty() {
-        store.replicate(at, revision).await?;
+    if revisions.is_empty() {
+        return Ok(None);
     }
-    Ok(())
+    store.replicate(revisions).await.map(Some)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
