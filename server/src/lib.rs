@@ -30,15 +30,25 @@ use config::{Command, Config};
 
 /// Runs `engram` with `config` until SIGINT/SIGTERM (or a listener fails).
 pub async fn run(config: Config) -> Result<(), BoxError> {
-    let mut member = match &config.command {
+    let (mut member, failed) = match &config.command {
         Some(Command::Restore { snapshot }) => {
             return restore::run(snapshot, &config.data_dir, config.engine, &config).await;
         }
-        Some(Command::Migrate(source)) => migrate::start(source.clone(), config).await?,
+        Some(Command::Migrate(source)) => {
+            let (member, failed) = migrate::start(source.clone(), config).await?;
+            (member, Some(failed))
+        }
         None => {
             let engine_config = config.engine_config(config.engine, &config.data_dir);
             let engine = backend::engine::open(&engine_config).await?;
-            Member::start(config, engine).await?
+            (Member::start(config, engine).await?, None)
+        }
+    };
+    // A migration that cannot go on ends the process, with the reason.
+    let failed = async {
+        match failed {
+            Some(failed) => failed.await.ok(),
+            None => std::future::pending().await,
         }
     };
     tokio::select! {
@@ -47,6 +57,10 @@ pub async fn run(config: Config) -> Result<(), BoxError> {
             member.shutdown().await;
         }
         result = member.serving() => result?,
+        Some(reason) = failed => {
+            member.shutdown().await;
+            return Err(reason.into());
+        }
     }
     tracing::info!("engram shut down");
     Ok(())

@@ -9,6 +9,7 @@ use etcdpb::mvccpb::Event;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
+use tokio::sync::oneshot;
 
 /// Pause before reconnecting after the source's stream broke.
 const RECONNECT: Duration = Duration::from_secs(1);
@@ -37,12 +38,14 @@ pub struct Migration {
     leases: Mutex<HashMap<i64, i64>>,
     lease_poll: Duration,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
+    /// Told why, when following cannot go on (the process ends with it).
+    fatal: Mutex<Option<oneshot::Sender<String>>>,
     /// One cut-over at a time.
     pub(super) cutting_over: tokio::sync::Mutex<()>,
 }
 
 impl Migration {
-    pub fn new(source: Source, lease_poll: Duration) -> Arc<Self> {
+    pub fn new(source: Source, lease_poll: Duration, fatal: oneshot::Sender<String>) -> Arc<Self> {
         Arc::new(Migration {
             source,
             brain: OnceLock::new(),
@@ -50,6 +53,7 @@ impl Migration {
             leases: Mutex::new(HashMap::new()),
             lease_poll,
             tasks: Mutex::new(Vec::new()),
+            fatal: Mutex::new(Some(fatal)),
             cutting_over: tokio::sync::Mutex::new(()),
         })
     }
@@ -112,7 +116,10 @@ impl Migration {
                 Err(Stop::Resume) => {}
                 Err(Stop::Fail(reason)) => {
                     tracing::error!(%reason, "migration stopped");
-                    self.stop(Stage::Failed(reason));
+                    self.stop(Stage::Failed(reason.clone()));
+                    if let Some(fatal) = lock(&self.fatal).take() {
+                        let _ = fatal.send(reason);
+                    }
                     return;
                 }
             }
@@ -156,8 +163,8 @@ impl Migration {
                 break Stop::Fail(if response.compact_revision > 0 {
                     format!(
                         "the source compacted its history past revision {from} (to {}) before \
-                         it was followed: start the migration again into a new data \
-                         directory, and keep the source's compaction behind it",
+                         it was followed: run engram migrate again on the same data \
+                         directory, and it starts again from a fresh snapshot",
                         response.compact_revision
                     )
                 } else {

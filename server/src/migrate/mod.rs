@@ -16,7 +16,11 @@
 //!    HashKV there, and makes Engram take writes from the next revision on.
 //!
 //! Started on a data directory that holds a store already (a migration that was interrupted),
-//! it follows on from that store's revision without a new snapshot.
+//! it follows on from that store's revision without a new snapshot, unless the source has
+//! compacted its history past that revision meanwhile: then it starts again from a fresh
+//! snapshot, and says so. A source that compacts past a running migration (one that fell that
+//! far behind) ends the process with that advice: its supervisor restarts it, and it starts
+//! again from a fresh snapshot.
 
 mod cutover;
 mod follow;
@@ -29,32 +33,83 @@ use backend::engine::{AnyEngine, Engine};
 use backend::etcd::import;
 use follow::Migration;
 use source::Source;
+use tokio::sync::oneshot;
 
 /// Copies the source into the data directory (unless it holds a store already), starts the
 /// member replicating it, and starts following.
-pub async fn start(args: MigrateArgs, config: Config) -> Result<Member, BoxError> {
+pub async fn start(
+    args: MigrateArgs,
+    config: Config,
+) -> Result<(Member, oneshot::Receiver<String>), BoxError> {
     let source = Source::connect(&args)?;
     let dir = &config.data_dir;
     let holds_data = dir.is_dir() && std::fs::read_dir(dir)?.next().is_some();
-    let engine = if holds_data {
-        tracing::info!(
-            data_dir = %dir.display(),
-            "the data directory holds a store: following the source on from its revision"
-        );
-        backend::engine::open(&config.engine_config(config.engine, dir)).await?
+    let resumed = if holds_data {
+        resume(&source, &config).await?
     } else {
-        // Nothing half-written stays: the directory was new or empty.
-        let copied = copy(&source, &config).await;
-        if copied.is_err() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-        copied?
+        None
     };
-    let migration = Migration::new(source, args.lease_poll_interval);
+    let engine = match resumed {
+        Some(engine) => engine,
+        None => {
+            // Nothing half-written stays: the directory was new or empty, or held a store
+            // the source has compacted past.
+            let copied = copy(&source, &config).await;
+            if copied.is_err() {
+                let _ = std::fs::remove_dir_all(dir);
+            }
+            copied?
+        }
+    };
+    let (fatal, failed) = oneshot::channel();
+    let migration = Migration::new(source, args.lease_poll_interval, fatal);
     let routes = cutover::routes(migration.clone());
     let member = Member::start_with(config, engine, routes).await?;
     migration.start(member.brain.clone());
-    Ok(member)
+    Ok((member, failed))
+}
+
+/// The store in the data directory, if following can go on from its revision; `None` (the
+/// directory emptied) if the source has compacted past it.
+async fn resume(source: &Source, config: &Config) -> Result<Option<AnyEngine>, BoxError> {
+    let engine =
+        backend::engine::open(&config.engine_config(config.engine, &config.data_dir)).await?;
+    let revision = backend::Store::open_follower(engine.clone(), config.max_request_bytes)
+        .await?
+        .revision();
+    let current = source
+        .revision()
+        .await
+        .map_err(|s| format!("{}: {}", source.url, s.message()))?;
+    let compacted = source
+        .compacted(current)
+        .await
+        .map_err(|s| format!("{}: {}", source.url, s.message()))?;
+    if compacted <= revision + 1 {
+        tracing::info!(
+            revision,
+            data_dir = %config.data_dir.display(),
+            "the data directory holds a store: following the source on from its revision"
+        );
+        return Ok(Some(engine));
+    }
+    tracing::warn!(
+        revision,
+        compacted,
+        "the source compacted its history past this store's revision: starting again from a \
+         fresh snapshot"
+    );
+    // Every handle to the engine is gone before its files are.
+    drop(engine);
+    for entry in std::fs::read_dir(&config.data_dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(path)?;
+        } else {
+            std::fs::remove_file(path)?;
+        }
+    }
+    Ok(None)
 }
 
 /// Streams a snapshot of the source into a file in the new data directory, checks it, and
