@@ -103,22 +103,29 @@ async fn take_over(migration: &Migration) -> Result<(i64, u32), String> {
         .sync_leases()
         .await
         .map_err(|e| format!("reading the source's leases: {e}"))?;
-    let theirs = source
-        .hash_kv()
+    // Compacted alike first (compaction changes HashKV), then both hashes at once: each
+    // reads the whole store.
+    let compacted = source
+        .compacted(at)
         .await
-        .map_err(|s| format!("HashKV of the source: {}", s.message()))?;
+        .map_err(|s| format!("reading the source's compaction: {}", s.message()))?;
+    migration
+        .mirror_compaction(compacted)
+        .await
+        .map_err(|e| format!("compacting as the source did: {e}"))?;
+    let store = brain.store();
+    let (theirs, ours) = tokio::join!(source.hash_kv(), store.hash_kv(0));
+    let theirs = theirs.map_err(|s| format!("HashKV of the source: {}", s.message()))?;
+    let ours = ours.map_err(|e| format!("HashKV here: {e}"))?;
     if theirs.revision != at {
         return Err(moved(at, theirs.revision));
     }
-    migration
-        .mirror_compaction(theirs.compacted)
-        .await
-        .map_err(|e| format!("compacting as the source did: {e}"))?;
-    let ours = brain
-        .store()
-        .hash_kv(0)
-        .await
-        .map_err(|e| format!("HashKV here: {e}"))?;
+    if theirs.compacted > compacted.max(1) {
+        return Err(format!(
+            "the source compacted at revision {} during the cut-over; try again",
+            theirs.compacted
+        ));
+    }
     if ours.current != at {
         return Err(format!(
             "this store is at revision {}, the source at {at}",
