@@ -6,12 +6,22 @@
 //! on the way and held a 1 MiB buffer until the transport had sent it. Reserving the message's
 //! `encoded_len()` first copies each byte once and holds only what is sent. The bytes on the
 //! wire are prost's either way.
+//!
+//! Decoding is prost's without its recursion limit (100 nested messages, which cut txns off at
+//! 50 levels where etcd takes 128): the one recursive request, `TxnRequest`, is checked for
+//! depth first (see [`txn_depth`]), so no request can nest deeper than etcd allows.
 
-use bytes::BufMut;
+use crate::etcdserverpb::TxnRequest;
+use bytes::{Buf, BufMut};
 use prost::Message;
+use std::any::TypeId;
 use std::marker::PhantomData;
 use tonic::Status;
-use tonic::codec::{Codec, EncodeBuf, Encoder};
+use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+
+/// Deepest nesting of txns etcd accepts: each level takes at least one op from its parent's
+/// budget of `--max-txn-ops` (128), so the 129th level is refused.
+pub const MAX_TXN_DEPTH: usize = 128;
 
 /// A prost codec that sizes each encoded message's buffer before writing it.
 #[derive(Debug)]
@@ -31,15 +41,89 @@ where
     type Encode = T;
     type Decode = U;
     type Encoder = SizedEncoder<T>;
-    type Decoder = tonic_prost::ProstDecoder<U>;
+    type Decoder = DepthCheckedDecoder<U>;
 
     fn encoder(&mut self) -> SizedEncoder<T> {
         SizedEncoder(PhantomData)
     }
 
     fn decoder(&mut self) -> Self::Decoder {
-        tonic_prost::ProstDecoder::default()
+        DepthCheckedDecoder(PhantomData)
     }
+}
+
+/// Decodes a prost message; a `TxnRequest` nested deeper than etcd allows is refused with
+/// etcd's error before it is decoded.
+#[derive(Debug)]
+pub struct DepthCheckedDecoder<U>(PhantomData<U>);
+
+impl<U: Message + Default + 'static> Decoder for DepthCheckedDecoder<U> {
+    type Item = U;
+    type Error = Status;
+
+    fn decode(&mut self, buf: &mut DecodeBuf<'_>) -> Result<Option<U>, Status> {
+        if TypeId::of::<U>() == TypeId::of::<TxnRequest>() && txn_depth(buf.chunk()) > MAX_TXN_DEPTH
+        {
+            buf.advance(buf.remaining());
+            return Err(Status::invalid_argument(
+                "etcdserver: too many operations in txn request",
+            ));
+        }
+        U::decode(buf)
+            .map(Some)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// How deep the txns of an encoded `TxnRequest` nest (1: no nested txn), read off the wire
+/// without recursion and without decoding anything else; it stops counting past
+/// [`MAX_TXN_DEPTH`]. Malformed bytes end the count where they start (prost then refuses them).
+pub fn txn_depth(bytes: &[u8]) -> usize {
+    // TxnRequest: success = 2, failure = 3 (RequestOp); RequestOp: request_txn = 4.
+    let mut deepest = 1;
+    let mut pending = vec![(bytes, 1usize)];
+    while let Some((txn, depth)) = pending.pop() {
+        deepest = deepest.max(depth);
+        if deepest > MAX_TXN_DEPTH {
+            break;
+        }
+        for (field, op) in fields(txn) {
+            if field == 2 || field == 3 {
+                for (field, inner) in fields(op) {
+                    if field == 4 {
+                        pending.push((inner, depth + 1));
+                    }
+                }
+            }
+        }
+    }
+    deepest
+}
+
+/// The length-delimited fields of an encoded message: (field number, payload); other fields
+/// are skipped.
+fn fields(mut bytes: &[u8]) -> impl Iterator<Item = (u32, &[u8])> {
+    std::iter::from_fn(move || {
+        loop {
+            let key = prost::encoding::decode_varint(&mut bytes).ok()?;
+            let field = (key >> 3) as u32;
+            match key & 7 {
+                0 => {
+                    prost::encoding::decode_varint(&mut bytes).ok()?;
+                }
+                1 => bytes = bytes.get(8..)?,
+                5 => bytes = bytes.get(4..)?,
+                2 => {
+                    let len =
+                        usize::try_from(prost::encoding::decode_varint(&mut bytes).ok()?).ok()?;
+                    let payload = bytes.get(..len)?;
+                    bytes = &bytes[len..];
+                    return Some((field, payload));
+                }
+                _ => return None,
+            }
+        }
+    })
 }
 
 /// Encodes a prost message into a buffer reserved to its exact size.
@@ -103,6 +187,48 @@ mod tests {
             count: 10_000,
             header: None,
         }
+    }
+
+    fn nested(depth: usize) -> crate::etcdserverpb::TxnRequest {
+        use crate::etcdserverpb::{RequestOp, TxnRequest, request_op::Request};
+        let mut txn = TxnRequest::default();
+        for _ in 1..depth {
+            txn = TxnRequest {
+                success: vec![RequestOp {
+                    request: Some(Request::RequestTxn(txn)),
+                }],
+                ..Default::default()
+            };
+        }
+        txn
+    }
+
+    #[test]
+    fn txn_depth_is_read_off_the_wire() {
+        for depth in [1, 2, 50, 128] {
+            assert_eq!(txn_depth(&nested(depth).encode_to_vec()), depth);
+        }
+        assert!(txn_depth(&nested(129).encode_to_vec()) > MAX_TXN_DEPTH);
+        // Thousands deep (built as bytes: a message that deep would overflow the stack being
+        // encoded or dropped, as it would being decoded): counted without recursion.
+        let mut wire = Vec::new();
+        for _ in 0..3000 {
+            let mut op = vec![0x22];
+            prost::encoding::encode_varint(wire.len() as u64, &mut op);
+            op.extend_from_slice(&wire);
+            wire = vec![0x12];
+            prost::encoding::encode_varint(op.len() as u64, &mut wire);
+            wire.extend_from_slice(&op);
+        }
+        assert!(txn_depth(&wire) > MAX_TXN_DEPTH);
+        // Garbage is not counted.
+        assert_eq!(txn_depth(b"\xff\xff\xff"), 1);
+        // Decoding 128 levels works (prost alone stops at 50).
+        let deep = nested(128);
+        assert_eq!(
+            crate::etcdserverpb::TxnRequest::decode(&deep.encode_to_vec()[..]).unwrap(),
+            deep
+        );
     }
 
     #[test]

@@ -16,7 +16,6 @@ pub fn from_kv(err: KvError) -> Status {
         | KvError::DuplicateKey
         | KvError::TooManyOps
         | KvError::KeyNotFound
-        | KvError::InvalidSortOption
         | KvError::ValueProvided
         | KvError::LeaseProvided
         | KvError::RequestTooLarge => Code::InvalidArgument,

@@ -1,6 +1,7 @@
 //! Differential tests of requests etcd's client libraries cannot send, made with raw gRPC: out
-//! of range sort options, and txns nested many levels deep. Answers (or errors, by code and
-//! message) must be etcd's.
+//! of range sort options, and txns nested many levels deep (etcd takes 128 levels, each
+//! taking one op of its parent's budget of 128). Answers (or errors, by code and message) must
+//! be etcd's.
 
 mod support;
 
@@ -47,19 +48,21 @@ fn nested(depth: usize, key: &str) -> TxnRequest {
 fn outcome<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> String {
     match result {
         Ok(resp) => {
-            let text = format!("{:?}", resp.into_inner());
-            // Headers differ in cluster and member ids: keep only the revisions.
-            let mut out = String::new();
-            for part in text.split("header: Some(ResponseHeader {") {
-                match part.find("revision:") {
-                    Some(at) if !out.is_empty() => {
-                        out.push_str("header: Some(ResponseHeader { ");
-                        out.push_str(&part[at..]);
+            // Headers differ in cluster and member ids and raft terms: keep the revisions.
+            let mut text = format!("{:?}", resp.into_inner());
+            for field in ["cluster_id: ", "member_id: ", "raft_term: "] {
+                while let Some(at) = text.find(field) {
+                    let digits = text[at + field.len()..]
+                        .find(|c: char| !c.is_ascii_digit())
+                        .unwrap_or(0);
+                    let mut end = at + field.len() + digits;
+                    if text[end..].starts_with(", ") {
+                        end += 2;
                     }
-                    _ => out.push_str(part),
+                    text.replace_range(at..end, "");
                 }
             }
-            out
+            text
         }
         Err(status) => format!("error {:?}: {}", status.code(), status.message()),
     }
@@ -79,7 +82,8 @@ async fn nested_txns_and_out_of_range_sort_options_answer_as_etcd() {
                 outcome(c.txn(nested(depth, &key)).await)
             ));
         }
-        for (target, order) in [(99, 0), (0, 99), (99, 99), (4, 2), (-1, 1)] {
+        // (etcd 3.5.1 crashes on an unknown target it must sort by: not compared.)
+        for (target, order) in [(0, 99), (99, 99), (4, 2), (0, 3), (-1, -1), (1, 99)] {
             let req = RangeRequest {
                 key: Bytes::from_static(b"nested/"),
                 range_end: Bytes::from_static(b"nested0"),

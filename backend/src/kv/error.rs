@@ -11,8 +11,6 @@ pub enum KvError {
     DuplicateKey,
     #[error("etcdserver: too many operations in txn request")]
     TooManyOps,
-    #[error("etcdserver: invalid sort option")]
-    InvalidSortOption,
     #[error("etcdserver: key not found")]
     KeyNotFound,
     #[error("etcdserver: value is provided")]

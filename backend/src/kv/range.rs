@@ -60,6 +60,8 @@ pub async fn range<S: Snapshot>(
     let mut single = Vec::new();
     let bounds = bounds(&req.key, &req.range_end, &mut single);
     let limit = usize::try_from(req.limit).unwrap_or(0);
+    // Out of range, as etcd takes them: an unknown order sorts nothing; an unknown target is
+    // the key (etcd 3.5 crashes on one it must sort by: its sorter is nil).
     let order = SortOrder::try_from(req.sort_order).unwrap_or(SortOrder::None);
     let target = SortTarget::try_from(req.sort_target).unwrap_or(SortTarget::Key);
     let filtered = req.min_mod_revision != 0
