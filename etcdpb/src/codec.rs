@@ -71,7 +71,7 @@ impl<U: Message + Default + 'static> Decoder for DepthCheckedDecoder<U> {
         }
         U::decode(buf)
             .map(Some)
-            .map_err(|e| Status::internal(e.to_string()))
+            .map_err(|e| Status::internal(format!("grpc: error unmarshalling request: {e}")))
     }
 }
 

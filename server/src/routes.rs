@@ -72,8 +72,10 @@ pub fn grpc_services(
             WatchServer::new(service::watch::WatchService::new(
                 brain.clone(),
                 watch_options,
+                max_message,
                 config.election_lease * 2,
             ))
+            .max_decoding_message_size(max_message)
             .max_encoding_message_size(MAX_SEND_BYTES),
         )
         .add_service(
@@ -135,6 +137,14 @@ pub fn server_builder(
         .http2_keepalive_timeout(Some(config.grpc_keepalive_timeout))
         // etcd: math.MaxUint32 streams per connection (kube-apiserver multiplexes watches).
         .max_concurrent_streams(u32::MAX)
+        // h2 ends a connection (GOAWAY ENHANCE_YOUR_CALM, "too_many_data_frames") once small
+        // frames it has not handed to the server add up to half the connection window: with
+        // hyper's 1 MiB window, ~2,500 WatchCreates pipelined on one stream. 16 MiB makes room
+        // for ~40,000; watch streams read their requests as fast as they come (see
+        // service/watch.rs).
+        .initial_connection_window_size(16 << 20)
+        // hyper's guard against a client provoking endless stream errors (tonic leaves none).
+        .http2_max_local_error_reset_streams(Some(1024))
         .layer(GrpcMetricsLayer::new(metrics.grpc()))
         .layer(UnknownMethodLayer::new(served))
 }

@@ -26,16 +26,24 @@ const STREAM_BUFFER_BYTES: usize = 1 << 20;
 pub struct WatchService {
     brain: Arc<Brain>,
     options: StreamOptions,
+    /// The largest request message taken (etcd: --max-request-bytes plus 512 KiB).
+    max_message_bytes: usize,
     /// How long a `hasleader` stream survives its member knowing no leader (etcd: three
     /// election timeouts).
     leaderless_grace: Duration,
 }
 
 impl WatchService {
-    pub fn new(brain: Arc<Brain>, options: StreamOptions, leaderless_grace: Duration) -> Self {
+    pub fn new(
+        brain: Arc<Brain>,
+        options: StreamOptions,
+        max_message_bytes: usize,
+        leaderless_grace: Duration,
+    ) -> Self {
         WatchService {
             brain,
             options,
+            max_message_bytes,
             leaderless_grace,
         }
     }
@@ -61,12 +69,7 @@ impl Watch for WatchService {
         if require_leader && self.brain.leader().is_none() {
             return Err(no_leader());
         }
-        // A transport error ends the stream like a close does.
-        let inbound = req
-            .into_inner()
-            .take_while(|r| futures::future::ready(r.is_ok()))
-            .filter_map(|r| futures::future::ready(r.ok()))
-            .boxed();
+        let (inbound, failed) = drain(req.into_inner(), self.max_message_bytes);
         let (tx, rx) = watch::outbound::channel(STREAM_BUFFER_BYTES);
         tokio::spawn(watch::serve(
             self.brain.hub().clone(),
@@ -75,8 +78,12 @@ impl Watch for WatchService {
             tx,
             self.options.clone(),
         ));
+        // A request that could not be read ends the stream with its error, as etcd's does.
+        let failed = futures::stream::once(failed)
+            .filter_map(|failed| futures::future::ready(failed.ok().map(Err)));
+        let rx = rx.map(Ok).chain(failed);
         if !require_leader {
-            return Ok(Response::new(Box::pin(rx.map(Ok))));
+            return Ok(Response::new(Box::pin(rx)));
         }
         let lost = Arc::new(AtomicBool::new(false));
         let monitor = {
@@ -91,10 +98,73 @@ impl Watch for WatchService {
         let end = futures::stream::once(async move { lost.load(Ordering::Acquire) })
             .filter_map(|lost| futures::future::ready(lost.then(|| Err(no_leader()))));
         Ok(Response::new(Box::pin(
-            rx.map(Ok).take_until(Box::pin(monitor)).chain(end),
+            rx.take_until(Box::pin(monitor)).chain(end),
         )))
     }
 }
+
+/// Requests read ahead of the stream's task, at most.
+const READ_AHEAD: usize = 64 * 1024;
+
+/// Reads the client's requests as fast as they arrive, into a queue the stream's task takes
+/// them from. Requests a client pipelines (kube-apiserver and Go clients create many watches
+/// on one stream, each without waiting) would otherwise wait in HTTP/2's buffers, and h2 ends
+/// the whole connection, other streams included, once too many small frames wait there unread
+/// ("too_many_data_frames"). A request that cannot be read (garbage, or over the size limit)
+/// ends the queue; its error, in grpc-go's words, is what `failed` resolves to.
+fn drain(
+    mut requests: Streaming<WatchRequest>,
+    max_message_bytes: usize,
+) -> (
+    futures::stream::BoxStream<'static, WatchRequest>,
+    tokio::sync::oneshot::Receiver<Status>,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+    let (fail, failed) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        loop {
+            match requests.message().await {
+                Ok(Some(request)) => {
+                    if tx.send(request).await.is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => return,
+                Err(status) => {
+                    let _ = fail.send(unreadable(status, max_message_bytes));
+                    return;
+                }
+            }
+        }
+    });
+    (
+        tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
+        failed,
+    )
+}
+
+/// grpc-go's status for a stream message that could not be read: over the size limit, or not
+/// a message.
+fn unreadable(status: Status, max_message_bytes: usize) -> Status {
+    let message = status.message();
+    if let Some(found) = message
+        .strip_prefix("Error, decoded message length too large: found ")
+        .and_then(|rest| rest.split(' ').next())
+    {
+        return Status::resource_exhausted(format!(
+            "grpc: received message larger than max ({found} vs. {max_message_bytes})"
+        ));
+    }
+    if let Some(detail) = message.strip_prefix(UNMARSHAL_UNARY) {
+        return Status::internal(format!(
+            "grpc: failed to unmarshal the received message: {detail}"
+        ));
+    }
+    status
+}
+
+/// How etcdpb's codec words a request it cannot decode (grpc-go's wording for a unary call).
+const UNMARSHAL_UNARY: &str = "grpc: error unmarshalling request: ";
 
 /// etcd's answer on a member without a leader.
 fn no_leader() -> Status {
