@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use etcdpb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -31,11 +31,14 @@ pub struct Case {
     /// Kills and restarts the endpoint (`--restart-cmd`): runs last, never on the
     /// reference, and is skipped without a restart command.
     pub restarts: bool,
+    /// Fills the endpoint's disk (`--fill-disk-cmd`, `--free-disk-cmd`): runs with the
+    /// restarting cases, and is skipped without those commands.
+    pub disk: bool,
     pub run: fn(Ctx) -> BoxFuture<Result<()>>,
 }
 
-/// `case!(group, fn_name)`, `case!(group, fn_name, compacts)` or
-/// `case!(group, fn_name, restarts)`.
+/// `case!(group, fn_name)`, `case!(group, fn_name, compacts)`,
+/// `case!(group, fn_name, restarts)` or `case!(group, fn_name, disk)`.
 #[macro_export]
 macro_rules! case {
     ($group:expr, $f:ident) => {
@@ -44,6 +47,7 @@ macro_rules! case {
             name: stringify!($f),
             compacts: false,
             restarts: false,
+            disk: false,
             run: |c| Box::pin($f(c)),
         }
     };
@@ -53,6 +57,7 @@ macro_rules! case {
             name: stringify!($f),
             compacts: true,
             restarts: false,
+            disk: false,
             run: |c| Box::pin($f(c)),
         }
     };
@@ -62,6 +67,17 @@ macro_rules! case {
             name: stringify!($f),
             compacts: false,
             restarts: true,
+            disk: false,
+            run: |c| Box::pin($f(c)),
+        }
+    };
+    ($group:expr, $f:ident, disk) => {
+        $crate::case::Case {
+            group: $group,
+            name: stringify!($f),
+            compacts: false,
+            restarts: true,
+            disk: true,
             run: |c| Box::pin($f(c)),
         }
     };
@@ -72,6 +88,30 @@ pub struct RunEnv {
     pub endpoint: String,
     /// Shell command that kills the endpoint with SIGKILL and starts it again.
     pub restart_cmd: Option<String>,
+    /// Shell command that fills the filesystem under the endpoint's data.
+    pub fill_disk_cmd: Option<String>,
+    /// Shell command that makes room on it again.
+    pub free_disk_cmd: Option<String>,
+}
+
+/// Runs `cmd` (given with `flag`) with `sh -c`, for up to 60 s; fails unless it succeeds.
+pub async fn shell(cmd: Option<&str>, flag: &str) -> Result<()> {
+    let cmd = cmd.with_context(|| format!("no {flag} given"))?.to_string();
+    let status = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(&cmd)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+    });
+    let status = tokio::time::timeout(std::time::Duration::from_secs(60), status)
+        .await
+        .with_context(|| format!("{flag} did not return within 60s"))??
+        .with_context(|| format!("run {flag}"))?;
+    anyhow::ensure!(status.success(), "{flag} failed: {status}");
+    Ok(())
 }
 
 /// What a case runs against: one endpoint, its key prefix, its base revision and the

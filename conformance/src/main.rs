@@ -47,6 +47,13 @@ struct Cli {
     /// again, returning once the new process is started; the faults group needs it.
     #[arg(long)]
     restart_cmd: Option<String>,
+    /// Shell command that fills the filesystem under the endpoint's data directory (leaving
+    /// a few MiB free); with --free-disk-cmd, the faults group's disk case needs it.
+    #[arg(long, requires = "free_disk_cmd")]
+    fill_disk_cmd: Option<String>,
+    /// Shell command that makes room again on the filesystem --fill-disk-cmd filled.
+    #[arg(long, requires = "fill_disk_cmd")]
+    free_disk_cmd: Option<String>,
     /// Compare with the recordings in this directory (`<group>/<case>.txt`) instead of
     /// the ones built into the binary.
     #[arg(long)]
@@ -132,6 +139,8 @@ async fn real_main() -> Result<bool> {
         only: cli.only,
         run_id: run_id(cli.run_id)?,
         restart_cmd: cli.restart_cmd,
+        fill_disk_cmd: cli.fill_disk_cmd,
+        free_disk_cmd: cli.free_disk_cmd,
         expectations,
     };
     let results = runner::run(&opts, |r| println!("{}", report::line(r))).await?;
@@ -163,6 +172,8 @@ async fn record(endpoint: &str, out: &std::path::Path, only: &[String], any: boo
     }
     let source = format!("etcd {version}");
     let env = Arc::new(case::RunEnv {
+        fill_disk_cmd: None,
+        free_disk_cmd: None,
         endpoint: endpoint.to_string(),
         restart_cmd: None,
     });

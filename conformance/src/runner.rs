@@ -56,6 +56,8 @@ pub struct Options {
     pub only: Vec<String>,
     pub run_id: String,
     pub restart_cmd: Option<String>,
+    pub fill_disk_cmd: Option<String>,
+    pub free_disk_cmd: Option<String>,
     /// Recorded transcripts compared with when there is no reference (`None`: none).
     pub expectations: Option<crate::expectations::Expectations>,
 }
@@ -119,6 +121,18 @@ pub fn first_difference(got: &[String], want: &[String], whose: &str) -> Option<
     None
 }
 
+/// The result of a case that was not run, and why.
+fn skipped(group: &str, name: &str, reason: &str) -> CaseResult {
+    CaseResult {
+        group: group.to_string(),
+        name: name.to_string(),
+        verdict: Verdict::Skip,
+        passed: false,
+        reason: reason.to_string(),
+        millis: 0,
+    }
+}
+
 /// Runs the selected cases one after another; `on_result` sees each result as it comes.
 pub async fn run(
     opts: &Options,
@@ -133,25 +147,41 @@ pub async fn run(
     let env = Arc::new(RunEnv {
         endpoint: opts.endpoint.clone(),
         restart_cmd: opts.restart_cmd.clone(),
+        fill_disk_cmd: opts.fill_disk_cmd.clone(),
+        free_disk_cmd: opts.free_disk_cmd.clone(),
     });
     let ref_env = Arc::new(RunEnv {
         endpoint: opts.reference.clone().unwrap_or_default(),
         restart_cmd: None,
+        fill_disk_cmd: None,
+        free_disk_cmd: None,
     });
     let mut results = Vec::new();
+    // Faults no command can bring about from outside the endpoint: said, never run.
+    if opts.only.is_empty() || opts.only.iter().any(|g| g == "faults") {
+        for (name, reason) in crate::cases::faults::NOT_DRIVABLE {
+            let r = skipped("faults", name, reason);
+            on_result(&r);
+            results.push(r);
+        }
+    }
     for case in selected(&opts.only) {
         let start = Instant::now();
-        if case.restarts && opts.restart_cmd.is_none() {
-            let r = CaseResult {
-                group: case.group.to_string(),
-                name: case.name.to_string(),
-                verdict: Verdict::Skip,
-                passed: false,
-                reason: "skipped: needs --restart-cmd (a command that kills the endpoint \
-                         with SIGKILL and starts it again)"
-                    .into(),
-                millis: 0,
-            };
+        let missing = if case.disk && opts.fill_disk_cmd.is_none() {
+            Some(
+                "skipped: needs --fill-disk-cmd and --free-disk-cmd (commands that fill the \
+                 filesystem under the endpoint's data and make room again) and --restart-cmd",
+            )
+        } else if case.restarts && opts.restart_cmd.is_none() {
+            Some(
+                "skipped: needs --restart-cmd (a command that kills the endpoint with SIGKILL \
+                 and starts it again)",
+            )
+        } else {
+            None
+        };
+        if let Some(reason) = missing {
+            let r = skipped(case.group, case.name, reason);
             on_result(&r);
             results.push(r);
             continue;

@@ -225,16 +225,23 @@ struct Restartable {
 impl Restartable {
     fn start() -> Restartable {
         let dir = tempdir("conformance-faults-");
+        let data = dir.path().join("data");
+        Restartable::start_with(dir, &data, "")
+    }
+
+    /// Keeps its scripts and log in `dir`, its data in `data`, and adds `flags`.
+    fn start_with(dir: TempDir, data: &Path, flags: &str) -> Restartable {
         let port = testkit::free_ports(1).expect("free port")[0];
         let endpoint = format!("http://127.0.0.1:{port}");
         let d = dir.path().display().to_string();
         let start = format!(
             "#!/bin/sh\n\
-             '{bin}' --name conformance --engine lsm --data-dir '{d}/data' \
+             '{bin}' --name conformance --engine lsm --data-dir '{data}' {flags} \
              --listen-client-urls {endpoint} --advertise-client-urls {endpoint} \
              </dev/null >>'{d}/server.log' 2>&1 &\n\
              echo $! >'{d}/pid'\n",
-            bin = engram_bin().display()
+            bin = engram_bin().display(),
+            data = data.display(),
         );
         let restart = format!(
             "#!/bin/sh\n\
@@ -301,9 +308,16 @@ fn faults_group_passes_on_engram_killed_and_restarted() {
     assert_passes("faults against engram", &out);
     assert!(stdout.contains("PASS faults/"), "{stdout}");
     assert!(stdout.contains("2 kill/restart cycles"), "{stdout}");
+    // Without disk commands, the disk case is skipped; the fsync case never runs.
+    assert!(
+        stdout.contains("SKIP faults/no_acknowledged_write_lost_across_a_full_disk")
+            && stdout.contains("needs --fill-disk-cmd")
+            && stdout.contains("SKIP faults/fsync_failure"),
+        "{stdout}"
+    );
     let json_text = fs::read_to_string(&json).expect("json report");
     assert!(
-        json_text.contains("\"verdict\": \"pass\"") && json_text.contains("\"skipped\": 0"),
+        json_text.contains("\"verdict\": \"pass\"") && json_text.contains("\"skipped\": 2"),
         "{json_text}"
     );
     assert!(
@@ -341,16 +355,81 @@ fn faults_group_is_skipped_without_restart_cmd() {
         "{stdout}"
     );
     assert!(
-        stdout.contains("note: 1 of 1 `faults` case(s) NOT RUN"),
+        stdout.contains("note: 3 of 3 `faults` case(s) NOT RUN"),
         "{stdout}"
     );
     let json_text = fs::read_to_string(&json).expect("json report");
     assert!(
         json_text.contains("\"verdict\": \"skip\"")
-            && json_text.contains("\"skipped\": 1")
+            && json_text.contains("\"skipped\": 3")
             && !json_text.contains("\"verdict\": \"pass\""),
         "{json_text}"
     );
     let md_text = fs::read_to_string(&md).expect("markdown report");
     assert!(md_text.contains("| skip | faults |"), "{md_text}");
+}
+
+/// The faults group's disk case against an engram whose data is on a small tmpfs (mounted
+/// here: needs root; skipped with the reason otherwise). Without a free-space margin the disk
+/// really fills up; engram exits once room is made and the alarm disarmed, and comes back
+/// with every acknowledged write.
+#[test]
+fn disk_case_passes_on_engram_over_a_filled_tmpfs() {
+    let uid = Command::new("id").arg("-u").output().map(|o| o.stdout);
+    if !uid.is_ok_and(|uid| uid.trim_ascii() == b"0") {
+        eprintln!("skipped: mounting a tmpfs for the data directory needs root");
+        return;
+    }
+    let dir = tempdir("conformance-disk-");
+    let mnt = dir.path().join("mnt");
+    fs::create_dir(&mnt).expect("mount point");
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=128m", "tmpfs"])
+        .arg(&mnt)
+        .status();
+    if !mounted.as_ref().is_ok_and(|s| s.success()) {
+        eprintln!("skipped: a tmpfs cannot be mounted here ({mounted:?})");
+        return;
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(mnt.clone());
+    let engram = Restartable::start_with(dir, &mnt.join("data"), "--space-alarm-min-free-bytes 0");
+    let m = mnt.display();
+    // Leaves 8 MiB free; the ballast goes again to make room.
+    let fill = format!(
+        "avail=$(df -B1 --output=avail '{m}' | tail -1); \
+         fallocate -l $((avail - 8388608)) '{m}/ballast'"
+    );
+    let free = format!("rm -f '{m}/ballast'");
+    let out = conformance(&[
+        "--endpoint",
+        &engram.endpoint,
+        "--only",
+        "faults",
+        "--restart-cmd",
+        &engram.restart_cmd(),
+        "--fill-disk-cmd",
+        &fill,
+        "--free-disk-cmd",
+        &free,
+    ]);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        println!("server log:\n{}", engram.log());
+    }
+    assert_passes("faults with a full disk against engram", &out);
+    assert!(
+        stdout.contains("PASS faults/no_acknowledged_write_lost_across_a_full_disk"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("etcdserver: mvcc: database space exceeded")
+            && stdout.contains("reads while full: served"),
+        "{stdout}"
+    );
 }

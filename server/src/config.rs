@@ -117,13 +117,19 @@ pub struct Config {
     #[arg(long, global = true, default_value_t = 1)]
     pub watch_window_idle_mb: usize,
 
-    /// Raise the NOSPACE alarm when the store is larger than this many bytes (etcd's flag;
-    /// 0, the default, sets no quota: Engram's size is bounded by its disk, not by a quota).
+    /// Refuse writes that add data, and raise the NOSPACE alarm, when the store's logical
+    /// size (its data, without space the engine allocates ahead) and the write's cost reach
+    /// this many bytes; checked before each write, as etcd does (etcd's flag; 0, the default,
+    /// sets no quota: Engram's size is bounded by its disk, not by a quota).
     #[arg(long, global = true, default_value_t = 0)]
     pub quota_backend_bytes: u64,
 
-    /// Raise the NOSPACE alarm when the data directory's filesystem has less free space.
-    #[arg(long, global = true, default_value_t = 256 << 20)]
+    /// Refuse writes that add data, and raise the NOSPACE alarm, when they would leave less
+    /// free space than this on the data directory's filesystem (checked before each write).
+    /// It must cover what the engine writes on its own: a memtable flush and a journal
+    /// (64 MiB each) and its compactions (up to ~0.7 GiB measured at 1M keys). 0: no margin,
+    /// the disk fills up, and the engine stops taking writes until the member restarts.
+    #[arg(long, global = true, default_value_t = 1 << 30)]
     pub space_alarm_min_free_bytes: u64,
 
     /// Most write requests committed together in one durable engine batch.

@@ -8,6 +8,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use backend::engine::Engine;
 
 use etcdpb::etcdserverpb::RangeRequest;
 use http::{StatusCode, Uri, header};
@@ -92,8 +93,23 @@ fn text(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-async fn health(State(state): State<HttpState>) -> Response {
-    match check_read(&state.brain, true).await {
+/// etcd's `/health`: unhealthy while an alarm is raised, unless `?exclude=NOSPACE` names it
+/// ("ALARM NOSPACE", first, as etcd checks alarms before the leader); then the read check;
+/// then, Engram's own, a storage engine that takes no more writes ("STORAGE FAULT:...").
+async fn health(State(state): State<HttpState>, uri: Uri) -> Response {
+    let excluded = query_values(&uri, "exclude");
+    let store = state.brain.store();
+    let alarm = store.no_space() && !excluded.iter().any(|name| name == "NOSPACE");
+    let checked = if alarm {
+        Err("ALARM NOSPACE".to_string())
+    } else {
+        check_read(&state.brain, true).await
+    };
+    let checked = checked.and_then(|()| match store.engine().fault() {
+        Some(fault) => Err(format!("STORAGE FAULT:{fault}")),
+        None => Ok(()),
+    });
+    match checked {
         Ok(()) => {
             state.metrics.health_success.inc();
             json(
@@ -174,6 +190,19 @@ async fn metrics_text(State(state): State<HttpState>) -> Response {
     (StatusCode::OK, [(header::CONTENT_TYPE, content_type)], body).into_response()
 }
 
+/// Every value of `name` in the query of `uri` (`?exclude=NOSPACE&exclude=CORRUPT`).
+fn query_values(uri: &Uri, name: &str) -> Vec<String> {
+    let Some(query) = uri.query() else {
+        return Vec::new();
+    };
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(key, _)| *key == name)
+        .map(|(_, value)| value.to_string())
+        .collect()
+}
+
 /// `text` as a JSON string literal.
 fn json_string(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
@@ -192,7 +221,17 @@ fn json_string(text: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::json_string;
+    use super::{json_string, query_values};
+
+    #[test]
+    fn query_values_are_listed_in_order() {
+        let uri: http::Uri = "/health?exclude=NOSPACE&x=1&exclude=CORRUPT"
+            .parse()
+            .unwrap();
+        assert_eq!(query_values(&uri, "exclude"), ["NOSPACE", "CORRUPT"]);
+        let bare: http::Uri = "/health".parse().unwrap();
+        assert!(query_values(&bare, "exclude").is_empty());
+    }
 
     #[test]
     fn reasons_are_json_strings() {

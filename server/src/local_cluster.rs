@@ -36,10 +36,9 @@ impl LocalMember {
         ];
         args.extend_from_slice(extra);
         let config = Config::try_parse_from(args)?;
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .enable_all()
-            .build()?;
+        let mut builder = tokio::runtime::Builder::new_multi_thread();
+        builder.worker_threads(1);
+        let runtime = crate::runtime(builder)?;
         let engine = engine.clone();
         // Started on a thread of its own: `block_on` may not run inside another runtime.
         let member = std::thread::scope(|s| {
@@ -76,6 +75,25 @@ impl LocalMember {
         self.member
             .as_ref()
             .is_some_and(|m| matches!(m.brain.role(), Role::Leader { .. }))
+    }
+
+    /// Waits up to `timeout` for the member to stop serving as `engram` would exit (a
+    /// listener failed, or its storage engine must be opened afresh); returns why, or `None`
+    /// if it still serves. The member keeps running either way: in this process nothing
+    /// exits.
+    pub async fn serving_ends(&mut self, timeout: Duration) -> Option<String> {
+        let mut member = self.member.take()?;
+        let runtime = self.runtime.as_ref()?;
+        let ended = runtime.spawn(async move {
+            let ended = tokio::time::timeout(timeout, member.serving()).await;
+            (member, ended)
+        });
+        let (member, ended) = ended.await.ok()?;
+        self.member = Some(member);
+        match ended {
+            Ok(Err(reason)) => Some(reason.to_string()),
+            _ => None,
+        }
     }
 
     /// Stops the member as SIGTERM does: a leader hands the lead over first.

@@ -3,7 +3,7 @@
 
 use crate::brain::election::{ElectionConfig, MemberRecord};
 use crate::brain::{Brain, BrainOptions, BrainTasks};
-use crate::config::{Command, Config};
+use crate::config::{Command, Config, EngineKind};
 use crate::error::BoxError;
 use crate::header::Identity;
 use crate::listen::{self, Listener};
@@ -12,6 +12,7 @@ use crate::routes::{self, SERVED};
 use crate::{http, space, tls};
 use backend::StoreOptions;
 use backend::engine::AnyEngine;
+use backend::store::space::{SpaceGuard, SpaceLimits};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -33,8 +34,9 @@ pub struct Member {
 /// A member's background tasks.
 struct Tasks {
     brain: BrainTasks,
-    /// Raises and clears the NOSPACE alarm (see [`space`]).
-    space: JoinHandle<()>,
+    /// Watches the disk and the engine's faults (see [`space`]); ends when the member must
+    /// restart.
+    space: JoinHandle<String>,
 }
 
 impl Member {
@@ -72,20 +74,22 @@ impl Member {
         let identity = Identity::new(&config.key_prefix, &config.name, &advertised);
 
         let (stop, stopped) = tokio::sync::watch::channel(false);
+        let space_guard = Arc::new(SpaceGuard::new(SpaceLimits {
+            quota_bytes: config.quota_backend_bytes,
+            min_free_bytes: config.space_alarm_min_free_bytes,
+            data_dir: local_data_dir(&config),
+        }));
         let (brain, brain_tasks) = Brain::start(
             engine,
-            brain_options(&config, &identity, advertised)?,
+            brain_options(&config, &identity, advertised, space_guard.clone())?,
             stopped.clone(),
         )
         .await?;
         let space = tokio::spawn(space::watch(
             brain.clone(),
-            space::SpaceLimits {
-                quota_bytes: config.quota_backend_bytes,
-                min_free_bytes: config.space_alarm_min_free_bytes,
-                data_dir: config.data_dir.clone(),
-                interval: Duration::from_secs(1),
-            },
+            space_guard,
+            local_data_dir(&config),
+            Duration::from_secs(1),
         ));
 
         let metrics = Arc::new(Metrics::new(config.quota_backend_bytes)?);
@@ -148,12 +152,22 @@ impl Member {
         })
     }
 
-    /// Waits until a listener fails (it never ends otherwise).
+    /// Waits until a listener fails, or the member must restart because its storage engine
+    /// failed and the cause is gone (see [`space`]); it never ends otherwise.
     pub async fn serving(&mut self) -> Result<(), BoxError> {
-        while let Some(done) = self.servers.join_next().await {
-            done??;
+        let listeners = async {
+            while let Some(done) = self.servers.join_next().await {
+                done??;
+            }
+            std::future::pending::<Result<(), BoxError>>().await
+        };
+        tokio::select! {
+            result = listeners => result,
+            restart = &mut self.tasks.space => match restart {
+                Ok(reason) => Err(reason.into()),
+                Err(err) => Err(format!("the storage watch failed: {err}").into()),
+            },
         }
-        std::future::pending().await
     }
 
     /// Stops gracefully: a leader hands the lead over first (releases its record, so a
@@ -193,6 +207,7 @@ fn brain_options(
     config: &Config,
     identity: &Identity,
     advertised: Vec<String>,
+    space: Arc<SpaceGuard>,
 ) -> Result<BrainOptions, BoxError> {
     Ok(BrainOptions {
         election: ElectionConfig {
@@ -208,6 +223,7 @@ fn brain_options(
             max_request_bytes: config.max_request_bytes,
             // `engram migrate` starts as a replica of the etcd it migrates from.
             replicating: matches!(config.command, Some(Command::Migrate(_))),
+            space: Some(space),
             ..StoreOptions::default()
         },
         window: watch::WindowLimits {
@@ -218,4 +234,9 @@ fn brain_options(
         },
         client_tls: tls::client_config(config)?,
     })
+}
+
+/// The data directory, where the engine keeps its files on a local disk (not on TiKV).
+fn local_data_dir(config: &Config) -> Option<std::path::PathBuf> {
+    (config.engine != EngineKind::Tikv).then(|| config.data_dir.clone())
 }

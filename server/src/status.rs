@@ -42,7 +42,8 @@ pub fn from_kv(err: KvError) -> Status {
 pub fn forwarded(status: Status) -> Status {
     let from_leader = status.message().starts_with("etcdserver:")
         || status.message().starts_with("grpc:")
-        || status.message().starts_with("mvcc:");
+        || status.message().starts_with("mvcc:")
+        || status.message().starts_with("storage engine:");
     if from_leader || !matches!(status.code(), Code::Unavailable | Code::Unknown) {
         return status;
     }

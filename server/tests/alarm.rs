@@ -4,7 +4,6 @@
 mod support;
 
 use etcd_client::{AlarmAction, AlarmType, Client, Compare, CompareOp, Txn, TxnOp};
-use std::time::Duration;
 use support::Engram;
 
 async fn alarms(client: &mut Client) -> Vec<(u64, AlarmType)> {
@@ -16,17 +15,6 @@ async fn alarms(client: &mut Client) -> Vec<(u64, AlarmType)> {
         .iter()
         .map(|a| (a.member_id(), a.alarm()))
         .collect()
-}
-
-async fn wait_for_alarm(client: &mut Client) -> Vec<(u64, AlarmType)> {
-    for _ in 0..100 {
-        let list = alarms(client).await;
-        if !list.is_empty() {
-            return list;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("the NOSPACE alarm was never raised");
 }
 
 fn assert_no_space(err: etcd_client::Error) {
@@ -46,7 +34,10 @@ fn assert_no_space(err: etcd_client::Error) {
 async fn over_quota_refuses_writes_until_disarmed() {
     let engram = Engram::start_with_args(&["--quota-backend-bytes".into(), "1".into()]).await;
     let mut client = engram.client().await;
-    let list = wait_for_alarm(&mut client).await;
+    // As in etcd, the quota is checked by each write: the first one raises the alarm.
+    assert!(alarms(&mut client).await.is_empty());
+    assert_no_space(client.put("k", "v", None).await.unwrap_err());
+    let list = alarms(&mut client).await;
     assert_eq!(list.len(), 1);
     assert_eq!(list[0].1, AlarmType::Nospace);
     let member = client.member_list().await.unwrap().members()[0].id();
@@ -65,13 +56,63 @@ async fn over_quota_refuses_writes_until_disarmed() {
     let read_only = Txn::new().and_then(vec![TxnOp::get("k", None)]);
     client.txn(read_only).await.unwrap();
 
-    // Disarming clears it; still over quota, it is raised again at the next check.
+    // Disarming clears it; still over quota, the next write raises it again.
     let disarmed = client
         .alarm(AlarmAction::Deactivate, AlarmType::Nospace, None)
         .await
         .unwrap();
     assert_eq!(disarmed.alarms().len(), 1);
-    wait_for_alarm(&mut client).await;
+    assert!(alarms(&mut client).await.is_empty());
+    assert_no_space(client.put("k", "v", None).await.unwrap_err());
+    assert_eq!(alarms(&mut client).await.len(), 1);
+}
+
+/// The quota counts the store's data, not the journal space the engine allocates ahead (64
+/// MiB for an empty store), and each write is checked: no more is acknowledged than fits.
+#[tokio::test]
+async fn the_quota_is_the_stores_logical_size_checked_by_every_write() {
+    const QUOTA: usize = 4 << 20;
+    let engram =
+        Engram::start_with_args(&["--quota-backend-bytes".into(), QUOTA.to_string()]).await;
+    let mut client = engram.client().await;
+    let status = client.status().await.unwrap();
+    assert!(
+        status.raft_used_db_size() < (QUOTA as i64) / 4,
+        "an empty store uses {} bytes",
+        status.raft_used_db_size()
+    );
+    let value = vec![7u8; 100 << 10];
+    let mut acknowledged = 0;
+    let refused = loop {
+        match client
+            .put(format!("k{acknowledged}"), value.clone(), None)
+            .await
+        {
+            Ok(_) => acknowledged += 1,
+            Err(err) => break err,
+        }
+        assert!(acknowledged < 1000, "the quota never stopped the writes");
+    };
+    assert_no_space(refused);
+    let written = acknowledged * value.len();
+    assert!(
+        (QUOTA / 2..=QUOTA).contains(&written),
+        "{written} bytes acknowledged under a quota of {QUOTA}"
+    );
+    assert_eq!(alarms(&mut client).await.len(), 1);
+    let count = client
+        .get(
+            "k",
+            Some(
+                etcd_client::GetOptions::new()
+                    .with_prefix()
+                    .with_count_only(),
+            ),
+        )
+        .await
+        .unwrap()
+        .count();
+    assert_eq!(count, acknowledged as i64);
 }
 
 #[tokio::test]

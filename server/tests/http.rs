@@ -185,3 +185,55 @@ async fn health_and_version_match_etcd() {
         assert!(engram_metrics.contains(&help), "engram lacks {name}");
     }
 }
+
+/// What `/health` (plain and with `?exclude=NOSPACE`) and Status' errors say, with the
+/// NOSPACE alarm raised on `endpoint`'s member through the Alarm RPC.
+async fn under_nospace(endpoint: &str) -> (Vec<(u16, Value)>, Vec<String>) {
+    let mut client = support::connect(endpoint).await;
+    let member = client.member_list().await.expect("members").members()[0].id();
+    let mut on_member = etcd_client::AlarmOptions::new();
+    on_member.with_member(member);
+    client
+        .alarm(
+            etcd_client::AlarmAction::Activate,
+            etcd_client::AlarmType::Nospace,
+            Some(on_member),
+        )
+        .await
+        .expect("raise the alarm");
+    let hp = hostport(endpoint);
+    let mut health = Vec::new();
+    for path in [
+        "/health",
+        "/health?exclude=NOSPACE",
+        "/health?exclude=CORRUPT",
+    ] {
+        let reply = get(&hp, path).await;
+        health.push((reply.status, json(&reply)));
+    }
+    let status = client.status().await.expect("status");
+    let member = status.header().expect("header").member_id();
+    let errors = status
+        .errors()
+        .iter()
+        .map(|e| e.replace(&member.to_string(), "<member>"))
+        .collect();
+    (health, errors)
+}
+
+/// With NOSPACE raised, `/health` fails as etcd's does (unless the alarm is excluded) and
+/// Status lists the alarm as etcd does.
+#[tokio::test]
+async fn health_and_status_under_the_nospace_alarm_match_etcd() {
+    let (etcd, engram) = tokio::join!(Etcd::start(), Engram::start());
+    let expected = under_nospace(&etcd.endpoint()).await;
+    assert_eq!(
+        expected.0[0],
+        (
+            503,
+            serde_json::json!({"health": "false", "reason": "ALARM NOSPACE"})
+        ),
+        "etcd 3.5.1 answered {expected:?}"
+    );
+    assert_eq!(under_nospace(&engram.endpoint()).await, expected);
+}

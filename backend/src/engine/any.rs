@@ -159,6 +159,14 @@ impl Engine for AnyEngine {
         dispatch!(AnyEngine, self, e => e.history_released().await,
             c => c.dyn_history_released().await)
     }
+
+    fn fault(&self) -> Option<EngineError> {
+        dispatch!(AnyEngine, self, e => e.fault(), c => c.dyn_fault())
+    }
+
+    fn logical_size(&self) -> u64 {
+        dispatch!(AnyEngine, self, e => e.logical_size(), c => c.dyn_logical_size())
+    }
 }
 
 impl Snapshot for AnySnapshot {
@@ -199,6 +207,8 @@ pub trait DynEngine: Send + Sync + 'static {
     fn dyn_sync(&self) -> BoxFuture<'_, EngineResult<()>>;
     fn dyn_size_on_disk(&self) -> u64;
     fn dyn_history_released(&self) -> BoxFuture<'_, EngineResult<()>>;
+    fn dyn_fault(&self) -> Option<EngineError>;
+    fn dyn_logical_size(&self) -> u64;
 }
 
 /// [`Snapshot`] in a form that can sit behind a pointer.
@@ -249,6 +259,14 @@ impl<E: Engine> DynEngine for E {
 
     fn dyn_history_released(&self) -> BoxFuture<'_, EngineResult<()>> {
         Box::pin(self.history_released())
+    }
+
+    fn dyn_fault(&self) -> Option<EngineError> {
+        self.fault()
+    }
+
+    fn dyn_logical_size(&self) -> u64 {
+        self.logical_size()
     }
 }
 

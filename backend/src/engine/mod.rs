@@ -8,6 +8,8 @@
 
 mod any;
 mod btree;
+pub mod disk;
+mod faulty;
 mod lsm;
 mod markers;
 mod memory;
@@ -17,6 +19,7 @@ mod tikv;
 
 pub use any::{AnyEngine, AnySnapshot, DynEngine, DynSnapshot, EngineConfig, open};
 pub use btree::BTreeEngine;
+pub use faulty::{FailOn, Faults, FaultyEngine};
 pub use lsm::{LsmEngine, LsmOptions};
 pub use memory::MemoryEngine;
 #[cfg(feature = "tikv")]
@@ -36,6 +39,9 @@ pub enum EngineError {
     /// not take effect.
     #[error("storage engine: {0}")]
     Storage(String),
+    /// The disk holding the engine's data is full.
+    #[error("storage engine: no space left on the device: {0}")]
+    NoSpace(String),
     /// A write whose outcome is unknown: it may have taken effect or not (a commit that timed
     /// out, a connection lost while committing). Never to be reported as a write that failed.
     #[error("storage engine: {0}; its outcome is unknown")]
@@ -250,5 +256,22 @@ pub trait Engine: Send + Sync + 'static {
     /// revision. Engines with their own MVCC history (TiKV) may now let it be collected.
     fn history_released(&self) -> impl Future<Output = EngineResult<()>> + Send {
         async { Ok(()) }
+    }
+
+    /// Why the engine takes no more writes until it is opened again, if it does not: the first
+    /// failure of a write or sync that left it so (fjall refuses every write after one failed).
+    /// Reads still work. Engines that recover from a failed write on their own have none.
+    ///
+    /// A fault means no one can write to the engine: the member's election relies on it to
+    /// keep its leader (read-only) instead of electing another. An engine that other
+    /// processes write to (TiKV) never reports one.
+    fn fault(&self) -> Option<EngineError> {
+        None
+    }
+
+    /// Bytes of data the engine holds (live and historical, without space set aside ahead of
+    /// use, such as a preallocated journal): what etcd's quota is measured against.
+    fn logical_size(&self) -> u64 {
+        self.size_on_disk()
     }
 }

@@ -32,4 +32,12 @@ impl<E: Engine> Engine for Arc<E> {
     async fn history_released(&self) -> EngineResult<()> {
         E::history_released(self).await
     }
+
+    fn fault(&self) -> Option<super::EngineError> {
+        E::fault(self)
+    }
+
+    fn logical_size(&self) -> u64 {
+        E::logical_size(self)
+    }
 }

@@ -3,6 +3,7 @@
 
 mod apply;
 mod error;
+pub mod quota;
 pub mod range;
 pub mod validate;
 

@@ -149,12 +149,3 @@ pub fn is_read_only(req: &TxnRequest) -> bool {
         .chain(&req.failure)
         .all(|op| matches!(op.request, Some(Request::RequestRange(_))))
 }
-
-/// Whether a branch of the txn puts: what etcd refuses while the NOSPACE alarm is raised
-/// (its quota cost counts the puts of the top-level branches only).
-pub fn has_put(req: &TxnRequest) -> bool {
-    req.success
-        .iter()
-        .chain(&req.failure)
-        .any(|op| matches!(op.request, Some(Request::RequestPut(_))))
-}

@@ -15,16 +15,17 @@ mod maintenance;
 mod options;
 mod request;
 mod shared;
+pub mod space;
 pub mod stats;
 mod writer;
 
 pub use commit::{CommitListener, CommittedRevision, owned_event};
 pub use options::{DEFAULT_MAX_REQUEST_BYTES, StoreOptions};
 
-use crate::engine::{Engine, Snapshot, for_each_page};
+use crate::engine::{Engine, EngineError, Snapshot, for_each_page};
 use crate::etcd::EtcdDbError;
 use crate::etcd::hash::HashKv;
-use crate::kv::{Apply, KvError, KvResult, ReadRevisions, validate};
+use crate::kv::{Apply, KvError, KvResult, ReadRevisions, quota, validate};
 use crate::lease::LeaseInfo;
 use crate::mvcc::View;
 use crate::mvcc::keys;
@@ -38,6 +39,7 @@ use etcdpb::etcdserverpb::{
 use prost::Message;
 use request::{Reply, WriteRequest};
 use shared::{Recovered, Shared, recover};
+use space::SpaceGuard;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::{mpsc, oneshot};
@@ -71,6 +73,8 @@ pub struct Store<E> {
     shared: Arc<Shared<E>>,
     writer: Option<mpsc::Sender<WriteRequest>>,
     max_request_bytes: usize,
+    /// The quota and free-space margin a leader checks each write against.
+    space: Option<Arc<SpaceGuard>>,
 }
 
 impl<E> Clone for Store<E> {
@@ -79,6 +83,7 @@ impl<E> Clone for Store<E> {
             shared: self.shared.clone(),
             writer: self.writer.clone(),
             max_request_bytes: self.max_request_bytes,
+            space: self.space.clone(),
         }
     }
 }
@@ -107,6 +112,7 @@ impl<E: Engine> Store<E> {
             swept,
         ));
         let max_request_bytes = options.max_request_bytes;
+        let space = options.space.clone();
         tokio::spawn(expiry::run(shared.clone(), writer_tx.downgrade()));
         let writer = tokio::spawn(writer::run(shared.clone(), writer_rx, options));
         // Without its writer the store would keep serving reads while every write hangs: a
@@ -125,6 +131,7 @@ impl<E: Engine> Store<E> {
             shared,
             writer: Some(writer_tx),
             max_request_bytes,
+            space,
         })
     }
 
@@ -139,6 +146,7 @@ impl<E: Engine> Store<E> {
             shared,
             writer: None,
             max_request_bytes,
+            space: None,
         })
     }
 
@@ -246,16 +254,52 @@ impl<E: Engine> Store<E> {
         self.shared.no_space.load(Ordering::Acquire)
     }
 
-    fn check_space(&self) -> KvResult<()> {
+    /// Refuses a write that adds `cost` bytes (etcd's quota cost; 0 for writes that add
+    /// nothing, which always pass) while the NOSPACE alarm is raised, and raises it when the
+    /// write does not fit (see [`space`]).
+    fn check_space(&self, cost: u64) -> KvResult<()> {
+        if cost == 0 {
+            return Ok(());
+        }
         if self.no_space() {
+            return Err(KvError::NoSpace);
+        }
+        let Some(space) = &self.space else {
+            return Ok(());
+        };
+        if let Err(shortage) = space.admit(cost, || self.shared.engine.logical_size()) {
+            tracing::warn!(
+                %shortage,
+                "raising the NOSPACE alarm: writes that add data are refused until it is \
+                 disarmed (etcdctl alarm disarm)"
+            );
+            self.set_no_space(true);
             return Err(KvError::NoSpace);
         }
         Ok(())
     }
 
+    /// What a write hears when the engine failed it with `err`: a full disk is etcd's NOSPACE,
+    /// any other failure is answered as is. `first` (the failure itself, not a later write
+    /// meeting the engine's fault) raises the alarm, so that the member says so everywhere;
+    /// once an operator disarms it, later writes leave it to the member's storage watch to
+    /// decide whether the engine is to be opened afresh.
+    fn engine_failed(&self, err: EngineError, first: bool) -> KvError {
+        match err {
+            EngineError::NoSpace(cause) => {
+                if first && !self.no_space() {
+                    tracing::error!(%cause, "the disk is full: raising the NOSPACE alarm");
+                    self.set_no_space(true);
+                }
+                KvError::NoSpace
+            }
+            err => KvError::Engine(err),
+        }
+    }
+
     pub async fn put(&self, req: PutRequest) -> KvResult<PutResponse> {
         validate::check_put(&req)?;
-        self.check_space()?;
+        self.check_space(quota::put_cost(&req))?;
         self.check_size(&req)?;
         self.submit(|reply| WriteRequest::Put(req, reply)).await
     }
@@ -269,9 +313,7 @@ impl<E: Engine> Store<E> {
 
     pub async fn txn(&self, req: TxnRequest) -> KvResult<TxnResponse> {
         validate::check_txn(&req)?;
-        if validate::has_put(&req) {
-            self.check_space()?;
-        }
+        self.check_space(quota::txn_cost(&req))?;
         self.check_size(&req)?;
         if validate::is_read_only(&req) {
             return self.read_only_txn(&req).await;
@@ -305,7 +347,7 @@ impl<E: Engine> Store<E> {
     /// LeaseGrant of lease `id` (non-zero; the caller picks one when the client did not).
     /// Returns the TTL granted.
     pub async fn lease_grant(&self, id: i64, ttl: i64) -> KvResult<i64> {
-        self.check_space()?;
+        self.check_space(quota::LEASE_COST)?;
         self.submit(|reply| WriteRequest::LeaseGrant { id, ttl, reply })
             .await
     }
@@ -361,7 +403,14 @@ impl<E: Engine> Store<E> {
         if self.replicating() {
             return Err(KvError::Learner);
         }
-        self.send(request).await
+        // An engine that takes no more writes fails them at once rather than in the writer.
+        if let Some(fault) = self.shared.engine.fault() {
+            return Err(self.engine_failed(fault, false));
+        }
+        self.send(request).await.map_err(|err| match err {
+            KvError::Engine(err) => self.engine_failed(err, true),
+            err => err,
+        })
     }
 
     async fn send<T>(&self, request: impl FnOnce(Reply<T>) -> WriteRequest) -> KvResult<T> {

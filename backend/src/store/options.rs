@@ -1,6 +1,7 @@
 //! How a store is wired into the rest of the member.
 
 use super::commit::CommitListener;
+use super::space::SpaceGuard;
 use crate::engine::Condition;
 use std::sync::Arc;
 
@@ -25,6 +26,9 @@ pub struct StoreOptions {
     /// The store starts as a replica of another etcd (see [`crate::store::Store::replicate`]):
     /// it takes no client writes until [`crate::store::Store::end_replication`].
     pub replicating: bool,
+    /// The quota and free-space margin each write that adds data is checked against (see
+    /// [`super::space`]); `None`: neither applies.
+    pub space: Option<Arc<SpaceGuard>>,
 }
 
 impl Default for StoreOptions {
@@ -36,6 +40,7 @@ impl Default for StoreOptions {
             write_timeout: std::time::Duration::from_secs(10),
             fence: None,
             replicating: false,
+            space: None,
         }
     }
 }

@@ -232,6 +232,16 @@ fn joined(task: Result<Result<(), Unanswered>, tokio::task::JoinError>) -> Resul
     task.unwrap_or_else(|_| Err(Unanswered::default()))
 }
 
+/// What the requests of a batch whose sync failed hear. The batch was written: whether it
+/// reached the disk is unknown (a failed fsync may or may not have lost it), so its outcome is
+/// unknown, never a failure. A full disk stays itself, so that the alarm is raised.
+fn sync_failed(err: EngineError) -> EngineError {
+    match err {
+        EngineError::NoSpace(_) | EngineError::Undetermined(_) => err,
+        err => EngineError::Undetermined(format!("syncing a written batch failed: {err}")),
+    }
+}
+
 /// The answer to requests evaluated on top of a batch that failed to become durable: they
 /// were never written.
 fn earlier_batch_failed() -> EngineError {
@@ -295,7 +305,7 @@ async fn settle<E: Engine>(
             tracing::error!(%err, "write batch failed to become durable");
             return Err(Unanswered {
                 answers,
-                err: Some(err),
+                err: Some(sync_failed(err)),
             });
         }
     }

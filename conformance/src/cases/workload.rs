@@ -619,25 +619,7 @@ fn first_stream_difference(got: &[Ev], want: &[Ev]) -> Option<String> {
 
 /// Kills and restarts the endpoint with `--restart-cmd`, then waits until it answers.
 pub async fn restart(c: &Ctx) -> Result<()> {
-    let cmd = c
-        .env
-        .restart_cmd
-        .clone()
-        .context("no --restart-cmd given")?;
-    let status = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("sh")
-            .arg("-c")
-            .arg(&cmd)
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-    });
-    let status = tokio::time::timeout(Duration::from_secs(60), status)
-        .await
-        .context("--restart-cmd did not return within 60s")??
-        .context("run --restart-cmd")?;
-    ensure!(status.success(), "--restart-cmd failed: {status}");
+    crate::case::shell(c.env.restart_cmd.as_deref(), "--restart-cmd").await?;
     let probe = c.key("restart-probe");
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

@@ -161,6 +161,10 @@ async fn campaign<E: Engine>(
     // once, cheap enough to ignore (one read of two keys).
     let retry = (lease / 4).min(Duration::from_millis(500));
     while let Err(err) = register(engine, &config.member).await {
+        if engine.fault().is_some() {
+            tracing::warn!(%err, "registering the member failed: the engine takes no writes");
+            break;
+        }
         tracing::warn!(%err, "registering the member failed; retrying");
         if sleep_or_stop(&mut stop, retry).await {
             return;
@@ -192,9 +196,15 @@ async fn campaign<E: Engine>(
             .leader
             .as_deref()
             .and_then(|v| LeaderRecord::decode(v).ok());
+        // An engine that takes no more writes (see `Engine::fault`) takes none from any
+        // member: its leader cannot renew, and no one can take over by writing. The record
+        // stays as it is; whoever it names (or, with none, this member) leads read-only.
+        let faulted = engine.fault().is_some();
         let vacant = match &record {
             None => true,
-            Some(r) => r.released || r.member_id == config.member.id || now - since >= lease,
+            Some(r) => {
+                r.released || r.member_id == config.member.id || (!faulted && now - since >= lease)
+            }
         };
         if !vacant {
             if let Some(leader) = record {
@@ -208,7 +218,30 @@ async fn campaign<E: Engine>(
             }
             continue;
         }
-        let term = observed.term.as_deref().map_or(0, decode_term) + 1;
+        let stored_term = observed.term.as_deref().map_or(0, decode_term);
+        if faulted {
+            let mine = LeaderRecord {
+                term: stored_term,
+                member_id: config.member.id,
+                name: config.member.name.clone(),
+                client_urls: config.member.client_urls.clone(),
+                renewal: 0,
+                released: false,
+            };
+            tracing::warn!(
+                term = stored_term,
+                "the storage engine takes no writes: leading read-only"
+            );
+            tx.send_replace(Leadership::Leading { term: stored_term });
+            let stopped = lead(engine, mine, Instant::now(), lease, &mut stop).await;
+            tx.send_replace(Leadership::Unknown);
+            seen = None;
+            if stopped {
+                return;
+            }
+            continue;
+        }
+        let term = stored_term + 1;
         let mine = LeaderRecord {
             term,
             member_id: config.member.id,
@@ -260,6 +293,7 @@ async fn lead<E: Engine>(
     // Step down while a successor still has to wait: our lease runs from the start of our last
     // successful write, a successor's wait from when it first saw that write.
     let margin = lease / 5;
+    let mut read_only = false;
     loop {
         let stopping = sleep_or_stop(stop, interval).await;
         let mut next = record.clone();
@@ -285,6 +319,15 @@ async fn lead<E: Engine>(
             Ok(Err(EngineError::ConditionFailed { .. })) => {
                 tracing::warn!(term = record.term, "lost the lead to another member");
                 return stopping;
+            }
+            Ok(Err(err)) if engine.fault().is_some() && !stopping => {
+                // No member can write to a faulted engine, so none can take over: this one
+                // goes on serving reads rather than leave the cluster without a leader.
+                if !read_only {
+                    tracing::warn!(%err, "the storage engine takes no writes: leading read-only");
+                    read_only = true;
+                }
+                renewed_at = attempt;
             }
             Ok(Err(err)) => tracing::warn!(%err, "renewing the lead failed"),
             Err(_) => tracing::warn!("renewing the lead timed out"),

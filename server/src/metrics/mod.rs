@@ -38,6 +38,8 @@ pub struct Metrics {
     watch_window_events: IntGauge,
     watch_window_bytes: IntGauge,
     replication_lag: IntGauge,
+    no_space_alarm: IntGauge,
+    storage_fault: IntGauge,
     has_leader: IntGauge,
     is_leader: IntGauge,
     leader_changes: IntCounter,
@@ -147,6 +149,15 @@ impl Metrics {
                 "While migrating from etcd: revisions of the source not yet applied here \
                  (0 otherwise).",
             )?,
+            no_space_alarm: gauge(
+                "engram_nospace_alarm",
+                "Whether the NOSPACE alarm is raised: writes that add data are refused.",
+            )?,
+            storage_fault: gauge(
+                "engram_storage_fault",
+                "Whether the storage engine failed a write and takes no more until the member \
+                 restarts (reads are served).",
+            )?,
             watchers: gauge(
                 "etcd_debugging_mvcc_watcher_total",
                 "Total number of watchers.",
@@ -198,9 +209,13 @@ impl Metrics {
 
     /// Copies the store's state into the gauges that mirror it.
     fn observe_store(&self, store: &Store) {
-        let size = i64::try_from(store.engine().size_on_disk()).unwrap_or(i64::MAX);
-        self.db_total_size.set(size);
-        self.db_total_size_in_use.set(size);
+        let engine = store.engine();
+        let gauge = |bytes: u64| i64::try_from(bytes).unwrap_or(i64::MAX);
+        self.db_total_size.set(gauge(engine.size_on_disk()));
+        // What the quota is measured against.
+        self.db_total_size_in_use.set(gauge(engine.logical_size()));
+        self.no_space_alarm.set(i64::from(store.no_space()));
+        self.storage_fault.set(i64::from(engine.fault().is_some()));
         self.current_revision.set(store.revision());
         self.compact_revision.set(store.compacted().max(0));
         self.leases

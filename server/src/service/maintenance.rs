@@ -55,12 +55,22 @@ impl Maintenance for MaintenanceService {
         let store = self.brain.store();
         let revision = store.revision();
         let size = store.engine().size_on_disk() as i64;
+        let in_use = store.engine().logical_size() as i64;
         // No leader known (an election is under way): etcd reports leader 0.
         let (leader, term) = self.brain.leader().unwrap_or((0, self.identity.raft_term));
         let resp = StatusResponse {
             version: ETCD_API_VERSION.to_string(),
             db_size: size,
-            db_size_in_use: size,
+            db_size_in_use: in_use,
+            // etcd lists the raised alarms here, as Go prints an AlarmMember.
+            errors: if store.no_space() {
+                vec![format!(
+                    "memberID:{} alarm:NOSPACE ",
+                    self.identity.member_id
+                )]
+            } else {
+                Vec::new()
+            },
             leader,
             raft_index: revision as u64,
             raft_applied_index: revision as u64,

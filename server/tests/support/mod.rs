@@ -190,6 +190,11 @@ impl Engram {
         Engram::launch(dir.to_path_buf(), None, Vec::new()).await
     }
 
+    /// `start_in` with `extra_args` after the harness's flags (kept across `restart`).
+    pub async fn start_in_with_args(dir: &Path, extra_args: &[String]) -> Engram {
+        Engram::launch(dir.to_path_buf(), None, extra_args.to_vec()).await
+    }
+
     async fn launch(data_dir: PathBuf, owned: Option<TempDir>, extra_args: Vec<String>) -> Engram {
         let logs = tempfile::Builder::new()
             .prefix("engram-test-log-")
@@ -244,6 +249,11 @@ impl Engram {
 
     pub fn pid(&self) -> Option<u32> {
         self.server.pid()
+    }
+
+    /// How the process ended, once it has; `None` while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.server.exit_status()
     }
 
     pub fn data_dir(&self) -> &Path {

@@ -12,6 +12,7 @@
 //! journal's sync; [`memtables`] frees flushed memtables where no write waits for it.
 
 mod deletion;
+mod fault;
 mod files;
 mod long_keys;
 mod memtables;
@@ -29,6 +30,9 @@ use std::ops::Bound;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
+/// fjall's memtable size when none is set.
+const DEFAULT_MEMTABLE_BYTES: u64 = 64 << 20;
+
 fn storage<E: std::fmt::Display>(err: E) -> EngineError {
     EngineError::Storage(err.to_string())
 }
@@ -45,6 +49,10 @@ pub struct LsmEngine {
     /// Holds each memtable written into, to free it once fjall is done with it (see
     /// [`memtables`]).
     memtables: Option<Arc<memtables::MemtableReaper>>,
+    /// The first failed write or sync, after which fjall takes no more (see [`fault`]).
+    fault: Arc<fault::FaultLatch>,
+    /// Size at which a memtable is sealed and flushed.
+    memtable_bytes: u64,
 }
 
 /// How the LSM engine is opened.
@@ -110,7 +118,10 @@ impl LsmEngine {
             create
         };
         let keyspace = db.keyspace("engram", create).map_err(storage)?;
+        let memtable_bytes = options.memtable_bytes.unwrap_or(DEFAULT_MEMTABLE_BYTES);
         Ok(LsmEngine {
+            fault: Arc::new(fault::FaultLatch::new(lsm_dir.clone(), memtable_bytes)),
+            memtable_bytes,
             db,
             keyspace,
             write_lock: Arc::new(Mutex::new(())),
@@ -153,6 +164,7 @@ impl LsmEngine {
         durability: Option<PersistMode>,
     ) -> EngineResult<()> {
         let _guard = self.write_lock.lock().unwrap_or_else(|p| p.into_inner());
+        self.fault.check()?;
         for condition in &batch.conditions {
             if self.current(&condition.key)?.as_deref() != condition.expected.as_deref() {
                 return Err(EngineError::ConditionFailed {
@@ -194,7 +206,7 @@ impl LsmEngine {
                 out.insert(&self.keyspace, stored, bucket.encode());
             }
         }
-        out.commit().map_err(storage)?;
+        out.commit().map_err(|err| self.fault.record(&err))?;
         if let Some(reaper) = &self.memtables {
             let memtable = self.keyspace.tree.active_memtable();
             reaper.observe(memtable.id(), memtable);
@@ -369,11 +381,29 @@ impl Engine for LsmEngine {
 
     async fn sync(&self) -> EngineResult<()> {
         let db = self.db.clone();
-        blocking(move || db.persist(PersistMode::SyncData).map_err(storage)).await
+        let fault = self.fault.clone();
+        blocking(move || {
+            fault.check()?;
+            db.persist(PersistMode::SyncData)
+                .map_err(|err| fault.record(&err))
+        })
+        .await
     }
 
     fn size_on_disk(&self) -> u64 {
         self.db.disk_space().unwrap_or(0)
+    }
+
+    fn fault(&self) -> Option<EngineError> {
+        self.fault.get()
+    }
+
+    /// The tables and blob files, and what the memtables hold that is not in them yet; not
+    /// the journals, whose space fjall allocates ahead (an empty store's is 64 MiB).
+    fn logical_size(&self) -> u64 {
+        let tree = &self.keyspace.tree;
+        let sealed = tree.sealed_memtable_count() as u64 * self.memtable_bytes;
+        self.keyspace.disk_space() + tree.active_memtable().size() + sealed
     }
 }
 
