@@ -224,6 +224,7 @@ fn brain_options(
             // `engram migrate` starts as a replica of the etcd it migrates from.
             replicating: matches!(config.command, Some(Command::Migrate(_))),
             space: Some(space),
+            member_id: identity.member_id,
             ..StoreOptions::default()
         },
         window: watch::WindowLimits {

@@ -47,7 +47,7 @@ pub async fn watch(
                      raising the NOSPACE alarm; writes that add data are refused until it is \
                      disarmed"
                 );
-                store.set_no_space(true);
+                store.raise_no_space(brain.member_id());
             }
             continue;
         };
@@ -85,7 +85,7 @@ pub async fn watch(
                          the engine to be opened afresh: raising it again"
                     );
                 }
-                store.set_no_space(true);
+                store.raise_no_space(brain.member_id());
             }
             fault => {
                 let Some(dir) = &data_dir else { continue };

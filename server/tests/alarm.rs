@@ -56,9 +56,12 @@ async fn over_quota_refuses_writes_until_disarmed() {
     let read_only = Txn::new().and_then(vec![TxnOp::get("k", None)]);
     client.txn(read_only).await.unwrap();
 
-    // Disarming clears it; still over quota, the next write raises it again.
+    // Disarming the member's alarm (as `etcdctl alarm disarm` does) clears it; still over
+    // quota, the next write raises it again.
+    let mut on_member = etcd_client::AlarmOptions::new();
+    on_member.with_member(member);
     let disarmed = client
-        .alarm(AlarmAction::Deactivate, AlarmType::Nospace, None)
+        .alarm(AlarmAction::Deactivate, AlarmType::Nospace, Some(on_member))
         .await
         .unwrap();
     assert_eq!(disarmed.alarms().len(), 1);

@@ -115,11 +115,17 @@ async fn alarms(client: &mut Client) -> usize {
     list.expect("alarm list").alarms().len()
 }
 
+/// Clears every alarm, each for its member, as `etcdctl alarm disarm` does.
 async fn disarm(client: &mut Client) {
-    client
-        .alarm(AlarmAction::Deactivate, AlarmType::Nospace, None)
-        .await
-        .expect("disarm");
+    let list = client.alarm(AlarmAction::Get, AlarmType::None, None).await;
+    for alarm in list.expect("alarm list").alarms() {
+        let mut on_member = etcd_client::AlarmOptions::new();
+        on_member.with_member(alarm.member_id());
+        client
+            .alarm(AlarmAction::Deactivate, alarm.alarm(), Some(on_member))
+            .await
+            .expect("disarm");
+    }
 }
 
 fn args(min_free: u64) -> Vec<String> {

@@ -6,6 +6,7 @@
 //! commit. Only after that batch is durable is its last revision published to readers and are
 //! the requests answered.
 
+mod alarm;
 mod batch;
 mod commit;
 mod compactor;
@@ -22,7 +23,7 @@ mod writer;
 pub use commit::{CommitListener, CommittedRevision, owned_event};
 pub use options::{DEFAULT_MAX_REQUEST_BYTES, StoreOptions};
 
-use crate::engine::{Engine, EngineError, Snapshot, for_each_page};
+use crate::engine::{Engine, Snapshot, for_each_page};
 use crate::etcd::EtcdDbError;
 use crate::etcd::hash::HashKv;
 use crate::kv::{Apply, KvError, KvResult, ReadRevisions, quota, validate};
@@ -75,6 +76,8 @@ pub struct Store<E> {
     max_request_bytes: usize,
     /// The quota and free-space margin a leader checks each write against.
     space: Option<Arc<SpaceGuard>>,
+    /// This member's id: whose NOSPACE alarm the store raises itself.
+    member_id: u64,
 }
 
 impl<E> Clone for Store<E> {
@@ -84,6 +87,7 @@ impl<E> Clone for Store<E> {
             writer: self.writer.clone(),
             max_request_bytes: self.max_request_bytes,
             space: self.space.clone(),
+            member_id: self.member_id,
         }
     }
 }
@@ -113,6 +117,7 @@ impl<E: Engine> Store<E> {
         ));
         let max_request_bytes = options.max_request_bytes;
         let space = options.space.clone();
+        let member_id = options.member_id;
         tokio::spawn(expiry::run(shared.clone(), writer_tx.downgrade()));
         let writer = tokio::spawn(writer::run(shared.clone(), writer_rx, options));
         // Without its writer the store would keep serving reads while every write hangs: a
@@ -132,6 +137,7 @@ impl<E: Engine> Store<E> {
             writer: Some(writer_tx),
             max_request_bytes,
             space,
+            member_id,
         })
     }
 
@@ -147,6 +153,7 @@ impl<E: Engine> Store<E> {
             writer: None,
             max_request_bytes,
             space: None,
+            member_id: 0,
         })
     }
 
@@ -243,58 +250,6 @@ impl<E: Engine> Store<E> {
         let (revs, snapshot) = self.snapshot().await?;
         let view = View::new(&snapshot).with_count_cache(&self.shared.counts);
         crate::kv::range::range(&view, req, revs).await
-    }
-
-    /// Raises or clears the NOSPACE alarm.
-    pub fn set_no_space(&self, raised: bool) {
-        self.shared.no_space.store(raised, Ordering::Release);
-    }
-
-    pub fn no_space(&self) -> bool {
-        self.shared.no_space.load(Ordering::Acquire)
-    }
-
-    /// Refuses a write that adds `cost` bytes (etcd's quota cost; 0 for writes that add
-    /// nothing, which always pass) while the NOSPACE alarm is raised, and raises it when the
-    /// write does not fit (see [`space`]).
-    fn check_space(&self, cost: u64) -> KvResult<()> {
-        if cost == 0 {
-            return Ok(());
-        }
-        if self.no_space() {
-            return Err(KvError::NoSpace);
-        }
-        let Some(space) = &self.space else {
-            return Ok(());
-        };
-        if let Err(shortage) = space.admit(cost, || self.shared.engine.logical_size()) {
-            tracing::warn!(
-                %shortage,
-                "raising the NOSPACE alarm: writes that add data are refused until it is \
-                 disarmed (etcdctl alarm disarm)"
-            );
-            self.set_no_space(true);
-            return Err(KvError::NoSpace);
-        }
-        Ok(())
-    }
-
-    /// What a write hears when the engine failed it with `err`: a full disk is etcd's NOSPACE,
-    /// any other failure is answered as is. `first` (the failure itself, not a later write
-    /// meeting the engine's fault) raises the alarm, so that the member says so everywhere;
-    /// once an operator disarms it, later writes leave it to the member's storage watch to
-    /// decide whether the engine is to be opened afresh.
-    fn engine_failed(&self, err: EngineError, first: bool) -> KvError {
-        match err {
-            EngineError::NoSpace(cause) => {
-                if first && !self.no_space() {
-                    tracing::error!(%cause, "the disk is full: raising the NOSPACE alarm");
-                    self.set_no_space(true);
-                }
-                KvError::NoSpace
-            }
-            err => KvError::Engine(err),
-        }
     }
 
     pub async fn put(&self, req: PutRequest) -> KvResult<PutResponse> {

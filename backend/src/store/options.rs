@@ -29,6 +29,8 @@ pub struct StoreOptions {
     /// The quota and free-space margin each write that adds data is checked against (see
     /// [`super::space`]); `None`: neither applies.
     pub space: Option<Arc<SpaceGuard>>,
+    /// This member's id: the store raises this member's NOSPACE alarm.
+    pub member_id: u64,
 }
 
 impl Default for StoreOptions {
@@ -41,6 +43,7 @@ impl Default for StoreOptions {
             fence: None,
             replicating: false,
             space: None,
+            member_id: 0,
         }
     }
 }

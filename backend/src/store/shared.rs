@@ -19,10 +19,10 @@ pub(super) struct Shared<E> {
     pub(super) compacted: AtomicI64,
     /// Live leases and their deadlines.
     pub(super) leases: LeaseTable,
-    /// The NOSPACE alarm: while raised, nothing that adds data is accepted (etcd's capped
-    /// applier): Put, a Txn with a Put on any path, LeaseGrant. Reads, deletes and
-    /// compaction go on, so an operator can make room.
+    /// Whether any NOSPACE alarm is raised (see [`super::alarm`]): the members' alarms are
+    /// `no_space_alarms`, this is their being non-empty, read on every write.
     pub(super) no_space: AtomicBool,
+    pub(super) no_space_alarms: std::sync::Mutex<std::collections::BTreeSet<u64>>,
     /// Counters and histograms of the writer's batches and the leases.
     pub(super) stats: StoreStats,
     /// Counts of ranges at fixed revisions, for the pages of a list.
@@ -46,6 +46,14 @@ pub(super) struct Shared<E> {
 }
 
 impl<E> Shared<E> {
+    pub(super) fn lock_no_space_alarms(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::BTreeSet<u64>> {
+        self.no_space_alarms
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
     /// The state of a store on `engine` as `recovered` from it; with its leases if it serves
     /// them (a follower's store does not: the leader keeps them).
     pub(super) fn new(engine: E, recovered: Recovered, serves_leases: bool) -> Self {
@@ -59,6 +67,7 @@ impl<E> Shared<E> {
                 LeaseTable::default()
             },
             no_space: Default::default(),
+            no_space_alarms: Default::default(),
             counts: Default::default(),
             stats: Default::default(),
             published: tokio::sync::watch::Sender::new(recovered.revision),

@@ -44,6 +44,10 @@ pub struct LeaderRecord {
     /// Set by a leader that stepped down gracefully: anyone may take over at once.
     #[prost(bool, tag = "6")]
     pub released: bool,
+    /// Set with `released` by a leader that handed the lead to this member (MoveLeader): only
+    /// it may take over at once; the others wait a lease, in case it is gone.
+    #[prost(uint64, tag = "7")]
+    pub successor: u64,
 }
 
 /// A member's registration, listed by MemberList.
@@ -86,14 +90,16 @@ fn decode_term(value: &[u8]) -> u64 {
 }
 
 /// Registers the member and runs its elections until `stop` is set. Publishes what it learns
-/// on the returned channel. On stop, a leader releases its record first.
+/// on the returned channel. On stop, a leader releases its record first. A member id sent on
+/// `handover` while this member leads hands the lead to that member (MoveLeader).
 pub fn start<E: Engine + Clone>(
     engine: E,
     config: ElectionConfig,
     stop: watch::Receiver<bool>,
+    handover: watch::Receiver<u64>,
 ) -> (watch::Receiver<Leadership>, tokio::task::JoinHandle<()>) {
     let (tx, rx) = watch::channel(Leadership::Unknown);
-    let task = tokio::spawn(run(engine, config, tx, stop));
+    let task = tokio::spawn(run(engine, config, tx, stop, handover));
     (rx, task)
 }
 
@@ -139,9 +145,10 @@ async fn run<E: Engine>(
     config: ElectionConfig,
     tx: watch::Sender<Leadership>,
     stop: watch::Receiver<bool>,
+    mut handover: watch::Receiver<u64>,
 ) {
     let id = config.member.id;
-    campaign(&engine, config, &tx, stop).await;
+    campaign(&engine, config, &tx, stop, &mut handover).await;
     tx.send_replace(Leadership::Unknown);
     // A member that stops on purpose leaves MemberList (it registers again when it starts).
     if let Err(err) = unregister(&engine, id).await {
@@ -155,6 +162,7 @@ async fn campaign<E: Engine>(
     config: ElectionConfig,
     tx: &watch::Sender<Leadership>,
     mut stop: watch::Receiver<bool>,
+    handover: &mut watch::Receiver<u64>,
 ) {
     let lease = config.lease.max(Duration::from_millis(300));
     // How often a non-leader looks at the record: often enough to take a released lead at
@@ -200,18 +208,30 @@ async fn campaign<E: Engine>(
         // member: its leader cannot renew, and no one can take over by writing. The record
         // stays as it is; whoever it names (or, with none, this member) leads read-only.
         let faulted = engine.fault().is_some();
+        let me = config.member.id;
+        let stale = !faulted && now - since >= lease;
         let vacant = match &record {
             None => true,
-            Some(r) => {
-                r.released || r.member_id == config.member.id || (!faulted && now - since >= lease)
-            }
+            Some(r) if r.released => r.successor == 0 || r.successor == me || stale,
+            Some(r) => r.member_id == me || stale,
         };
         if !vacant {
-            if let Some(leader) = record {
-                tx.send_if_modified(|l| {
-                    let next = Leadership::Following { leader };
-                    (*l != next).then(|| *l = next).is_some()
-                });
+            match record {
+                // Handed to another member, which has yet to take it: nobody leads.
+                Some(r) if r.released => {
+                    tx.send_if_modified(|l| {
+                        (*l != Leadership::Unknown)
+                            .then(|| *l = Leadership::Unknown)
+                            .is_some()
+                    });
+                }
+                Some(leader) => {
+                    tx.send_if_modified(|l| {
+                        let next = Leadership::Following { leader };
+                        (*l != next).then(|| *l = next).is_some()
+                    });
+                }
+                None => {}
             }
             if sleep_or_stop(&mut stop, retry).await {
                 return;
@@ -227,13 +247,14 @@ async fn campaign<E: Engine>(
                 client_urls: config.member.client_urls.clone(),
                 renewal: 0,
                 released: false,
+                successor: 0,
             };
             tracing::warn!(
                 term = stored_term,
                 "the storage engine takes no writes: leading read-only"
             );
             tx.send_replace(Leadership::Leading { term: stored_term });
-            let stopped = lead(engine, mine, Instant::now(), lease, &mut stop).await;
+            let stopped = lead(engine, mine, Instant::now(), lease, &mut stop, handover).await;
             tx.send_replace(Leadership::Unknown);
             seen = None;
             if stopped {
@@ -249,6 +270,7 @@ async fn campaign<E: Engine>(
             client_urls: config.member.client_urls.clone(),
             renewal: 0,
             released: false,
+            successor: 0,
         };
         let mut batch = WriteBatch::default();
         batch.require(keys::brain_term(), observed.term.clone());
@@ -260,7 +282,7 @@ async fn campaign<E: Engine>(
             Ok(()) => {
                 tracing::info!(term, "elected leader");
                 tx.send_replace(Leadership::Leading { term });
-                let stopped = lead(engine, mine, started, lease, &mut stop).await;
+                let stopped = lead(engine, mine, started, lease, &mut stop, handover).await;
                 tx.send_replace(Leadership::Unknown);
                 seen = None;
                 if stopped {
@@ -280,25 +302,38 @@ async fn campaign<E: Engine>(
     }
 }
 
-/// Renews the lead until it is lost (returns false) or the member stops (releases the record
-/// and returns true).
+/// Renews the lead until it is lost or handed over (returns false) or the member stops
+/// (releases the record and returns true).
 async fn lead<E: Engine>(
     engine: &E,
     mut record: LeaderRecord,
     mut renewed_at: Instant,
     lease: Duration,
     stop: &mut watch::Receiver<bool>,
+    handover: &mut watch::Receiver<u64>,
 ) -> bool {
     let interval = lease / 3;
     // Step down while a successor still has to wait: our lease runs from the start of our last
     // successful write, a successor's wait from when it first saw that write.
     let margin = lease / 5;
     let mut read_only = false;
+    // A handover asked before this member led is not for this lead.
+    handover.borrow_and_update();
+    // The member to hand the lead to, until the handover is written.
+    let mut successor = 0;
     loop {
-        let stopping = sleep_or_stop(stop, interval).await;
+        let stopping = tokio::select! {
+            stopping = sleep_or_stop(stop, interval) => stopping,
+            Ok(()) = handover.changed() => {
+                successor = *handover.borrow_and_update();
+                false
+            }
+        };
+        let handing_over = !stopping && successor != 0 && successor != record.member_id;
         let mut next = record.clone();
-        if stopping {
+        if stopping || handing_over {
             next.released = true;
+            next.successor = if handing_over { successor } else { 0 };
         } else {
             next.renewal += 1;
         }
@@ -312,6 +347,10 @@ async fn lead<E: Engine>(
                 if stopping {
                     tracing::info!(term = record.term, "released the lead");
                     return true;
+                }
+                if handing_over {
+                    tracing::info!(term = record.term, successor, "handed the lead over");
+                    return false;
                 }
                 record = next;
                 renewed_at = attempt;
@@ -373,6 +412,11 @@ mod tests {
         }
     }
 
+    /// A handover channel nothing is ever sent on.
+    fn no_handover() -> watch::Receiver<u64> {
+        watch::channel(0).1
+    }
+
     async fn wait_for(
         rx: &mut watch::Receiver<Leadership>,
         pred: impl Fn(&Leadership) -> bool,
@@ -388,12 +432,12 @@ mod tests {
     async fn one_leader_then_takeover_with_a_higher_term() {
         let engine = Arc::new(MemoryEngine::new());
         let (stop_a, stop_a_rx) = watch::channel(false);
-        let (mut a, task_a) = start(engine.clone(), config(1, 600), stop_a_rx);
+        let (mut a, task_a) = start(engine.clone(), config(1, 600), stop_a_rx, no_handover());
         let first = wait_for(&mut a, |l| matches!(l, Leadership::Leading { .. })).await;
         assert_eq!(first, Leadership::Leading { term: 1 });
 
         let (_stop_b, stop_b_rx) = watch::channel(false);
-        let (mut b, _task_b) = start(engine.clone(), config(2, 600), stop_b_rx);
+        let (mut b, _task_b) = start(engine.clone(), config(2, 600), stop_b_rx, no_handover());
         let seen = wait_for(&mut b, |l| matches!(l, Leadership::Following { .. })).await;
         let Leadership::Following { leader } = seen else {
             unreachable!()
@@ -414,10 +458,10 @@ mod tests {
     async fn a_released_lead_is_taken_at_once() {
         let engine = Arc::new(MemoryEngine::new());
         let (stop_a, stop_a_rx) = watch::channel(false);
-        let (mut a, task_a) = start(engine.clone(), config(1, 60_000), stop_a_rx);
+        let (mut a, task_a) = start(engine.clone(), config(1, 60_000), stop_a_rx, no_handover());
         wait_for(&mut a, |l| matches!(l, Leadership::Leading { .. })).await;
         let (_stop_b, stop_b_rx) = watch::channel(false);
-        let (mut b, _task_b) = start(engine.clone(), config(2, 60_000), stop_b_rx);
+        let (mut b, _task_b) = start(engine.clone(), config(2, 60_000), stop_b_rx, no_handover());
         wait_for(&mut b, |l| matches!(l, Leadership::Following { .. })).await;
         stop_a.send_replace(true);
         task_a.await.unwrap();
@@ -438,11 +482,48 @@ mod tests {
     async fn a_restarting_member_takes_its_own_record_at_once() {
         let engine = Arc::new(MemoryEngine::new());
         let (_stop, stop_rx) = watch::channel(false);
-        let (mut a, task) = start(engine.clone(), config(1, 60_000), stop_rx.clone());
+        let (mut a, task) = start(
+            engine.clone(),
+            config(1, 60_000),
+            stop_rx.clone(),
+            no_handover(),
+        );
         wait_for(&mut a, |l| matches!(l, Leadership::Leading { .. })).await;
         task.abort();
-        let (mut again, _task) = start(engine.clone(), config(1, 60_000), stop_rx);
+        let (mut again, _task) = start(engine.clone(), config(1, 60_000), stop_rx, no_handover());
         let taken = wait_for(&mut again, |l| matches!(l, Leadership::Leading { .. })).await;
         assert_eq!(taken, Leadership::Leading { term: 2 });
+    }
+
+    #[tokio::test]
+    async fn a_handed_over_lead_goes_to_the_successor_and_no_one_else() {
+        let engine = Arc::new(MemoryEngine::new());
+        let (_stop, stop_rx) = watch::channel(false);
+        let (handover, handover_rx) = watch::channel(0);
+        let (mut a, _a) = start(
+            engine.clone(),
+            config(1, 60_000),
+            stop_rx.clone(),
+            handover_rx,
+        );
+        wait_for(&mut a, |l| matches!(l, Leadership::Leading { .. })).await;
+        let (mut b, _b) = start(
+            engine.clone(),
+            config(2, 60_000),
+            stop_rx.clone(),
+            no_handover(),
+        );
+        let (mut c, _c) = start(engine.clone(), config(3, 60_000), stop_rx, no_handover());
+        wait_for(&mut b, |l| matches!(l, Leadership::Following { .. })).await;
+        wait_for(&mut c, |l| matches!(l, Leadership::Following { .. })).await;
+
+        // With a one-minute lease, only the handover lets c lead within the test's timeout.
+        handover.send_replace(3);
+        let taken = wait_for(&mut c, |l| matches!(l, Leadership::Leading { .. })).await;
+        assert_eq!(taken, Leadership::Leading { term: 2 });
+        let followed =
+            |l: &Leadership| matches!(l, Leadership::Following { leader } if leader.member_id == 3);
+        wait_for(&mut a, followed).await;
+        wait_for(&mut b, followed).await;
     }
 }

@@ -13,6 +13,7 @@ pub mod follow;
 mod forward;
 mod history;
 mod link;
+mod move_leader;
 mod read_index;
 pub mod service;
 
@@ -26,6 +27,7 @@ use backend::engine::{AnyEngine, Condition};
 use backend::kv::{KvError, KvResult};
 use backend::mvcc::keys;
 use election::{ElectionConfig, LeaderRecord, Leadership};
+pub use move_leader::MoveLeaderError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
@@ -111,6 +113,8 @@ pub struct Brain {
     replicating: AtomicBool,
     /// The source's newest revision as last heard, while replicating.
     source_revision: AtomicI64,
+    /// The member MoveLeader asks this member's election to hand the lead to.
+    handover: watch::Sender<u64>,
 }
 
 impl Brain {
@@ -133,8 +137,11 @@ impl Brain {
             leader_changes: Default::default(),
             replicating: AtomicBool::new(replicating),
             source_revision: AtomicI64::new(0),
+            handover: watch::Sender::new(0),
         });
-        let (leadership, election) = election::start(engine, brain.options.election.clone(), stop);
+        let handover = brain.handover.subscribe();
+        let (leadership, election) =
+            election::start(engine, brain.options.election.clone(), stop, handover);
         let roles = tokio::spawn(brain.clone().switch_roles(leadership));
         Ok((brain, BrainTasks { election, roles }))
     }
@@ -300,7 +307,7 @@ impl Brain {
     }
 
     async fn lead(&self, term: u64) -> KvResult<()> {
-        let no_space = self.store().no_space();
+        let previous = self.store();
         let options = StoreOptions {
             listener: Some(self.hub.clone()),
             fence: Some(Condition {
@@ -311,7 +318,7 @@ impl Brain {
             ..self.options.store.clone()
         };
         let store = Store::open(self.engine.clone(), options).await?;
-        store.set_no_space(no_space);
+        store.take_alarms_from(&previous);
         // What this member missed while following is in the store: its watchers read it from
         // there, and the log goes on after the store's revision.
         self.hub.restart_after(store.revision());
@@ -328,7 +335,7 @@ impl Brain {
         }
         let store =
             Store::open_follower(self.engine.clone(), self.options.store.max_request_bytes).await?;
-        store.set_no_space(current.no_space());
+        store.take_alarms_from(&current);
         Ok(store)
     }
 

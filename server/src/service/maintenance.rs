@@ -1,6 +1,6 @@
 //! The Maintenance service: what kube-apiserver and etcdctl ask about the server.
 
-use crate::brain::Brain;
+use crate::brain::{Brain, MoveLeaderError};
 use crate::header::Identity;
 use crate::status::from_kv;
 use backend::engine::Engine;
@@ -63,14 +63,14 @@ impl Maintenance for MaintenanceService {
             db_size: size,
             db_size_in_use: in_use,
             // etcd lists the raised alarms here, as Go prints an AlarmMember.
-            errors: if store.no_space() {
-                vec![format!(
-                    "memberID:{} alarm:NOSPACE ",
-                    self.identity.member_id
-                )]
-            } else {
-                Vec::new()
-            },
+            errors: store
+                .no_space_alarms()
+                .iter()
+                .map(|member| match member {
+                    0 => "alarm:NOSPACE ".to_string(),
+                    member => format!("memberID:{member} alarm:NOSPACE "),
+                })
+                .collect(),
             leader,
             raft_index: revision as u64,
             raft_applied_index: revision as u64,
@@ -80,32 +80,32 @@ impl Maintenance for MaintenanceService {
         Ok(self.identity.respond(resp, revision))
     }
 
-    /// The NOSPACE alarm is the one alarm Engram raises (see `space.rs`); GET lists it,
-    /// ACTIVATE raises it, DEACTIVATE clears it (writes are refused while it is raised).
+    /// The NOSPACE alarm, one per member as in etcd (see `backend::store::alarm`): GET lists
+    /// them (all, or those of the type asked), ACTIVATE raises the named member's (0 included)
+    /// and answers it, DEACTIVATE clears it and answers it if it was raised. Engram raises no
+    /// other alarm: CORRUPT and NONE are answered with no alarm.
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
         let req = req.into_inner();
-        let member = AlarmMember {
-            member_id: self.identity.member_id,
+        let store = self.brain.store();
+        let nospace = |member_id| AlarmMember {
+            member_id,
             alarm: AlarmType::Nospace as i32,
         };
-        let concerns_us = (req.member_id == 0 || req.member_id == self.identity.member_id)
-            && (req.alarm == AlarmType::None as i32 || req.alarm == AlarmType::Nospace as i32);
+        let asks_nospace = req.alarm == AlarmType::Nospace as i32;
         let alarms = match AlarmAction::try_from(req.action) {
-            Ok(AlarmAction::Get) => {
-                if concerns_us && self.brain.store().no_space() {
-                    vec![member]
+            Ok(AlarmAction::Get) if asks_nospace || req.alarm == AlarmType::None as i32 => {
+                store.no_space_alarms().into_iter().map(nospace).collect()
+            }
+            Ok(AlarmAction::Activate) if asks_nospace => {
+                store.raise_no_space(req.member_id);
+                vec![nospace(req.member_id)]
+            }
+            Ok(AlarmAction::Deactivate) if asks_nospace => {
+                if store.clear_no_space(req.member_id) {
+                    vec![nospace(req.member_id)]
                 } else {
                     Vec::new()
                 }
-            }
-            Ok(AlarmAction::Activate) if req.alarm == AlarmType::Nospace as i32 => {
-                self.brain.store().set_no_space(true);
-                vec![member]
-            }
-            Ok(AlarmAction::Deactivate) if req.alarm == AlarmType::Nospace as i32 => {
-                let was = self.brain.store().no_space();
-                self.brain.store().set_no_space(false);
-                if was { vec![member] } else { Vec::new() }
             }
             _ => Vec::new(),
         };
@@ -113,7 +113,7 @@ impl Maintenance for MaintenanceService {
             header: None,
             alarms,
         };
-        Ok(self.identity.respond(resp, self.brain.store().revision()))
+        Ok(self.identity.respond(resp, store.revision()))
     }
 
     /// A documented no-op: the embedded engine reuses the pages compaction frees (redb's own
@@ -122,8 +122,8 @@ impl Maintenance for MaintenanceService {
         &self,
         _req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
-        let resp = DefragmentResponse::default();
-        Ok(self.identity.respond(resp, self.brain.store().revision()))
+        // etcd answers without a header.
+        Ok(Response::new(DefragmentResponse { header: None }))
     }
 
     async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
@@ -170,13 +170,27 @@ impl Maintenance for MaintenanceService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    /// etcd's MoveLeader: asked of the leader, to a registered member (itself included).
     async fn move_leader(
         &self,
-        _req: Request<MoveLeaderRequest>,
+        req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
-        Err(Status::unimplemented(
-            "engram: MoveLeader needs the multi-member brain cluster; a single member is its own leader",
-        ))
+        let target = req.into_inner().target_id;
+        match self.brain.move_leader(target).await {
+            // etcd answers without a header.
+            Ok(()) => Ok(Response::new(MoveLeaderResponse { header: None })),
+            Err(err) => {
+                let code = match err {
+                    MoveLeaderError::NotLeader | MoveLeaderError::BadTransferee => {
+                        tonic::Code::FailedPrecondition
+                    }
+                    MoveLeaderError::TimedOut | MoveLeaderError::Engine(_) => {
+                        tonic::Code::Unavailable
+                    }
+                };
+                Err(Status::new(code, err.to_string()))
+            }
+        }
     }
 
     async fn downgrade(
