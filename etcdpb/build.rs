@@ -14,6 +14,8 @@ const PROTOS: &[&str] = &[
     "proto/brainpb/brain.proto",
     "proto/engrampb/watch_encoded.proto",
     "proto/grpc/health/v1/health.proto",
+    "proto/v3lockpb/v3lock.proto",
+    "proto/v3electionpb/v3election.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -95,7 +97,14 @@ fn write_methods(fds: &prost_types::FileDescriptorSet) -> Result<(), Box<dyn std
 fn write_headers(fds: &prost_types::FileDescriptorSet) -> Result<(), Box<dyn std::error::Error>> {
     use heck::ToUpperCamelCase;
     let mut out = String::new();
-    for file in fds.file.iter().filter(|f| f.package() == "etcdserverpb") {
+    // etcd's own services: its KV API, and the Lock and Election services beside it.
+    let etcd_packages = ["etcdserverpb", "v3lockpb", "v3electionpb"];
+    for file in fds
+        .file
+        .iter()
+        .filter(|f| etcd_packages.contains(&f.package()))
+    {
+        let package = file.package();
         for message in &file.message_type {
             let has_header = message.field.iter().any(|field| {
                 field.name() == "header" && field.type_name() == ".etcdserverpb.ResponseHeader"
@@ -104,7 +113,7 @@ fn write_headers(fds: &prost_types::FileDescriptorSet) -> Result<(), Box<dyn std
                 let name = message.name().to_upper_camel_case();
                 writeln!(
                     out,
-                    "impl WithHeader for crate::etcdserverpb::{name} {{\n    fn header_mut(&mut self) -> &mut Option<ResponseHeader> {{\n        &mut self.header\n    }}\n}}",
+                    "impl WithHeader for crate::{package}::{name} {{\n    fn header_mut(&mut self) -> &mut Option<ResponseHeader> {{\n        &mut self.header\n    }}\n}}",
                 )?;
             }
         }

@@ -5,7 +5,8 @@
 //! This crate holds our own `.proto` definitions of that API (wire-identical
 //! to etcd 3.5) and the Rust code generated from them at build time: prost
 //! messages plus tonic clients and servers for the `KV`, `Watch`, `Lease`,
-//! `Cluster`, `Maintenance` and `Auth` services. All protobuf `bytes` fields
+//! `Cluster`, `Maintenance` and `Auth` services, and the `Lock` and `Election`
+//! services etcd serves beside them. All protobuf `bytes` fields
 //! are `bytes::Bytes`, so keys and values are shared rather than copied.
 //!
 //! `brainpb` is Engram's own member-to-member service.
@@ -42,6 +43,18 @@ pub mod brainpb {
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod health {
     include!(concat!(env!("OUT_DIR"), "/grpc.health.v1.rs"));
+}
+
+/// Package `v3lockpb`: etcd's server-side Lock service.
+#[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+pub mod v3lockpb {
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+}
+
+/// Package `v3electionpb`: etcd's server-side Election service.
+#[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+pub mod v3electionpb {
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
 }
 
 /// etcd's Watch service answering with [`etcdserverpb::WatchResponseEncoded`]: the same gRPC

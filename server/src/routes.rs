@@ -15,6 +15,8 @@ use etcdpb::etcdserverpb::{
     lease_server::LeaseServer, maintenance_server::MaintenanceServer,
 };
 use etcdpb::health::health_server::HealthServer;
+use etcdpb::v3electionpb::election_server::ElectionServer;
+use etcdpb::v3lockpb::lock_server::LockServer;
 use std::sync::Arc;
 use tonic::service::{Routes, RoutesBuilder};
 use tonic::transport::Server;
@@ -36,6 +38,8 @@ pub const SERVED: &[&str] = &[
     etcdpb::etcdserverpb::cluster_server::SERVICE_NAME,
     etcdpb::etcdserverpb::auth_server::SERVICE_NAME,
     etcdpb::health::health_server::SERVICE_NAME,
+    etcdpb::v3lockpb::lock_server::SERVICE_NAME,
+    etcdpb::v3electionpb::election_server::SERVICE_NAME,
     etcdpb::brainpb::brain_server::SERVICE_NAME,
 ];
 
@@ -57,6 +61,10 @@ pub fn grpc_services(
         let brain = brain.clone();
         Arc::new(move || brain.store().revision())
     };
+    let recipes = Arc::new(service::recipes::Recipes::new(
+        brain.clone(),
+        watch_options.clone(),
+    ));
     let mut services = RoutesBuilder::default();
     services
         .add_service(
@@ -103,6 +111,13 @@ pub fn grpc_services(
         .add_service(HealthServer::new(service::health::HealthService::new(
             stopped,
         )))
+        .add_service(LockServer::new(service::lock::LockService::new(
+            recipes.clone(),
+            identity,
+        )))
+        .add_service(ElectionServer::new(
+            service::election::ElectionService::new(recipes, identity),
+        ))
         .add_service(
             BrainServer::new(crate::brain::service::BrainService::new(brain.clone()))
                 .max_encoding_message_size(MAX_SEND_BYTES),

@@ -40,12 +40,12 @@ impl LeaseService {
 }
 
 /// Source of server-chosen lease ids.
-struct LeaseIds(AtomicU64);
+pub struct LeaseIds(AtomicU64);
 
 impl LeaseIds {
     /// Seeded from the clock and the member, so ids chosen before and after a restart, or by
     /// two members, do not collide in practice; a collision is retried anyway.
-    fn new(member_id: u64) -> Self {
+    pub fn new(member_id: u64) -> Self {
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -160,6 +160,13 @@ impl Lease for LeaseService {
     ) -> Result<Response<LeaseLeasesResponse>, Status> {
         Ok(self.respond(self.brain.on_leader(req.into_inner()).await?))
     }
+}
+
+/// Grants a lease of `ttl` seconds with an id the server chooses (as LeaseGrant with id 0
+/// does); returns its id.
+pub async fn grant(brain: &Brain, ids: &LeaseIds, ttl: i64) -> Result<i64, Status> {
+    let req = LeaseGrantRequest { ttl, id: 0 };
+    Ok(brain.on_leader(Grant { req, ids }).await?.id)
 }
 
 /// A LeaseGrant, with where a server-chosen id comes from.
