@@ -27,6 +27,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let fds = protox::compile(PROTOS, [Path::new(PROTO_ROOT)])?;
     write_methods(&fds)?;
     write_headers(&fds)?;
+    if std::env::var_os("CARGO_FEATURE_JSON").is_some() {
+        write_json(&fds)?;
+    }
 
     tonic_prost_build::configure()
         .build_server(true)
@@ -60,6 +63,26 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_client(false)
         .build_server(true)
         .compile(&[watch]);
+    Ok(())
+}
+
+/// Writes `OUT_DIR/<package>.serde.rs`: serde's Serialize and Deserialize for the messages of
+/// etcd's packages, in proto3's JSON mapping with the fields' proto names (etcd's gateway:
+/// `OrigName`), as the gRPC-JSON gateway answers and reads them.
+fn write_json(fds: &prost_types::FileDescriptorSet) -> Result<(), Box<dyn std::error::Error>> {
+    use prost::Message;
+    pbjson_build::Builder::new()
+        .register_descriptors(&fds.encode_to_vec())?
+        .preserve_proto_field_names()
+        // etcd's gateway ignores fields it does not know.
+        .ignore_unknown_fields()
+        .build(&[
+            ".etcdserverpb",
+            ".mvccpb",
+            ".authpb",
+            ".v3lockpb",
+            ".v3electionpb",
+        ])?;
     Ok(())
 }
 

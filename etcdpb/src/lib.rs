@@ -18,18 +18,24 @@
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod etcdserverpb {
     include!(concat!(env!("OUT_DIR"), "/etcdserverpb.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/etcdserverpb.serde.rs"));
 }
 
 /// Package `mvccpb`: `KeyValue` and watch `Event`.
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod mvccpb {
     include!(concat!(env!("OUT_DIR"), "/mvccpb.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/mvccpb.serde.rs"));
 }
 
 /// Package `authpb`: stored users, roles and permissions.
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod authpb {
     include!(concat!(env!("OUT_DIR"), "/authpb.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/authpb.serde.rs"));
 }
 
 /// Package `brainpb`: Engram's own service between the members of a cluster (the leader's
@@ -49,12 +55,16 @@ pub mod health {
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod v3lockpb {
     include!(concat!(env!("OUT_DIR"), "/v3lockpb.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/v3lockpb.serde.rs"));
 }
 
 /// Package `v3electionpb`: etcd's server-side Election service.
 #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
 pub mod v3electionpb {
     include!(concat!(env!("OUT_DIR"), "/v3electionpb.rs"));
+    #[cfg(feature = "json")]
+    include!(concat!(env!("OUT_DIR"), "/v3electionpb.serde.rs"));
 }
 
 /// etcd's Watch service answering with [`etcdserverpb::WatchResponseEncoded`]: the same gRPC

@@ -7,6 +7,7 @@
 pub mod brain;
 pub mod config;
 mod error;
+mod gateway;
 mod grpc_call;
 mod header;
 mod http;

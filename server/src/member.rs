@@ -9,7 +9,7 @@ use crate::header::Identity;
 use crate::listen::{self, Listener};
 use crate::metrics::Metrics;
 use crate::routes::{self, SERVED};
-use crate::{http, space, tls};
+use crate::{gateway, http, space, tls};
 use backend::StoreOptions;
 use backend::engine::AnyEngine;
 use backend::store::space::{SpaceGuard, SpaceLimits};
@@ -95,8 +95,11 @@ impl Member {
         let metrics = Arc::new(Metrics::new(config.quota_backend_bytes)?);
         // Like etcd, each client port serves gRPC and the HTTP endpoints.
         let grpc = routes::grpc_services(&config, &brain, identity, stopped.clone());
+        let grpc = grpc.into_axum_router();
+        // Like etcd, the client port also answers the gRPC-JSON gateway's paths.
+        let gateway = gateway::routes(&grpc);
         let client_routes = http::add_routes(
-            grpc.into_axum_router().merge(routes),
+            grpc.merge(gateway).merge(routes),
             brain.clone(),
             metrics.clone(),
         );

@@ -57,6 +57,11 @@ impl Sender {
             .map_err(|_| Closed)?;
         self.tx.send((resp, permit)).map_err(|_| Closed)
     }
+
+    /// Resolves once the receiving side is gone (the client closed the stream).
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
 }
 
 /// The stream of responses for the transport; frees their budget as it hands them over.

@@ -106,6 +106,8 @@ pub async fn serve<H, In>(
     ticker.reset();
     let header_revision = hub.latest();
     let position = hub.reader();
+    // Whether the client may still send requests.
+    let mut reading = true;
     let mut session = Session {
         hub,
         history,
@@ -128,10 +130,17 @@ pub async fn serve<H, In>(
         }
         if behind {
             // More to send: take requests that are already waiting, then go on.
-            let waiting = futures::FutureExt::now_or_never(inbound.next());
+            let waiting = if reading {
+                futures::FutureExt::now_or_never(inbound.next())
+            } else {
+                None
+            };
             let stop = match waiting {
                 Some(Some(req)) => session.handle(req).await.is_err(),
-                Some(None) => true,
+                Some(None) => {
+                    reading = false;
+                    false
+                }
                 None => false,
             };
             if stop {
@@ -141,12 +150,15 @@ pub async fn serve<H, In>(
             continue;
         }
         tokio::select! {
-            req = inbound.next() => match req {
+            req = inbound.next(), if reading => match req {
                 Some(req) => if session.handle(req).await.is_err() { return },
-                None => return,
+                // The client sent its last request; its watchers go on, as etcd's do, until
+                // it closes the stream.
+                None => reading = false,
             },
             changed = latest.changed() => if changed.is_err() { return },
             _ = ticker.tick() => if session.progress_tick().await.is_err() { return },
+            () = session.out.closed() => return,
         }
     }
 }

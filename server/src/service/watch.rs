@@ -78,10 +78,7 @@ impl Watch for WatchService {
             tx,
             self.options.clone(),
         ));
-        // A request that could not be read ends the stream with its error, as etcd's does.
-        let failed = futures::stream::once(failed)
-            .filter_map(|failed| futures::future::ready(failed.ok().map(Err)));
-        let rx = rx.map(Ok).chain(failed);
+        let rx = until_unreadable(rx, failed);
         if !require_leader {
             return Ok(Response::new(Box::pin(rx)));
         }
@@ -140,6 +137,32 @@ fn drain(
     (
         tokio_stream::wrappers::ReceiverStream::new(rx).boxed(),
         failed,
+    )
+}
+
+/// The stream's responses, ended by the error of a request that could not be read, as etcd's
+/// stream is. A client that merely stops sending (half-closes) keeps its watchers.
+fn until_unreadable(
+    responses: watch::outbound::Receiver,
+    failed: tokio::sync::oneshot::Receiver<Status>,
+) -> impl Stream<Item = Result<WatchResponseEncoded, Status>> + Send + 'static {
+    // Resolves with the failure; never, if the requests ended without one.
+    let failure: Pin<Box<dyn std::future::Future<Output = Status> + Send>> = Box::pin(async move {
+        match failed.await {
+            Ok(status) => status,
+            Err(_) => std::future::pending().await,
+        }
+    });
+    futures::stream::unfold(
+        (responses, Some(failure)),
+        |(mut responses, failure)| async move {
+            let mut failure = failure?;
+            tokio::select! {
+                biased;
+                resp = responses.next() => resp.map(|r| (Ok(r), (responses, Some(failure)))),
+                status = &mut failure => Some((Err(status), (responses, None))),
+            }
+        },
     )
 }
 
