@@ -17,6 +17,8 @@ use etcdpb::etcdserverpb::{
     WatchCancelRequest, WatchCreateRequest, WatchProgressRequest, WatchRequest, WatchResponse,
 };
 use etcdpb::mvccpb::Event;
+use etcdpb::v3electionpb::election_client::ElectionClient;
+use etcdpb::v3lockpb::lock_client::LockClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -28,6 +30,9 @@ pub struct Conn {
     pub watch: WatchClient<Channel>,
     pub lease: LeaseClient<Channel>,
     pub maintenance: MaintenanceClient<Channel>,
+    /// etcd's server-side recipes: `v3lockpb.Lock` and `v3electionpb.Election`.
+    pub lock: LockClient<Channel>,
+    pub election: ElectionClient<Channel>,
 }
 
 /// Connects to `url` (`http://host:port`; a bare `host:port` gets `http://`).
@@ -47,7 +52,9 @@ pub async fn connect(url: &str) -> Result<Conn> {
         kv: KvClient::new(ch.clone()),
         watch: WatchClient::new(ch.clone()),
         lease: LeaseClient::new(ch.clone()),
-        maintenance: MaintenanceClient::new(ch),
+        maintenance: MaintenanceClient::new(ch.clone()),
+        lock: LockClient::new(ch.clone()),
+        election: ElectionClient::new(ch),
     })
 }
 

@@ -69,14 +69,14 @@ pub fn skipped_note(results: &[CaseResult]) -> Vec<String> {
 
 pub fn summary_table(results: &[CaseResult]) -> String {
     let mut s = format!(
-        "{:<14} {:>6} {:>6} {:>6} {:>6}\n",
+        "{:<16} {:>6} {:>6} {:>6} {:>6}\n",
         "group", "pass", "fail", "skip", "total"
     );
     let (mut tp, mut tf, mut ts) = (0, 0, 0);
     for g in summary(results) {
         let _ = writeln!(
             s,
-            "{:<14} {:>6} {:>6} {:>6} {:>6}",
+            "{:<16} {:>6} {:>6} {:>6} {:>6}",
             g.group,
             g.passed,
             g.failed,
@@ -89,7 +89,7 @@ pub fn summary_table(results: &[CaseResult]) -> String {
     }
     let _ = writeln!(
         s,
-        "{:<14} {tp:>6} {tf:>6} {ts:>6} {:>6}",
+        "{:<16} {tp:>6} {tf:>6} {ts:>6} {:>6}",
         "all",
         tp + tf + ts
     );
@@ -206,7 +206,7 @@ mod tests {
         let rs = vec![r("concurrency", Verdict::Pass), r("faults", Verdict::Skip)];
         let t = summary_table(&rs);
         assert!(
-            t.contains("faults              0      0      1      1"),
+            t.contains("faults                0      0      1      1"),
             "{t}"
         );
         assert!(

@@ -13,16 +13,23 @@ use crate::case::{Case, Ctx, RunEnv};
 use crate::client::{self, Conn};
 use crate::normalize::{self, Norm};
 
-pub const GROUPS: [&str; 4] = ["etcd-api", "kubernetes", "concurrency", "faults"];
+pub const GROUPS: [&str; 5] = [
+    "etcd-api",
+    "kubernetes",
+    "concurrency",
+    "concurrency-api",
+    "faults",
+];
 
 /// Groups whose transcripts are recorded from etcd 3.5 (`record`) and compared with
 /// the recording when there is no `--reference`.
-pub const RECORDED_GROUPS: [&str; 2] = ["etcd-api", "kubernetes"];
+pub const RECORDED_GROUPS: [&str; 3] = ["etcd-api", "kubernetes", "concurrency-api"];
 
 pub fn registry() -> Vec<Case> {
     let mut v = crate::cases::etcd_api::cases();
     v.extend(crate::cases::kubernetes::cases());
     v.extend(crate::cases::concurrency::cases());
+    v.extend(crate::cases::concurrency_api::cases());
     v.extend(crate::cases::faults::cases());
     // Stable: group order is kept, compacting cases go last, restarting ones after them.
     v.sort_by_key(|c| (c.restarts, c.compacts));

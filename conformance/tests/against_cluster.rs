@@ -36,7 +36,12 @@ async fn suite_passes_against_a_follower() {
         out.status.success(),
         "engram-conformance against a follower failed:\n{stdout}\n{stderr}"
     );
-    for group in ["etcd-api/", "kubernetes/", "concurrency/"] {
+    for group in [
+        "etcd-api/",
+        "kubernetes/",
+        "concurrency/",
+        "concurrency-api/",
+    ] {
         assert!(
             stdout.contains(&format!("PASS {group}")),
             "no {group} case passed:\n{stdout}"

@@ -136,6 +136,17 @@ fn assert_passes(what: &str, out: &Output) {
     assert!(stdout.contains("PASS "), "{what}: no case ran:\n{stdout}");
 }
 
+/// Every group that needs no command ran, and passed.
+fn assert_every_group_passed(what: &str, out: &Output) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    for group in ["etcd-api", "kubernetes", "concurrency", "concurrency-api"] {
+        assert!(
+            stdout.contains(&format!("PASS {group}/")),
+            "{what}: no {group} case passed:\n{stdout}"
+        );
+    }
+}
+
 #[test]
 fn suite_passes_on_etcd_and_engram_and_matches_reference() {
     let etcd = start_etcd();
@@ -146,6 +157,7 @@ fn suite_passes_on_etcd_and_engram_and_matches_reference() {
 
     let out = conformance(&["--endpoint", &etcd.endpoint]);
     assert_passes("against etcd", &out);
+    assert_every_group_passed("against etcd", &out);
     // Without --restart-cmd the faults group is skipped, and the summary says so.
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
@@ -187,6 +199,7 @@ fn suite_passes_on_etcd_and_engram_and_matches_reference() {
         &json.to_string_lossy(),
     ]);
     assert_passes("against engram", &out);
+    assert_every_group_passed("against engram", &out);
     let md_text = fs::read_to_string(&md).expect("markdown report");
     assert!(
         md_text.contains("| etcd-api |"),
@@ -209,6 +222,7 @@ fn suite_passes_on_etcd_and_engram_and_matches_reference() {
         &etcd.endpoint,
     ]);
     assert_passes("engram with etcd as --reference", &out);
+    assert_every_group_passed("engram with etcd as --reference", &out);
 
     // A failing run exits non-zero: an unknown group is a usage error (exit code 2).
     let out = conformance(&["--endpoint", &engram.endpoint, "--only", "nope"]);

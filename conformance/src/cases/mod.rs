@@ -1,6 +1,7 @@
 //! The conformance cases, one module per group, and helpers they share.
 
 pub mod concurrency;
+pub mod concurrency_api;
 pub mod etcd_api;
 pub mod faults;
 pub mod kubernetes;
