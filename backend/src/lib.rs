@@ -3,6 +3,7 @@
 //! DeleteRange, Txn, Compact) against it, and [`store`] is the front door: reads from snapshots,
 //! writes through one group-committing writer. Nothing here knows about gRPC.
 
+pub mod auth;
 pub mod bolt;
 pub mod engine;
 pub mod etcd;

@@ -158,6 +158,19 @@ pub struct Config {
     #[arg(long, global = true)]
     pub client_cert_auth: bool,
 
+    /// The kind of tokens `Authenticate` issues (etcd's `--auth-token`): `simple`, signed by the
+    /// members so that any of them accepts them. JWT is not supported.
+    #[arg(long, global = true, default_value = "simple", value_parser = parse_auth_token)]
+    pub auth_token: String,
+
+    /// Seconds a token stays valid without being used (etcd's `--auth-token-ttl`).
+    #[arg(long, global = true, default_value_t = 300)]
+    pub auth_token_ttl: u64,
+
+    /// The bcrypt cost of stored password hashes (etcd's `--bcrypt-cost`, 4 to 31).
+    #[arg(long, global = true, default_value_t = 10, value_parser = clap::value_parser!(u32).range(4..=31))]
+    pub bcrypt_cost: u32,
+
     /// How long a connection may be idle before the server pings the client to check it is
     /// still there (etcd's default: 2h).
     #[arg(long, global = true, default_value = "2h", value_parser = parse_duration)]
@@ -273,6 +286,17 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("{text:?}: must be positive"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// `--auth-token`: etcd's syntax (`simple`, or `jwt,pub-key=...,...`); only simple tokens.
+fn parse_auth_token(value: &str) -> Result<String, String> {
+    match value.split(',').next() {
+        Some("simple") => Ok(value.to_owned()),
+        Some("jwt") => Err("JWT tokens are not supported; use --auth-token simple".into()),
+        _ => Err(format!(
+            "unknown token type {value:?} (etcd's: simple, jwt)"
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! [`run`] is the `engram` binary; [`Member`] is one running member, which tests start several
 //! of in one process over one engine.
 
+mod auth_info;
 pub mod brain;
 pub mod config;
 mod error;

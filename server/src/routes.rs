@@ -55,14 +55,16 @@ pub fn grpc_services(
         progress_interval: config.watch_progress_notify_interval,
         max_response_bytes: config.max_request_bytes + GRPC_OVERHEAD_BYTES,
         header: identity.header(),
+        permit: None,
     };
     let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    let revision = {
-        let brain = brain.clone();
-        Arc::new(move || brain.store().revision())
-    };
+    let auth = Arc::new(crate::auth_info::Authenticator::new(
+        std::time::Duration::from_secs(config.auth_token_ttl),
+        config.bcrypt_cost,
+    ));
     let recipes = Arc::new(service::recipes::Recipes::new(
         brain.clone(),
+        auth.clone(),
         watch_options.clone(),
     ));
     let mut services = RoutesBuilder::default();
@@ -70,6 +72,7 @@ pub fn grpc_services(
         .add_service(
             KvServer::new(service::kv::KvService::new(
                 brain.clone(),
+                auth.clone(),
                 identity,
                 max_message,
             ))
@@ -79,6 +82,7 @@ pub fn grpc_services(
         .add_service(
             WatchServer::new(service::watch::WatchService::new(
                 brain.clone(),
+                auth.clone(),
                 watch_options,
                 max_message,
                 config.election_lease * 2,
@@ -87,12 +91,17 @@ pub fn grpc_services(
             .max_encoding_message_size(MAX_SEND_BYTES),
         )
         .add_service(
-            LeaseServer::new(service::lease::LeaseService::new(brain.clone(), identity))
-                .max_encoding_message_size(MAX_SEND_BYTES),
+            LeaseServer::new(service::lease::LeaseService::new(
+                brain.clone(),
+                auth.clone(),
+                identity,
+            ))
+            .max_encoding_message_size(MAX_SEND_BYTES),
         )
         .add_service(
             MaintenanceServer::new(service::maintenance::MaintenanceService::new(
                 brain.clone(),
+                auth.clone(),
                 identity,
                 backup_dir(config),
             ))
@@ -106,7 +115,9 @@ pub fn grpc_services(
             .max_encoding_message_size(MAX_SEND_BYTES),
         )
         .add_service(AuthServer::new(service::auth::AuthService::new(
-            identity, revision,
+            brain.clone(),
+            auth.clone(),
+            identity,
         )))
         .add_service(HealthServer::new(service::health::HealthService::new(
             stopped,

@@ -24,4 +24,4 @@ mod watcher;
 
 pub use hub::{Hub, WindowLimits, WindowSize};
 pub use source::HistorySource;
-pub use stream::{StreamOptions, serve};
+pub use stream::{Permit, StreamOptions, serve};

@@ -33,7 +33,17 @@ pub struct StreamOptions {
     pub max_response_bytes: usize,
     /// cluster_id, member_id and raft_term for every header.
     pub header: ResponseHeader,
+    /// Whether the stream's client may watch `key` to `range_end` (authorization, decided by
+    /// whoever serves the stream); `None`: anything.
+    pub permit: Option<Permit>,
 }
+
+/// Decides whether a watch of `key` to `range_end` may be created.
+pub type Permit = std::sync::Arc<dyn Fn(&[u8], &[u8]) -> bool + Send + Sync>;
+
+/// etcd's cancel reason for a watch on keys its client may not read: the gRPC error's text.
+const PERMISSION_DENIED: &str =
+    "rpc error: code = PermissionDenied desc = etcdserver: permission denied";
 
 /// Why serving a stream stopped.
 enum Stop {
@@ -204,6 +214,22 @@ impl<H: HistorySource> Session<H> {
     async fn create(&mut self, req: WatchCreateRequest) -> Result<(), Stop> {
         let now = self.hub.latest();
         let header = self.header(now);
+        // Checked first, as etcd does.
+        if let Some(permit) = &self.options.permit
+            && !permit(&req.key, &req.range_end)
+        {
+            return self
+                .send(WatchResponseEncoded {
+                    header,
+                    // etcd answers with the id asked for (0 if none), not -1.
+                    watch_id: req.watch_id,
+                    created: true,
+                    canceled: true,
+                    cancel_reason: PERMISSION_DENIED.to_string(),
+                    ..Default::default()
+                })
+                .await;
+        }
         let id = if req.watch_id != 0 {
             if self.watchers.contains_key(&req.watch_id) {
                 return self
@@ -588,6 +614,7 @@ mod tests {
         let (req_tx, req_rx) = mpsc::unbounded_channel();
         let (out_tx, mut out_rx) = outbound::channel(1 << 20);
         let options = StreamOptions {
+            permit: None,
             progress_interval: Duration::from_secs(3600),
             max_response_bytes: 1 << 20,
             header: ResponseHeader::default(),

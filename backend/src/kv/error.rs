@@ -48,6 +48,9 @@ pub enum KvError {
     /// The store is shutting down or its writer stopped after an engine failure.
     #[error("etcdserver: server stopped")]
     Stopped,
+    /// Refused by authentication or authorization.
+    #[error(transparent)]
+    Auth(#[from] crate::auth::AuthError),
     #[error(transparent)]
     Engine(#[from] EngineError),
 }

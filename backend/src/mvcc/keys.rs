@@ -13,6 +13,8 @@
 //! - `LEASE` holds each live lease's TTL (`id → ttl`), and `LEASE_KEYS` the keys attached to it
 //!   (`id ++ key → ""`), so revoking a lease finds its keys without scanning the keyspace.
 //!
+//! - `AUTH` holds users, roles and permissions (see `crate::auth::records`), outside etcd's
+//!   keyspace and its history too.
 //! - `BRAIN` holds the members' own records, outside etcd's keyspace and its history: the
 //!   election term (the fencing token every leader batch is conditioned on), the leader record
 //!   and each member's registration. Hashes and backups leave it out: it describes who serves
@@ -32,6 +34,8 @@ pub const LOG: u8 = 0x04;
 pub const LEASE: u8 = 0x05;
 pub const LEASE_KEYS: u8 = 0x06;
 pub const BRAIN: u8 = 0x07;
+/// Users, roles and permissions (see `auth::records`); like `BRAIN`, outside `data_range`.
+pub const AUTH: u8 = 0x08;
 
 const ESCAPE: u8 = 0xFF;
 const TERMINATOR: u8 = 0x01;

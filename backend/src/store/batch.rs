@@ -6,6 +6,7 @@ use super::options::StoreOptions;
 use super::request::{Answer, CompactStep, WriteRequest};
 use super::shared::Shared;
 use super::stats::BatchSample;
+use crate::auth::{AuthState, Authority};
 use crate::engine::{Engine, EngineError, Snapshot, WriteBatch};
 use crate::kv::{Apply, KvError, revision_entry};
 use crate::lease::LeaseTable;
@@ -17,6 +18,7 @@ use crate::mvcc::{Version, View};
 use bytes::Bytes;
 use etcdpb::etcdserverpb::{CompactionResponse, ResponseHeader};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 /// What a batch changes besides the overlay's versions.
@@ -26,6 +28,9 @@ struct Extra {
     swept: Option<i64>,
     versions: Vec<Bytes>,
     index_removals: Vec<(Bytes, i64)>,
+    /// The auth state the batch leaves (`None`: unchanged) and the rows that store it.
+    auth: Option<Arc<AuthState>>,
+    auth_rows: Vec<(Bytes, Option<Bytes>)>,
 }
 
 /// A group-commit batch being filled: requests are evaluated into it one by one, in arrival
@@ -86,7 +91,11 @@ impl<S: Snapshot> OpenBatch<S> {
         &mut self,
         request: WriteRequest,
         leases: &LeaseTable,
+        auth: &Arc<AuthState>,
     ) -> Result<(), Failure> {
+        // Auth changes earlier in this batch count: a write checked before them is refused.
+        let auth = self.extra.auth.clone().unwrap_or_else(|| auth.clone());
+        let admit = |authority: Authority| authority.admit(&auth).map_err(KvError::Auth);
         let mut apply = Apply {
             snapshot: &self.snapshot,
             overlay: &mut self.overlay,
@@ -98,11 +107,18 @@ impl<S: Snapshot> OpenBatch<S> {
             events: Vec::new(),
         };
         let answer = match request {
-            WriteRequest::Put(req, reply) => Answer::Put(reply, apply.put(&req).await),
-            WriteRequest::DeleteRange(req, reply) => {
-                Answer::DeleteRange(reply, apply.delete_range(&req).await)
-            }
-            WriteRequest::Txn(req, reply) => Answer::Txn(reply, apply.txn(&req).await),
+            WriteRequest::Put(req, authority, reply) => match admit(authority) {
+                Ok(()) => Answer::Put(reply, apply.put(&req).await),
+                Err(err) => Answer::Put(reply, Err(err)),
+            },
+            WriteRequest::DeleteRange(req, authority, reply) => match admit(authority) {
+                Ok(()) => Answer::DeleteRange(reply, apply.delete_range(&req).await),
+                Err(err) => Answer::DeleteRange(reply, Err(err)),
+            },
+            WriteRequest::Txn(req, authority, reply) => match admit(authority) {
+                Ok(()) => Answer::Txn(reply, apply.txn(&req).await),
+                Err(err) => Answer::Txn(reply, Err(err)),
+            },
             WriteRequest::Compact(rev, reply) => {
                 let result = if rev <= self.compacted {
                     Err(KvError::Compacted)
@@ -127,12 +143,39 @@ impl<S: Snapshot> OpenBatch<S> {
                 }
                 Answer::LeaseGrant(reply, result)
             }
-            WriteRequest::LeaseRevoke { id, reply } => {
-                let result = apply.lease_revoke(id).await.map(|()| apply.revision());
+            WriteRequest::LeaseRevoke {
+                id,
+                authority,
+                reply,
+            } => {
+                let result = match admit(authority) {
+                    Ok(()) => apply.lease_revoke(id).await.map(|()| apply.revision()),
+                    Err(err) => Err(err),
+                };
                 if result.is_ok() {
                     self.sample.leases_revoked += 1;
                 }
                 Answer::LeaseRevoke(reply, result)
+            }
+            WriteRequest::Auth {
+                change,
+                caller,
+                reply,
+            } => {
+                let permitted = auth.check_admin(caller.as_deref()).map_err(KvError::Auth);
+                let result = permitted.and_then(|()| {
+                    match change.apply(&auth, crate::auth::token::new_key) {
+                        Ok(Some(applied)) => {
+                            let revision = applied.state.revision();
+                            self.extra.auth = Some(Arc::new(applied.state));
+                            self.extra.auth_rows.extend(applied.rows);
+                            Ok(revision)
+                        }
+                        Ok(None) => Ok(auth.revision()),
+                        Err(err) => Err(KvError::Auth(err)),
+                    }
+                });
+                Answer::Auth(reply, result)
             }
             WriteRequest::CompactStep(step, reply) => {
                 let view = View::new(&self.snapshot);
@@ -273,6 +316,7 @@ impl<S: Snapshot> OpenBatch<S> {
             answers,
             lease_changes,
             compacted: extra.compacted,
+            auth: extra.auth.clone(),
             sample,
             started,
             engine_time: wrote.then(|| writing.elapsed()),
@@ -313,6 +357,8 @@ pub(super) struct Pending {
     pub(super) answers: Vec<Answer>,
     pub(super) lease_changes: BTreeMap<i64, Option<i64>>,
     pub(super) compacted: Option<i64>,
+    /// The auth state to publish with the batch, if it changed it.
+    pub(super) auth: Option<Arc<AuthState>>,
     pub(super) sample: BatchSample,
     pub(super) started: std::time::Instant,
     /// Time spent writing to the engine so far (the sync is added to it).
@@ -321,7 +367,7 @@ pub(super) struct Pending {
 
 impl Pending {
     pub(super) fn changes_state(&self) -> bool {
-        !self.lease_changes.is_empty() || self.compacted.is_some()
+        !self.lease_changes.is_empty() || self.compacted.is_some() || self.auth.is_some()
     }
 }
 
@@ -408,6 +454,12 @@ fn build_batch(
     }
     if let Some(rev) = extra.swept {
         batch.put(keys::meta_compaction_done(), encode_counter(rev));
+    }
+    for (key, value) in &extra.auth_rows {
+        match value {
+            Some(value) => batch.put(key.clone(), value.clone()),
+            None => batch.delete(key.clone()),
+        }
     }
     batch
 }

@@ -41,7 +41,11 @@ pub(super) async fn run<E: Engine>(shared: Arc<Shared<E>>, writer: mpsc::WeakSen
         for id in due {
             let (reply, rx) = oneshot::channel();
             if writer
-                .send(WriteRequest::LeaseRevoke { id, reply })
+                .send(WriteRequest::LeaseRevoke {
+                    id,
+                    authority: crate::auth::Authority::Internal,
+                    reply,
+                })
                 .await
                 .is_err()
             {

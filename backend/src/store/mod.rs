@@ -23,6 +23,7 @@ mod writer;
 pub use commit::{CommitListener, CommittedRevision, owned_event};
 pub use options::{DEFAULT_MAX_REQUEST_BYTES, StoreOptions};
 
+use crate::auth::{AuthChange, AuthState, Authority};
 use crate::engine::{Engine, Snapshot, for_each_page};
 use crate::etcd::EtcdDbError;
 use crate::etcd::hash::HashKv;
@@ -252,28 +253,48 @@ impl<E: Engine> Store<E> {
         crate::kv::range::range(&view, req, revs).await
     }
 
+    /// Put on the store's own authority (no auth check); clients' puts go through
+    /// [`Store::put_as`].
     pub async fn put(&self, req: PutRequest) -> KvResult<PutResponse> {
+        self.put_as(req, Authority::Internal).await
+    }
+
+    pub async fn put_as(&self, req: PutRequest, authority: Authority) -> KvResult<PutResponse> {
         validate::check_put(&req)?;
         self.check_space(quota::put_cost(&req))?;
         self.check_size(&req)?;
-        self.submit(|reply| WriteRequest::Put(req, reply)).await
+        self.submit(|reply| WriteRequest::Put(req, authority, reply))
+            .await
     }
 
     pub async fn delete_range(&self, req: DeleteRangeRequest) -> KvResult<DeleteRangeResponse> {
+        self.delete_range_as(req, Authority::Internal).await
+    }
+
+    pub async fn delete_range_as(
+        &self,
+        req: DeleteRangeRequest,
+        authority: Authority,
+    ) -> KvResult<DeleteRangeResponse> {
         validate::check_delete(&req)?;
         self.check_size(&req)?;
-        self.submit(|reply| WriteRequest::DeleteRange(req, reply))
+        self.submit(|reply| WriteRequest::DeleteRange(req, authority, reply))
             .await
     }
 
     pub async fn txn(&self, req: TxnRequest) -> KvResult<TxnResponse> {
+        self.txn_as(req, Authority::Internal).await
+    }
+
+    pub async fn txn_as(&self, req: TxnRequest, authority: Authority) -> KvResult<TxnResponse> {
         validate::check_txn(&req)?;
         self.check_space(quota::txn_cost(&req))?;
         self.check_size(&req)?;
         if validate::is_read_only(&req) {
             return self.read_only_txn(&req).await;
         }
-        self.submit(|reply| WriteRequest::Txn(req, reply)).await
+        self.submit(|reply| WriteRequest::Txn(req, authority, reply))
+            .await
     }
 
     /// A txn that cannot write is evaluated on a snapshot, like a Range.
@@ -310,8 +331,45 @@ impl<E: Engine> Store<E> {
     /// LeaseRevoke: deletes the attached keys (one revision) and the lease. Returns the
     /// revision after it.
     pub async fn lease_revoke(&self, id: i64) -> KvResult<i64> {
-        self.submit(|reply| WriteRequest::LeaseRevoke { id, reply })
-            .await
+        self.lease_revoke_as(id, Authority::Internal).await
+    }
+
+    pub async fn lease_revoke_as(&self, id: i64, authority: Authority) -> KvResult<i64> {
+        self.submit(|reply| WriteRequest::LeaseRevoke {
+            id,
+            authority,
+            reply,
+        })
+        .await
+    }
+
+    /// Users, roles and permissions as of the newest durable change.
+    pub fn auth(&self) -> Arc<AuthState> {
+        self.shared.auth()
+    }
+
+    /// Changes users, roles or permissions as `caller` (through the writer, in order with
+    /// every write; root only once authentication is on). Returns the auth revision after it.
+    pub async fn change_auth(&self, change: AuthChange, caller: Option<&str>) -> KvResult<u64> {
+        let caller = caller.map(str::to_owned);
+        self.submit(|reply| WriteRequest::Auth {
+            change,
+            caller,
+            reply,
+        })
+        .await
+    }
+
+    /// Re-reads users, roles and permissions from the engine (a follower's store: the leader
+    /// changes them). Whether they changed.
+    pub async fn reload_auth(&self) -> KvResult<bool> {
+        let snapshot = self.shared.engine.snapshot().await?;
+        let state = crate::auth::records::load(&snapshot).await?;
+        if *self.shared.auth() == state {
+            return Ok(false);
+        }
+        self.shared.set_auth(Arc::new(state));
+        Ok(true)
     }
 
     /// Renews lease `id` for its full TTL; None if it does not exist.

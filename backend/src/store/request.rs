@@ -4,6 +4,7 @@
 //! methods await exactly their response type. An evaluated request waits in its batch as an
 //! [`Answer`] (the reply channel with its result) until the batch is durable.
 
+use crate::auth::{AuthChange, Authority};
 use crate::engine::EngineError;
 use crate::kv::{KvError, KvResult};
 use bytes::Bytes;
@@ -18,9 +19,9 @@ pub(super) type Reply<T> = oneshot::Sender<KvResult<T>>;
 
 /// A request for the writer.
 pub(super) enum WriteRequest {
-    Put(PutRequest, Reply<PutResponse>),
-    DeleteRange(DeleteRangeRequest, Reply<DeleteRangeResponse>),
-    Txn(TxnRequest, Reply<TxnResponse>),
+    Put(PutRequest, Authority, Reply<PutResponse>),
+    DeleteRange(DeleteRangeRequest, Authority, Reply<DeleteRangeResponse>),
+    Txn(TxnRequest, Authority, Reply<TxnResponse>),
     Compact(i64, Reply<CompactionResponse>),
     /// Physical removal of compacted history (see [`CompactStep`]).
     CompactStep(CompactStep, Reply<()>),
@@ -33,7 +34,16 @@ pub(super) enum WriteRequest {
     /// Revokes lease `id` and deletes its keys; answers the revision after it.
     LeaseRevoke {
         id: i64,
+        authority: Authority,
         reply: Reply<i64>,
+    },
+    /// A change of users, roles or permissions by `caller` (who must be root once
+    /// authentication is on: checked again when it is applied, as etcd does); answers the
+    /// auth revision after it.
+    Auth {
+        change: AuthChange,
+        caller: Option<String>,
+        reply: Reply<u64>,
     },
     /// One revision of the etcd the store replicates, with its events in order.
     Replicate {
@@ -53,13 +63,14 @@ impl WriteRequest {
     /// Answers the request with `err` without evaluating it.
     pub(super) fn fail(self, err: KvError) {
         let _ = match self {
-            WriteRequest::Put(_, reply) => reply.send(Err(err)).is_ok(),
-            WriteRequest::DeleteRange(_, reply) => reply.send(Err(err)).is_ok(),
-            WriteRequest::Txn(_, reply) => reply.send(Err(err)).is_ok(),
+            WriteRequest::Put(_, _, reply) => reply.send(Err(err)).is_ok(),
+            WriteRequest::DeleteRange(_, _, reply) => reply.send(Err(err)).is_ok(),
+            WriteRequest::Txn(_, _, reply) => reply.send(Err(err)).is_ok(),
             WriteRequest::Compact(_, reply) => reply.send(Err(err)).is_ok(),
             WriteRequest::CompactStep(_, reply) => reply.send(Err(err)).is_ok(),
             WriteRequest::LeaseGrant { reply, .. } => reply.send(Err(err)).is_ok(),
             WriteRequest::LeaseRevoke { reply, .. } => reply.send(Err(err)).is_ok(),
+            WriteRequest::Auth { reply, .. } => reply.send(Err(err)).is_ok(),
             WriteRequest::Replicate { reply, .. } => reply.send(Err(err)).is_ok(),
             WriteRequest::ReplicateLeases { reply, .. } => reply.send(Err(err)).is_ok(),
         };
@@ -91,6 +102,7 @@ pub(super) enum Answer {
     Done(Reply<()>, KvResult<()>),
     LeaseGrant(Reply<i64>, KvResult<i64>),
     LeaseRevoke(Reply<i64>, KvResult<i64>),
+    Auth(Reply<u64>, KvResult<u64>),
 }
 
 /// Runs `$body` with the reply channel and result of `$answer`, whatever its type.
@@ -104,6 +116,7 @@ macro_rules! each {
             Answer::Done($reply, $result) => $body,
             Answer::LeaseGrant($reply, $result) => $body,
             Answer::LeaseRevoke($reply, $result) => $body,
+            Answer::Auth($reply, $result) => $body,
         }
     };
 }

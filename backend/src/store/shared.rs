@@ -2,12 +2,14 @@
 //! from the engine when the store opens.
 
 use super::stats::StoreStats;
+use crate::auth::{AuthState, records as auth_records};
 use crate::engine::{Engine, Snapshot, next_key};
 use crate::kv::KvResult;
 use crate::lease::LeaseTable;
 use crate::mvcc::count_cache::CountCache;
 use crate::mvcc::keys;
 use crate::mvcc::record::decode_counter;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 /// State shared by readers, the writer and the compactor.
@@ -43,6 +45,9 @@ pub(super) struct Shared<E> {
     /// While set, the store replicates another etcd: client writes are refused and leases do
     /// not expire here (the source's expiries arrive as its delete events).
     pub(super) replicating: AtomicBool,
+    /// Users, roles and permissions as of the last durable batch (a follower's: as last
+    /// re-read from the engine).
+    pub(super) auth: std::sync::RwLock<Arc<AuthState>>,
 }
 
 impl<E> Shared<E> {
@@ -75,7 +80,16 @@ impl<E> Shared<E> {
             revision_stored: recovered.revision_stored.into(),
             deposed: tokio::sync::watch::Sender::new(false),
             replicating: AtomicBool::new(false),
+            auth: std::sync::RwLock::new(Arc::new(recovered.auth)),
         }
+    }
+
+    pub(super) fn auth(&self) -> Arc<AuthState> {
+        self.auth.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(super) fn set_auth(&self, state: Arc<AuthState>) {
+        *self.auth.write().unwrap_or_else(|p| p.into_inner()) = state;
     }
 
     /// Makes `revision` the compacted one for readers, and tells whoever waits on it.
@@ -98,6 +112,7 @@ pub(super) struct Recovered {
     pub(super) compacted: i64,
     pub(super) swept: i64,
     pub(super) leases: LeaseTable,
+    pub(super) auth: AuthState,
 }
 
 pub(super) async fn recover<E: Engine>(engine: &E) -> KvResult<Recovered> {
@@ -123,11 +138,13 @@ pub(super) async fn recover<E: Engine>(engine: &E) -> KvResult<Recovered> {
             _ => break,
         }
     }
+    let auth = auth_records::load(&snapshot).await?;
     Ok(Recovered {
         revision,
         revision_stored,
         compacted,
         swept,
         leases,
+        auth,
     })
 }

@@ -78,7 +78,7 @@ struct Writer<E: Engine> {
 }
 
 impl<E: Engine> Writer<E> {
-    /// Whether a request may be evaluated now. Lease and compaction changes are read from the
+    /// Whether a request may be evaluated now. Lease, compaction and auth changes are read from the
     /// shared state, which a batch updates only once it is durable: nothing is evaluated on top
     /// of such a batch before it settles.
     fn may_evaluate(&self) -> bool {
@@ -153,7 +153,10 @@ impl<E: Engine> Writer<E> {
         let Some(batch) = self.open.as_mut() else {
             return false;
         };
-        match batch.evaluate(request, &self.shared.leases).await {
+        match batch
+            .evaluate(request, &self.shared.leases, &self.shared.auth())
+            .await
+        {
             Ok(()) => true,
             Err(Failure { err, .. }) => {
                 tracing::error!(%err, "write batch failed");
@@ -294,6 +297,7 @@ async fn settle<E: Engine>(
         answers,
         lease_changes,
         compacted,
+        auth,
         mut sample,
         started,
         engine_time,
@@ -340,6 +344,9 @@ async fn settle<E: Engine>(
     if let Some(rev) = compacted {
         shared.set_compacted(rev);
     }
+    if let Some(auth) = auth {
+        shared.set_auth(auth);
+    }
     if let Some(listener) = &options.listener
         && !committed.is_empty()
     {
@@ -370,6 +377,10 @@ async fn resync<E: Engine>(shared: &Shared<E>, options: &StoreOptions) {
             return;
         }
     };
+    // A batch that changed only users or roles moves no revision: its state is taken as read.
+    if *shared.auth() != recovered.auth {
+        shared.set_auth(std::sync::Arc::new(recovered.auth.clone()));
+    }
     if recovered.revision <= published {
         return;
     }

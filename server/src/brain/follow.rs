@@ -13,10 +13,16 @@ use watch::replication::{self, Batch};
 /// Pause before reconnecting after the stream broke.
 const RECONNECT: Duration = Duration::from_millis(200);
 
+/// How often a follower re-reads users, roles and permissions, which the leader changes
+/// without a revision (so its event log does not carry them): the longest a permission
+/// change takes to apply to reads served here. Writes are checked by the leader itself.
+const AUTH_POLL: Duration = Duration::from_millis(200);
+
 /// Follows the leader until the task is aborted (the role changes): every batch moves the
 /// store's revision, then feeds the hub, in order. A broken stream is resumed from the next
 /// revision the hub lacks.
 pub async fn run(hub: Arc<Hub>, store: Store<AnyEngine>, leader: Arc<LeaderLink>) {
+    let _auth = AbortOnDrop(tokio::spawn(reload_auth(store.clone())));
     let mut client = leader.brain();
     loop {
         let from = hub.latest() + 1;
@@ -48,6 +54,26 @@ pub async fn run(hub: Arc<Hub>, store: Store<AnyEngine>, leader: Arc<LeaderLink>
             Err(status) => tracing::debug!(%status, "following the leader failed"),
         }
         tokio::time::sleep(RECONNECT).await;
+    }
+}
+
+/// Re-reads the auth state now and then, for as long as this member follows.
+async fn reload_auth(store: Store<AnyEngine>) {
+    let mut ticks = tokio::time::interval(AUTH_POLL);
+    loop {
+        ticks.tick().await;
+        if let Err(err) = store.reload_auth().await {
+            tracing::debug!(%err, "re-reading users and roles");
+        }
+    }
+}
+
+/// Stops a task when dropped (with the follower's task that owns it).
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

@@ -77,6 +77,12 @@ impl LeaderLink {
             .max_encoding_message_size(usize::MAX)
     }
 
+    pub fn auth(&self) -> etcdpb::etcdserverpb::auth_client::AuthClient<Channel> {
+        etcdpb::etcdserverpb::auth_client::AuthClient::new(self.channel.clone())
+            .max_decoding_message_size(usize::MAX)
+            .max_encoding_message_size(usize::MAX)
+    }
+
     pub fn brain(&self) -> BrainClient<Channel> {
         BrainClient::new(self.channel.clone())
             .max_decoding_message_size(usize::MAX)

@@ -22,11 +22,19 @@ pub fn frame(message: &impl Message) -> Bytes {
     out.freeze()
 }
 
-/// Calls `path` on `grpc` with the request messages `requests` (already framed); answers the
-/// response messages as they come, then the call's status if it is not OK.
+/// The token an HTTP client sends (etcd's gateway: the `Authorization` header, which reaches
+/// the gRPC service as `authorization` metadata).
+pub fn token(headers: &http::HeaderMap) -> Option<http::HeaderValue> {
+    headers.get(http::header::AUTHORIZATION).cloned()
+}
+
+/// Calls `path` on `grpc` with the request messages `requests` (already framed), as the
+/// client `token` names; answers the response messages as they come, then the call's status
+/// if it is not OK.
 pub async fn call<S>(
     grpc: axum::Router,
     path: &'static str,
+    token: Option<http::HeaderValue>,
     requests: S,
 ) -> Result<impl Stream<Item = Result<Bytes, Status>> + Send + 'static, Status>
 where
@@ -35,12 +43,16 @@ where
     let body = Body::from_stream(
         requests.map(|r| r.map_err(|status| std::io::Error::other(status.message().to_string()))),
     );
-    let request = http::Request::builder()
+    let mut request = http::Request::builder()
         .method(http::Method::POST)
         .uri(path)
         .version(http::Version::HTTP_2)
         .header(http::header::CONTENT_TYPE, "application/grpc")
-        .header("te", "trailers")
+        .header("te", "trailers");
+    if let Some(token) = token {
+        request = request.header(http::header::AUTHORIZATION, token);
+    }
+    let request = request
         .body(body)
         .map_err(|err| Status::internal(err.to_string()))?;
     let response = grpc

@@ -28,10 +28,11 @@ impl<T: Message + Default + Serialize + DeserializeOwned + Send + 'static> Json 
 impl Unary {
     pub fn of<Req: Json, Resp: Json>(self) -> MethodRouter {
         let Unary(grpc, path) = self;
-        post(move |body: Bytes| async move {
+        post(move |headers: http::HeaderMap, body: Bytes| async move {
             let answered = async {
                 let request: Req = parse(&body)?;
-                let answers = call::call(grpc, path, one(&request)).await?;
+                let token = call::token(&headers);
+                let answers = call::call(grpc, path, token, one(&request)).await?;
                 let mut answers = std::pin::pin!(answers);
                 let message = answers
                     .next()
@@ -50,7 +51,8 @@ impl Unary {
 impl Streaming {
     pub fn of<Req: Json, Resp: Json>(self) -> MethodRouter {
         let Streaming(grpc, path) = self;
-        post(move |body: Body| async move {
+        post(move |headers: http::HeaderMap, body: Body| async move {
+            let token = call::token(&headers);
             let mut requests = Box::pin(requests::<Req>(body));
             // A first request that cannot be read is the call's answer.
             let first = match requests.next().await {
@@ -58,7 +60,7 @@ impl Streaming {
                 first => first,
             };
             let requests = futures::stream::iter(first).chain(requests);
-            let answers = match call::call(grpc, path, requests).await {
+            let answers = match call::call(grpc, path, token, requests).await {
                 Ok(answers) => answers,
                 Err(status) => return error_response(&status),
             };

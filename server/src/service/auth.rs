@@ -1,10 +1,16 @@
-//! The Auth service, answering as etcd 3.5 answers with authentication disabled.
+//! The Auth service: users, roles, permissions, enabling authentication, and `Authenticate`.
 //!
-//! Engram has no users or roles yet: the status says disabled, the lists are empty, lookups
-//! find nothing, enabling fails because no root user exists (etcd's own reason), and adding
-//! users or roles is refused with a message that says so.
+//! Every call runs on the leader, as etcd runs them through raft: a follower forwards it with
+//! the caller's credentials and re-reads the auth state the leader changed. On the leader each
+//! call is checked (only root may manage users and roles once authentication is on; a user may
+//! read itself and its own roles), passwords are hashed here (never in the writer, never
+//! logged), and the change goes through the store's writer, in order with every write.
 
+use crate::auth_info::{AuthInfo, Authenticator, Credentials};
+use crate::brain::{Brain, Route, Store};
 use crate::header::Identity;
+use crate::status::{forwarded, from_auth, from_kv};
+use backend::auth::{AuthChange, AuthError, password};
 use etcdpb::etcdserverpb::{
     AuthDisableRequest, AuthDisableResponse, AuthEnableRequest, AuthEnableResponse,
     AuthRoleAddRequest, AuthRoleAddResponse, AuthRoleDeleteRequest, AuthRoleDeleteResponse,
@@ -22,166 +28,375 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 
 pub struct AuthService {
+    brain: Arc<Brain>,
+    auth: Arc<Authenticator>,
     identity: Identity,
-    revision: Arc<dyn Fn() -> i64 + Send + Sync>,
+}
+
+/// Runs a call on the leader: `$method` of the leader's Auth service from a follower, or
+/// `$local` (given the store, the caller and the request) here.
+macro_rules! on_leader {
+    ($self:ident, $req:ident, $method:ident, |$store:ident, $info:ident, $msg:ident| $local:expr) => {{
+        let credentials = Credentials::of(&$req);
+        let resp = match $self.brain.route().await.map_err(from_kv)? {
+            Route::Forward(leader) => {
+                let resp = leader
+                    .auth()
+                    .$method(credentials.attach($req.into_inner()))
+                    .await
+                    .map_err(forwarded)?
+                    .into_inner();
+                $self.reload().await;
+                resp
+            }
+            Route::Local($store) => {
+                let $info = $self.auth.info_on(&credentials, &$store)?;
+                let $msg = $req.into_inner();
+                $local
+            }
+        };
+        Ok($self.respond(resp))
+    }};
 }
 
 impl AuthService {
-    pub fn new(identity: Identity, revision: Arc<dyn Fn() -> i64 + Send + Sync>) -> Self {
-        AuthService { identity, revision }
+    pub fn new(brain: Arc<Brain>, auth: Arc<Authenticator>, identity: Identity) -> Self {
+        AuthService {
+            brain,
+            auth,
+            identity,
+        }
     }
 
     fn respond<R: WithHeader>(&self, resp: R) -> Response<R> {
-        self.identity.respond(resp, (self.revision)())
+        self.identity.respond(resp, self.brain.store().revision())
+    }
+
+    /// After a change forwarded to the leader: this member sees it before answering.
+    async fn reload(&self) {
+        if let Err(err) = self.brain.store().reload_auth().await {
+            tracing::warn!(%err, "re-reading users and roles");
+        }
+    }
+
+    /// Applies `change` as `info`'s caller, who must be root once authentication is on.
+    async fn change(
+        &self,
+        store: &Store,
+        info: &AuthInfo,
+        change: AuthChange,
+    ) -> Result<(), Status> {
+        info.check_admin().map_err(from_auth)?;
+        store
+            .change_auth(change, info.user())
+            .await
+            .map_err(from_kv)?;
+        Ok(())
+    }
+
+    async fn hash(&self, password: String) -> Result<Vec<u8>, Status> {
+        password::hash(password, self.auth.bcrypt_cost())
+            .await
+            .map_err(|err| Status::internal(format!("hashing the password: {err}")))
     }
 }
 
-fn user_not_found() -> Status {
-    Status::failed_precondition("etcdserver: user name not found")
-}
-
-fn role_not_found() -> Status {
-    Status::failed_precondition("etcdserver: role name not found")
-}
-
-fn not_supported() -> Status {
-    Status::unimplemented(
-        "engram: users and roles are not supported yet (authentication is disabled)",
-    )
+fn admin(info: &AuthInfo) -> Result<(), Status> {
+    info.check_admin().map_err(from_auth)
 }
 
 #[tonic::async_trait]
 impl Auth for AuthService {
     async fn auth_enable(
         &self,
-        _: Request<AuthEnableRequest>,
+        req: Request<AuthEnableRequest>,
     ) -> Result<Response<AuthEnableResponse>, Status> {
-        Err(Status::failed_precondition(
-            "etcdserver: root user does not exist",
-        ))
+        on_leader!(self, req, auth_enable, |store, info, _msg| {
+            self.change(&store, &info, AuthChange::Enable).await?;
+            AuthEnableResponse::default()
+        })
     }
 
     async fn auth_disable(
         &self,
-        _: Request<AuthDisableRequest>,
+        req: Request<AuthDisableRequest>,
     ) -> Result<Response<AuthDisableResponse>, Status> {
-        Ok(self.respond(AuthDisableResponse { header: None }))
+        on_leader!(self, req, auth_disable, |store, info, _msg| {
+            self.change(&store, &info, AuthChange::Disable).await?;
+            AuthDisableResponse::default()
+        })
     }
 
     async fn auth_status(
         &self,
-        _: Request<AuthStatusRequest>,
+        req: Request<AuthStatusRequest>,
     ) -> Result<Response<AuthStatusResponse>, Status> {
-        Ok(self.respond(AuthStatusResponse {
-            header: None,
-            enabled: false,
-            auth_revision: 1,
-        }))
+        on_leader!(self, req, auth_status, |store, info, _msg| {
+            admin(&info)?;
+            let state = store.auth();
+            AuthStatusResponse {
+                header: None,
+                enabled: state.enabled(),
+                auth_revision: state.revision(),
+            }
+        })
     }
 
     async fn authenticate(
         &self,
-        _: Request<AuthenticateRequest>,
+        req: Request<AuthenticateRequest>,
     ) -> Result<Response<AuthenticateResponse>, Status> {
-        Err(Status::failed_precondition(
-            "etcdserver: authentication is not enabled",
-        ))
+        let resp = match self.brain.route().await.map_err(from_kv)? {
+            Route::Forward(leader) => {
+                let resp = leader
+                    .auth()
+                    .authenticate(req.into_inner())
+                    .await
+                    .map_err(forwarded)?
+                    .into_inner();
+                // The token names a user this member must know of.
+                self.reload().await;
+                resp
+            }
+            Route::Local(store) => {
+                let AuthenticateRequest { name, password } = req.into_inner();
+                let token = self.authenticate(&store, &name, password).await?;
+                AuthenticateResponse {
+                    header: None,
+                    token,
+                }
+            }
+        };
+        Ok(self.respond(resp))
     }
 
     async fn user_add(
         &self,
-        _: Request<AuthUserAddRequest>,
+        req: Request<AuthUserAddRequest>,
     ) -> Result<Response<AuthUserAddResponse>, Status> {
-        Err(not_supported())
+        on_leader!(self, req, user_add, |store, info, msg| {
+            admin(&info)?;
+            let no_password = msg.options.is_some_and(|o| o.no_password);
+            let password_hash = if no_password {
+                None
+            } else {
+                Some(self.hash(msg.password).await?)
+            };
+            let change = AuthChange::UserAdd {
+                name: msg.name,
+                password_hash,
+                options: msg.options,
+            };
+            self.change(&store, &info, change).await?;
+            AuthUserAddResponse::default()
+        })
     }
 
     async fn user_get(
         &self,
-        _: Request<AuthUserGetRequest>,
+        req: Request<AuthUserGetRequest>,
     ) -> Result<Response<AuthUserGetResponse>, Status> {
-        Err(user_not_found())
+        on_leader!(self, req, user_get, |_store, info, msg| {
+            // A user may read itself.
+            if let Err(err) = info.check_admin()
+                && info.user() != Some(msg.name.as_str())
+            {
+                return Err(from_auth(err));
+            }
+            let user = info.state().user(&msg.name).ok_or(AuthError::UserNotFound);
+            AuthUserGetResponse {
+                header: None,
+                roles: user.map_err(from_auth)?.roles.clone(),
+            }
+        })
     }
 
     async fn user_list(
         &self,
-        _: Request<AuthUserListRequest>,
+        req: Request<AuthUserListRequest>,
     ) -> Result<Response<AuthUserListResponse>, Status> {
-        Ok(self.respond(AuthUserListResponse {
-            header: None,
-            users: Vec::new(),
-        }))
+        on_leader!(self, req, user_list, |_store, info, _msg| {
+            admin(&info)?;
+            AuthUserListResponse {
+                header: None,
+                users: info.state().user_names(),
+            }
+        })
     }
 
     async fn user_delete(
         &self,
-        _: Request<AuthUserDeleteRequest>,
+        req: Request<AuthUserDeleteRequest>,
     ) -> Result<Response<AuthUserDeleteResponse>, Status> {
-        Err(user_not_found())
+        on_leader!(self, req, user_delete, |store, info, msg| {
+            let change = AuthChange::UserDelete { name: msg.name };
+            self.change(&store, &info, change).await?;
+            AuthUserDeleteResponse::default()
+        })
     }
 
     async fn user_change_password(
         &self,
-        _: Request<AuthUserChangePasswordRequest>,
+        req: Request<AuthUserChangePasswordRequest>,
     ) -> Result<Response<AuthUserChangePasswordResponse>, Status> {
-        Err(user_not_found())
+        on_leader!(self, req, user_change_password, |store, info, msg| {
+            admin(&info)?;
+            let password_hash = self.hash(msg.password).await?;
+            let change = AuthChange::UserChangePassword {
+                name: msg.name,
+                password_hash,
+            };
+            self.change(&store, &info, change).await?;
+            AuthUserChangePasswordResponse::default()
+        })
     }
 
     async fn user_grant_role(
         &self,
-        _: Request<AuthUserGrantRoleRequest>,
+        req: Request<AuthUserGrantRoleRequest>,
     ) -> Result<Response<AuthUserGrantRoleResponse>, Status> {
-        Err(user_not_found())
+        on_leader!(self, req, user_grant_role, |store, info, msg| {
+            let change = AuthChange::UserGrantRole {
+                user: msg.user,
+                role: msg.role,
+            };
+            self.change(&store, &info, change).await?;
+            AuthUserGrantRoleResponse::default()
+        })
     }
 
     async fn user_revoke_role(
         &self,
-        _: Request<AuthUserRevokeRoleRequest>,
+        req: Request<AuthUserRevokeRoleRequest>,
     ) -> Result<Response<AuthUserRevokeRoleResponse>, Status> {
-        Err(user_not_found())
+        on_leader!(self, req, user_revoke_role, |store, info, msg| {
+            let change = AuthChange::UserRevokeRole {
+                name: msg.name,
+                role: msg.role,
+            };
+            self.change(&store, &info, change).await?;
+            AuthUserRevokeRoleResponse::default()
+        })
     }
 
     async fn role_add(
         &self,
-        _: Request<AuthRoleAddRequest>,
+        req: Request<AuthRoleAddRequest>,
     ) -> Result<Response<AuthRoleAddResponse>, Status> {
-        Err(not_supported())
+        on_leader!(self, req, role_add, |store, info, msg| {
+            self.change(&store, &info, AuthChange::RoleAdd { name: msg.name })
+                .await?;
+            AuthRoleAddResponse::default()
+        })
     }
 
     async fn role_get(
         &self,
-        _: Request<AuthRoleGetRequest>,
+        req: Request<AuthRoleGetRequest>,
     ) -> Result<Response<AuthRoleGetResponse>, Status> {
-        Err(role_not_found())
+        on_leader!(self, req, role_get, |_store, info, msg| {
+            // A user may read its own roles.
+            if let Err(err) = info.check_admin()
+                && !info
+                    .user()
+                    .is_some_and(|u| info.state().has_role(u, &msg.role))
+            {
+                return Err(from_auth(err));
+            }
+            let perm = info.state().role_permissions(&msg.role);
+            AuthRoleGetResponse {
+                header: None,
+                perm: perm.ok_or_else(|| from_auth(AuthError::RoleNotFound))?,
+            }
+        })
     }
 
     async fn role_list(
         &self,
-        _: Request<AuthRoleListRequest>,
+        req: Request<AuthRoleListRequest>,
     ) -> Result<Response<AuthRoleListResponse>, Status> {
-        Ok(self.respond(AuthRoleListResponse {
-            header: None,
-            roles: Vec::new(),
-        }))
+        on_leader!(self, req, role_list, |_store, info, _msg| {
+            admin(&info)?;
+            AuthRoleListResponse {
+                header: None,
+                roles: info.state().role_names(),
+            }
+        })
     }
 
     async fn role_delete(
         &self,
-        _: Request<AuthRoleDeleteRequest>,
+        req: Request<AuthRoleDeleteRequest>,
     ) -> Result<Response<AuthRoleDeleteResponse>, Status> {
-        Err(role_not_found())
+        on_leader!(self, req, role_delete, |store, info, msg| {
+            let change = AuthChange::RoleDelete { role: msg.role };
+            self.change(&store, &info, change).await?;
+            AuthRoleDeleteResponse::default()
+        })
     }
 
     async fn role_grant_permission(
         &self,
-        _: Request<AuthRoleGrantPermissionRequest>,
+        req: Request<AuthRoleGrantPermissionRequest>,
     ) -> Result<Response<AuthRoleGrantPermissionResponse>, Status> {
-        Err(role_not_found())
+        on_leader!(self, req, role_grant_permission, |store, info, msg| {
+            let change = AuthChange::RoleGrantPermission {
+                name: msg.name,
+                perm: msg.perm,
+            };
+            self.change(&store, &info, change).await?;
+            AuthRoleGrantPermissionResponse::default()
+        })
     }
 
     async fn role_revoke_permission(
         &self,
-        _: Request<AuthRoleRevokePermissionRequest>,
+        req: Request<AuthRoleRevokePermissionRequest>,
     ) -> Result<Response<AuthRoleRevokePermissionResponse>, Status> {
-        Err(role_not_found())
+        on_leader!(self, req, role_revoke_permission, |store, info, msg| {
+            let change = AuthChange::RoleRevokePermission {
+                role: msg.role,
+                key: msg.key,
+                range_end: msg.range_end,
+            };
+            self.change(&store, &info, change).await?;
+            AuthRoleRevokePermissionResponse::default()
+        })
+    }
+}
+
+impl AuthService {
+    /// etcd's `Authenticate`: the password is checked against the user's hash, then a token
+    /// is issued under the same auth revision (checked again if users changed meanwhile).
+    async fn authenticate(
+        &self,
+        store: &Store,
+        name: &str,
+        password: String,
+    ) -> Result<String, Status> {
+        loop {
+            let state = store.auth();
+            if !state.enabled() {
+                return Err(from_auth(AuthError::AuthNotEnabled));
+            }
+            let user = state.user(name).ok_or(AuthError::AuthFailed);
+            let user = user.map_err(from_auth)?;
+            if user.options.is_some_and(|o| o.no_password) {
+                return Err(from_auth(AuthError::NoPasswordUser));
+            }
+            if !password::matches(password.clone(), user.password.to_vec()).await {
+                tracing::info!(user = name, "authentication failed: wrong password");
+                return Err(from_auth(AuthError::AuthFailed));
+            }
+            let now = store.auth();
+            if now.revision() != state.revision() {
+                continue;
+            }
+            return self
+                .auth
+                .tokens()
+                .issue(&now, name)
+                .ok_or_else(|| from_auth(AuthError::AuthFailed));
+        }
     }
 }

@@ -59,8 +59,9 @@ impl election_server::Election for ElectionService {
         &self,
         req: Request<CampaignRequest>,
     ) -> Result<Response<CampaignResponse>, Status> {
+        let recipes = self.recipes.for_caller(&req);
         let CampaignRequest { name, lease, value } = req.into_inner();
-        let lease = self.recipes.session_lease(lease).await?;
+        let lease = recipes.session_lease(lease).await?;
         let prefix = recipes::prefix_of(&name);
         let key = recipes::key_of(&prefix, lease);
         let enter = TxnRequest {
@@ -68,7 +69,7 @@ impl election_server::Election for ElectionService {
             success: vec![recipes::put_op(&key, value.clone(), lease)],
             failure: vec![recipes::range_op(recipes::get_key(&key))],
         };
-        let resp = self.recipes.txn(enter).await?;
+        let resp = recipes.txn(enter).await?;
         let mut rev = resp.header.as_ref().map_or(0, |h| h.revision);
         let mut leader = LeaderKey {
             name,
@@ -82,17 +83,17 @@ impl election_server::Election for ElectionService {
                 rev = kv.create_revision;
                 leader.rev = rev;
                 if kv.value != value
-                    && let Err(err) = proclaim(&self.recipes, &leader, value).await
+                    && let Err(err) = proclaim(&recipes, &leader, value).await
                 {
-                    let _ = resign(&self.recipes, &leader).await;
+                    let _ = resign(&recipes, &leader).await;
                     return Err(err);
                 }
             }
         }
         // Cancelled while waiting, the candidate resigns; failing otherwise, its key stays (as
         // etcd's Campaign leaves it).
-        let waiting = Resigning::new(self.recipes.clone(), leader.clone());
-        let waited = self.recipes.wait_deletes(&prefix, rev - 1).await;
+        let waiting = Resigning::new(recipes.clone(), leader.clone());
+        let waited = recipes.wait_deletes(&prefix, rev - 1).await;
         waiting.disarm();
         waited?;
         Ok(self.respond(CampaignResponse {
@@ -105,9 +106,10 @@ impl election_server::Election for ElectionService {
         &self,
         req: Request<ProclaimRequest>,
     ) -> Result<Response<ProclaimResponse>, Status> {
+        let recipes = self.recipes.for_caller(&req);
         let ProclaimRequest { leader, value } = req.into_inner();
         let leader = leader.ok_or_else(missing_leader_key)?;
-        let header = proclaim(&self.recipes, &leader, value).await?;
+        let header = proclaim(&recipes, &leader, value).await?;
         Ok(self.respond(ProclaimResponse { header }))
     }
 
@@ -115,8 +117,9 @@ impl election_server::Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<LeaderResponse>, Status> {
+        let recipes = self.recipes.for_caller(&req);
         let prefix = recipes::prefix_of(&req.into_inner().name);
-        let resp = self.recipes.get(&recipes::first_created(&prefix)).await?;
+        let resp = recipes.get(&recipes::first_created(&prefix)).await?;
         let kv = resp.kvs.into_iter().next().ok_or_else(no_leader)?;
         Ok(self.respond(LeaderResponse {
             header: resp.header,
@@ -132,9 +135,9 @@ impl election_server::Election for ElectionService {
         &self,
         req: Request<LeaderRequest>,
     ) -> Result<Response<ObserveStream>, Status> {
+        let recipes = self.recipes.for_caller(&req);
         let prefix = recipes::prefix_of(&req.into_inner().name);
         let (tx, rx) = tokio::sync::mpsc::channel(OBSERVE_BUFFER);
-        let recipes = self.recipes.clone();
         let identity = self.identity;
         tokio::spawn(async move {
             let sent = observe(&recipes, &prefix, |mut resp: LeaderResponse| {
@@ -155,8 +158,9 @@ impl election_server::Election for ElectionService {
         &self,
         req: Request<ResignRequest>,
     ) -> Result<Response<ResignResponse>, Status> {
+        let recipes = self.recipes.for_caller(&req);
         let leader = req.into_inner().leader.ok_or_else(missing_leader_key)?;
-        let header = resign(&self.recipes, &leader).await?;
+        let header = resign(&recipes, &leader).await?;
         Ok(self.respond(ResignResponse { header }))
     }
 }

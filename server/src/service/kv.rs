@@ -3,9 +3,11 @@
 //! Reads are served by this member (see [`Brain::read_store`]); writes by the leader's store,
 //! locally or forwarded to the leader.
 
+use crate::auth_info::{Authenticator, Credentials};
 use crate::brain::{Brain, LeaderLink, LeaderRequest, Store};
 use crate::header::Identity;
-use crate::status::from_kv;
+use crate::status::{from_auth, from_kv};
+use backend::auth::AuthError;
 use backend::kv::{KvResult, validate};
 use etcdpb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -17,6 +19,7 @@ use tonic::{Request, Response, Status};
 
 pub struct KvService {
     brain: Arc<Brain>,
+    auth: Arc<Authenticator>,
     identity: Identity,
     max_message_bytes: usize,
 }
@@ -25,9 +28,15 @@ impl KvService {
     /// `max_message_bytes`: the largest request message accepted (etcd: --max-request-bytes
     /// plus 512 KiB); the transport's own limit is set well above it so that this service can
     /// refuse with gRPC-go's exact status, which clients match on.
-    pub fn new(brain: Arc<Brain>, identity: Identity, max_message_bytes: usize) -> Self {
+    pub fn new(
+        brain: Arc<Brain>,
+        auth: Arc<Authenticator>,
+        identity: Identity,
+        max_message_bytes: usize,
+    ) -> Self {
         KvService {
             brain,
+            auth,
             identity,
             max_message_bytes,
         }
@@ -43,11 +52,38 @@ impl KvService {
         }
         Ok(())
     }
+
+    fn as_caller<R>(&self, req: R, credentials: Credentials) -> AsCaller<R> {
+        AsCaller {
+            req,
+            credentials,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+/// A write with the credentials of the client that sent it: checked, then applied on the
+/// leader's authority check (see `auth_info`), or forwarded with the same credentials.
+pub struct AsCaller<R> {
+    pub req: R,
+    pub credentials: Credentials,
+    pub auth: Arc<Authenticator>,
+}
+
+/// A read is served only if the auth state it was checked under still holds once it is done
+/// (etcd's `doSerialize`): a permission revoked meanwhile fails it.
+fn still_permitted(store: &Store, checked_at: u64, enabled: bool) -> Result<(), Status> {
+    let now = store.auth();
+    if enabled && (!now.enabled() || now.revision() != checked_at) {
+        return Err(from_auth(AuthError::OldRevision));
+    }
+    Ok(())
 }
 
 #[tonic::async_trait]
 impl Kv for KvService {
     async fn range(&self, req: Request<RangeRequest>) -> Result<Response<RangeResponse>, Status> {
+        let credentials = Credentials::of(&req);
         let req = req.into_inner();
         self.check_message(&req)?;
         validate::check_range(&req).map_err(from_kv)?;
@@ -56,14 +92,22 @@ impl Kv for KvService {
             .read_store(req.serializable)
             .await
             .map_err(from_kv)?;
+        let info = self.auth.info_on(&credentials, &store)?;
+        info.check_range(&req.key, &req.range_end)
+            .map_err(from_auth)?;
         let resp = store.range(&req).await.map_err(from_kv)?;
+        still_permitted(&store, info.state().revision(), info.state().enabled())?;
         Ok(self.identity.respond(resp, store.revision()))
     }
 
     async fn put(&self, req: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
+        let credentials = Credentials::of(&req);
         let req = req.into_inner();
         self.check_message(&req)?;
-        let resp = self.brain.on_leader(req).await?;
+        let resp = self
+            .brain
+            .on_leader(self.as_caller(req, credentials))
+            .await?;
         Ok(self.identity.respond(resp, 0))
     }
 
@@ -71,22 +115,33 @@ impl Kv for KvService {
         &self,
         req: Request<DeleteRangeRequest>,
     ) -> Result<Response<DeleteRangeResponse>, Status> {
+        let credentials = Credentials::of(&req);
         let req = req.into_inner();
         self.check_message(&req)?;
-        let resp = self.brain.on_leader(req).await?;
+        let resp = self
+            .brain
+            .on_leader(self.as_caller(req, credentials))
+            .await?;
         Ok(self.identity.respond(resp, 0))
     }
 
     async fn txn(&self, req: Request<TxnRequest>) -> Result<Response<TxnResponse>, Status> {
+        let credentials = Credentials::of(&req);
         let req = req.into_inner();
         self.check_message(&req)?;
         if validate::is_read_only(&req) {
             validate::check_txn(&req).map_err(from_kv)?;
             let store = self.brain.read_store(false).await.map_err(from_kv)?;
+            let info = self.auth.info_on(&credentials, &store)?;
+            info.check_txn(&req, &store).await.map_err(from_kv)?;
             let resp = store.txn(req).await.map_err(from_kv)?;
+            still_permitted(&store, info.state().revision(), info.state().enabled())?;
             return Ok(self.identity.respond(resp, store.revision()));
         }
-        let resp = self.brain.on_leader(req).await?;
+        let resp = self
+            .brain
+            .on_leader(self.as_caller(req, credentials))
+            .await?;
         Ok(self.identity.respond(resp, 0))
     }
 
@@ -94,9 +149,13 @@ impl Kv for KvService {
         &self,
         req: Request<CompactionRequest>,
     ) -> Result<Response<CompactionResponse>, Status> {
+        let credentials = Credentials::of(&req);
         let req = req.into_inner();
         let revision = req.revision;
-        let resp = self.brain.on_leader(req).await?;
+        let resp = self
+            .brain
+            .on_leader(self.as_caller(req, credentials))
+            .await?;
         // The leader compacted: reads here must fail below it from now on, not only once the
         // leader's log says so (on the leader itself this changes nothing).
         self.brain.store().advance(0, revision);
@@ -104,50 +163,65 @@ impl Kv for KvService {
     }
 }
 
-impl LeaderRequest for PutRequest {
+impl LeaderRequest for AsCaller<PutRequest> {
     type Response = PutResponse;
 
     async fn local(self, store: Store) -> KvResult<PutResponse> {
-        store.put(self).await
+        // etcd validates before it looks at the caller.
+        validate::check_put(&self.req)?;
+        let info = self.auth.info(&self.credentials, store.auth())?;
+        info.check_put(&self.req, &store).await?;
+        store.put_as(self.req, info.authority()).await
     }
 
     async fn forward(self, leader: &LeaderLink) -> Result<Response<PutResponse>, Status> {
-        leader.kv().put(self).await
+        leader.kv().put(self.credentials.attach(self.req)).await
     }
 }
 
-impl LeaderRequest for DeleteRangeRequest {
+impl LeaderRequest for AsCaller<DeleteRangeRequest> {
     type Response = DeleteRangeResponse;
 
     async fn local(self, store: Store) -> KvResult<DeleteRangeResponse> {
-        store.delete_range(self).await
+        validate::check_delete(&self.req)?;
+        let info = self.auth.info(&self.credentials, store.auth())?;
+        info.check_delete(&self.req)?;
+        store.delete_range_as(self.req, info.authority()).await
     }
 
     async fn forward(self, leader: &LeaderLink) -> Result<Response<DeleteRangeResponse>, Status> {
-        leader.kv().delete_range(self).await
+        leader
+            .kv()
+            .delete_range(self.credentials.attach(self.req))
+            .await
     }
 }
 
-impl LeaderRequest for TxnRequest {
+impl LeaderRequest for AsCaller<TxnRequest> {
     type Response = TxnResponse;
 
     async fn local(self, store: Store) -> KvResult<TxnResponse> {
-        store.txn(self).await
+        validate::check_txn(&self.req)?;
+        let info = self.auth.info(&self.credentials, store.auth())?;
+        info.check_txn(&self.req, &store).await?;
+        store.txn_as(self.req, info.authority()).await
     }
 
     async fn forward(self, leader: &LeaderLink) -> Result<Response<TxnResponse>, Status> {
-        leader.kv().txn(self).await
+        leader.kv().txn(self.credentials.attach(self.req)).await
     }
 }
 
-impl LeaderRequest for CompactionRequest {
+impl LeaderRequest for AsCaller<CompactionRequest> {
     type Response = CompactionResponse;
 
     async fn local(self, store: Store) -> KvResult<CompactionResponse> {
-        store.compact(self).await
+        // etcd 3.5 lets any user compact; an invalid token still fails.
+        self.auth.info(&self.credentials, store.auth())?;
+        store.compact(self.req).await
     }
 
     async fn forward(self, leader: &LeaderLink) -> Result<Response<CompactionResponse>, Status> {
-        leader.kv().compact(self).await
+        leader.kv().compact(self.credentials.attach(self.req)).await
     }
 }

@@ -1,7 +1,9 @@
 //! The Lease service: grant, revoke, keep-alive, time-to-live, list.
 
+use crate::auth_info::{Authenticator, Credentials};
 use crate::brain::{Brain, LeaderLink, LeaderRequest, Role, Route, Store};
 use crate::header::Identity;
+use crate::service::kv::AsCaller;
 use crate::status::{forwarded, from_kv};
 use backend::kv::{KvError, KvResult};
 use etcdpb::etcdserverpb::{
@@ -20,14 +22,16 @@ use tonic::{Request, Response, Status, Streaming};
 /// every lease call to the leader.
 pub struct LeaseService {
     brain: Arc<Brain>,
+    auth: Arc<Authenticator>,
     identity: Identity,
     ids: LeaseIds,
 }
 
 impl LeaseService {
-    pub fn new(brain: Arc<Brain>, identity: Identity) -> Self {
+    pub fn new(brain: Arc<Brain>, auth: Arc<Authenticator>, identity: Identity) -> Self {
         LeaseService {
             brain,
+            auth,
             identity,
             ids: LeaseIds::new(identity.member_id),
         }
@@ -36,6 +40,14 @@ impl LeaseService {
     /// `resp` with this member's identity, and the revision it reads at unless it has one.
     fn respond<R: etcdpb::header::WithHeader>(&self, resp: R) -> Response<R> {
         self.identity.respond(resp, self.brain.store().revision())
+    }
+
+    fn as_caller<R, T>(&self, req: Request<R>, f: impl FnOnce(R) -> T) -> AsCaller<T> {
+        AsCaller {
+            credentials: Credentials::of(&req),
+            req: f(req.into_inner()),
+            auth: self.auth.clone(),
+        }
     }
 }
 
@@ -87,7 +99,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseRevokeRequest>,
     ) -> Result<Response<LeaseRevokeResponse>, Status> {
-        Ok(self.respond(self.brain.on_leader(req.into_inner()).await?))
+        let req = self.as_caller(req, |r| r);
+        Ok(self.respond(self.brain.on_leader(req).await?))
     }
 
     type LeaseKeepAliveStream = KeepAliveStream;
@@ -151,7 +164,8 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        Ok(self.respond(self.brain.on_leader(req.into_inner()).await?))
+        let req = self.as_caller(req, |r| r);
+        Ok(self.respond(self.brain.on_leader(req).await?))
     }
 
     async fn lease_leases(
@@ -206,11 +220,14 @@ impl LeaderRequest for Grant<'_> {
     }
 }
 
-impl LeaderRequest for LeaseRevokeRequest {
+impl LeaderRequest for AsCaller<LeaseRevokeRequest> {
     type Response = LeaseRevokeResponse;
 
+    /// The caller must be allowed to write every key attached to the lease.
     async fn local(self, store: Store) -> KvResult<LeaseRevokeResponse> {
-        let revision = store.lease_revoke(self.id).await?;
+        let info = self.auth.info(&self.credentials, store.auth())?;
+        info.check_lease_keys(self.req.id, &store).await?;
+        let revision = store.lease_revoke_as(self.req.id, info.authority()).await?;
         Ok(LeaseRevokeResponse {
             header: Some(ResponseHeader {
                 revision,
@@ -220,29 +237,34 @@ impl LeaderRequest for LeaseRevokeRequest {
     }
 
     async fn forward(self, leader: &LeaderLink) -> Result<Response<LeaseRevokeResponse>, Status> {
-        leader.lease().lease_revoke(self).await
+        let req = self.credentials.attach(self.req);
+        leader.lease().lease_revoke(req).await
     }
 }
 
-impl LeaderRequest for LeaseTimeToLiveRequest {
+impl LeaderRequest for AsCaller<LeaseTimeToLiveRequest> {
     type Response = LeaseTimeToLiveResponse;
 
+    /// The caller must be allowed to read every key attached to the lease (as etcd 3.5.9 on).
     async fn local(self, store: Store) -> KvResult<LeaseTimeToLiveResponse> {
-        let Some(lease) = store.lease(self.id) else {
+        let info = self.auth.info(&self.credentials, store.auth())?;
+        info.check_lease_readable(self.req.id, &store).await?;
+        let req = self.req;
+        let Some(lease) = store.lease(req.id) else {
             return Ok(LeaseTimeToLiveResponse {
-                id: self.id,
+                id: req.id,
                 ttl: -1,
                 ..Default::default()
             });
         };
-        let keys = if self.keys {
-            store.lease_keys(self.id).await?
+        let keys = if req.keys {
+            store.lease_keys(req.id).await?
         } else {
             Vec::new()
         };
         Ok(LeaseTimeToLiveResponse {
             header: None,
-            id: self.id,
+            id: req.id,
             ttl: lease.remaining(Instant::now()),
             granted_ttl: lease.ttl,
             keys,
@@ -253,7 +275,8 @@ impl LeaderRequest for LeaseTimeToLiveRequest {
         self,
         leader: &LeaderLink,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        leader.lease().lease_time_to_live(self).await
+        let req = self.credentials.attach(self.req);
+        leader.lease().lease_time_to_live(req).await
     }
 }
 

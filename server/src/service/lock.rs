@@ -26,8 +26,9 @@ impl lock_server::Lock for LockService {
     /// waits or holds), then waits until every key created before it is deleted. A caller
     /// that goes away while waiting leaves the line: its key is deleted.
     async fn lock(&self, req: Request<LockRequest>) -> Result<Response<LockResponse>, Status> {
+        let recipes = self.recipes.for_caller(&req);
         let LockRequest { name, lease } = req.into_inner();
-        let lease = self.recipes.session_lease(lease).await?;
+        let lease = recipes.session_lease(lease).await?;
         let prefix = recipes::prefix_of(&name);
         let key = recipes::key_of(&prefix, lease);
         let owner = recipes::range_op(recipes::first_created(&prefix));
@@ -36,7 +37,7 @@ impl lock_server::Lock for LockService {
             success: vec![recipes::put_op(&key, Bytes::new(), lease), owner.clone()],
             failure: vec![recipes::range_op(recipes::get_key(&key)), owner],
         };
-        let resp = self.recipes.txn(acquire).await?;
+        let resp = recipes.txn(acquire).await?;
         let mut header = resp.header;
         let mine = if resp.succeeded {
             header.as_ref().map_or(0, |h| h.revision)
@@ -46,10 +47,10 @@ impl lock_server::Lock for LockService {
         };
         let holder = recipes::range_kvs(&resp, 1).first();
         if holder.is_some_and(|kv| kv.create_revision != mine) {
-            let waiting = LeaveOnDrop::new(self.recipes.clone(), key.clone());
-            self.recipes.wait_deletes(&prefix, mine - 1).await?;
+            let waiting = LeaveOnDrop::new(recipes.clone(), key.clone());
+            recipes.wait_deletes(&prefix, mine - 1).await?;
             // The wait is over: the lock is ours, unless the lease expired meanwhile.
-            let got = self.recipes.get(&recipes::get_key(&key)).await?;
+            let got = recipes.get(&recipes::get_key(&key)).await?;
             waiting.disarm();
             if got.kvs.is_empty() {
                 return Err(Status::unknown("session expired"));
@@ -65,7 +66,8 @@ impl lock_server::Lock for LockService {
         &self,
         req: Request<UnlockRequest>,
     ) -> Result<Response<UnlockResponse>, Status> {
-        let header = self.recipes.delete(req.into_inner().key).await?;
+        let recipes = self.recipes.for_caller(&req);
+        let header = recipes.delete(req.into_inner().key).await?;
         let revision = header.as_ref().map_or(0, |h| h.revision);
         Ok(self.identity.respond(UnlockResponse { header }, revision))
     }

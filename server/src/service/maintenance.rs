@@ -29,18 +29,35 @@ pub const ETCD_API_VERSION: &str = "3.5.13";
 /// Maintenance answers for this member: its store, its alarms; Status names the leader.
 pub struct MaintenanceService {
     brain: Arc<Brain>,
+    auth: Arc<crate::auth_info::Authenticator>,
     identity: Identity,
     /// Where a snapshot is written before it is sent (an anonymous file, gone once sent).
     backup_dir: PathBuf,
 }
 
 impl MaintenanceService {
-    pub fn new(brain: Arc<Brain>, identity: Identity, backup_dir: PathBuf) -> Self {
+    pub fn new(
+        brain: Arc<Brain>,
+        auth: Arc<crate::auth_info::Authenticator>,
+        identity: Identity,
+        backup_dir: PathBuf,
+    ) -> Self {
         MaintenanceService {
             brain,
+            auth,
             identity,
             backup_dir,
         }
+    }
+
+    /// With authentication on, only root may defragment, hash, snapshot, move the leader or
+    /// downgrade; etcd refuses others with its auth package's unmapped errors.
+    fn admin<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        let credentials = crate::auth_info::Credentials::of(req);
+        let info = self.auth.info(&credentials, self.brain.store().auth());
+        let info = info.map_err(crate::status::from_auth_unmapped)?;
+        info.check_admin()
+            .map_err(crate::status::from_auth_unmapped)
     }
 }
 
@@ -120,13 +137,15 @@ impl Maintenance for MaintenanceService {
     /// compaction needs the database closed), so there is nothing to hand back on line.
     async fn defragment(
         &self,
-        _req: Request<DefragmentRequest>,
+        req: Request<DefragmentRequest>,
     ) -> Result<Response<DefragmentResponse>, Status> {
+        self.admin(&req)?;
         // etcd answers without a header.
         Ok(Response::new(DefragmentResponse { header: None }))
     }
 
-    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+    async fn hash(&self, req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        self.admin(&req)?;
         let hash = self.brain.store().hash().await.map_err(from_kv)?;
         let resp = HashResponse { header: None, hash };
         Ok(self.identity.respond(resp, self.brain.store().revision()))
@@ -136,6 +155,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
+        self.admin(&req)?;
         let hashed = self
             .brain
             .store()
@@ -158,8 +178,9 @@ impl Maintenance for MaintenanceService {
     /// data directory for a real etcd, and `engram restore` into one for Engram.
     async fn snapshot(
         &self,
-        _req: Request<SnapshotRequest>,
+        req: Request<SnapshotRequest>,
     ) -> Result<Response<Self::SnapshotStream>, Status> {
+        self.admin(&req)?;
         let store = self.brain.store();
         let (file, size) = store
             .backup(&self.backup_dir)
@@ -175,6 +196,7 @@ impl Maintenance for MaintenanceService {
         &self,
         req: Request<MoveLeaderRequest>,
     ) -> Result<Response<MoveLeaderResponse>, Status> {
+        self.admin(&req)?;
         let target = req.into_inner().target_id;
         match self.brain.move_leader(target).await {
             // etcd answers without a header.
@@ -195,8 +217,9 @@ impl Maintenance for MaintenanceService {
 
     async fn downgrade(
         &self,
-        _req: Request<DowngradeRequest>,
+        req: Request<DowngradeRequest>,
     ) -> Result<Response<DowngradeResponse>, Status> {
+        self.admin(&req)?;
         Err(not_yet("Downgrade"))
     }
 }

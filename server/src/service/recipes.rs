@@ -8,7 +8,9 @@
 //! Reads are linearizable; writes go to the leader (`Brain::on_leader`); waits watch this
 //! member's hub from a revision, through the same code as a client's Watch.
 
+use crate::auth_info::{Authenticator, Credentials};
 use crate::brain::{Brain, BrainHistory};
+use crate::service::kv::AsCaller;
 use crate::service::lease::{self, LeaseIds};
 use crate::status::from_kv;
 use bytes::Bytes;
@@ -31,20 +33,46 @@ const SESSION_TTL: i64 = 60;
 /// Bytes of watch responses buffered for one wait.
 const WAIT_BUFFER_BYTES: usize = 1 << 20;
 
-/// The member's KV, as the recipes use it.
+/// The member's KV, as the recipes use it on behalf of one caller (etcd runs them on a client
+/// that carries the caller's credentials: the caller's permissions apply).
+#[derive(Clone)]
 pub struct Recipes {
     brain: Arc<Brain>,
-    ids: LeaseIds,
+    ids: Arc<LeaseIds>,
     watch_options: watch::StreamOptions,
+    auth: Arc<Authenticator>,
+    credentials: Credentials,
 }
 
 impl Recipes {
-    pub fn new(brain: Arc<Brain>, watch_options: watch::StreamOptions) -> Self {
-        let ids = LeaseIds::new(brain.member_id());
+    pub fn new(
+        brain: Arc<Brain>,
+        auth: Arc<Authenticator>,
+        watch_options: watch::StreamOptions,
+    ) -> Self {
+        let ids = Arc::new(LeaseIds::new(brain.member_id()));
         Recipes {
             brain,
             ids,
             watch_options,
+            auth,
+            credentials: Credentials::default(),
+        }
+    }
+
+    /// The recipes run with the credentials of `request`'s caller.
+    pub fn for_caller<T>(&self, request: &tonic::Request<T>) -> Arc<Recipes> {
+        Arc::new(Recipes {
+            credentials: Credentials::of(request),
+            ..self.clone()
+        })
+    }
+
+    fn as_caller<R>(&self, req: R) -> AsCaller<R> {
+        AsCaller {
+            req,
+            credentials: self.credentials.clone(),
+            auth: self.auth.clone(),
         }
     }
 
@@ -60,13 +88,18 @@ impl Recipes {
 
     /// A Txn that may write, run by the leader.
     pub async fn txn(&self, req: TxnRequest) -> Result<TxnResponse, Status> {
-        self.brain.on_leader(req).await.map_err(as_client_error)
+        self.brain
+            .on_leader(self.as_caller(req))
+            .await
+            .map_err(as_client_error)
     }
 
     /// A linearizable Range.
     pub async fn get(&self, req: &RangeRequest) -> Result<RangeResponse, Status> {
         let read = async {
             let store = self.brain.read_store(false).await?;
+            let info = self.auth.info(&self.credentials, store.auth())?;
+            info.check_range(&req.key, &req.range_end)?;
             Ok((store.range(req).await?, store))
         };
         let (mut resp, store) = read.await.map_err(|err| as_client_error(from_kv(err)))?;
@@ -83,7 +116,11 @@ impl Recipes {
             key,
             ..Default::default()
         };
-        let resp = self.brain.on_leader(req).await.map_err(as_client_error)?;
+        let resp = self
+            .brain
+            .on_leader(self.as_caller(req))
+            .await
+            .map_err(as_client_error)?;
         Ok(resp.header)
     }
 

@@ -25,6 +25,7 @@ const STREAM_BUFFER_BYTES: usize = 1 << 20;
 /// a follower's by the leader's event log.
 pub struct WatchService {
     brain: Arc<Brain>,
+    auth: Arc<crate::auth_info::Authenticator>,
     options: StreamOptions,
     /// The largest request message taken (etcd: --max-request-bytes plus 512 KiB).
     max_message_bytes: usize,
@@ -36,12 +37,14 @@ pub struct WatchService {
 impl WatchService {
     pub fn new(
         brain: Arc<Brain>,
+        auth: Arc<crate::auth_info::Authenticator>,
         options: StreamOptions,
         max_message_bytes: usize,
         leaderless_grace: Duration,
     ) -> Self {
         WatchService {
             brain,
+            auth,
             options,
             max_message_bytes,
             leaderless_grace,
@@ -69,6 +72,21 @@ impl Watch for WatchService {
         if require_leader && self.brain.leader().is_none() {
             return Err(no_leader());
         }
+        // Each watch the stream creates is checked as its client, named by the stream's token:
+        // the client must be allowed to read the keys (etcd's `isWatchPermitted`).
+        let credentials = crate::auth_info::Credentials::of(&req);
+        let permit: watch::Permit = {
+            let (auth, brain) = (self.auth.clone(), self.brain.clone());
+            Arc::new(move |key: &[u8], range_end: &[u8]| {
+                auth.info(&credentials, brain.store().auth())
+                    .and_then(|info| info.check_range(key, range_end))
+                    .is_ok()
+            })
+        };
+        let options = StreamOptions {
+            permit: Some(permit),
+            ..self.options.clone()
+        };
         let (inbound, failed) = drain(req.into_inner(), self.max_message_bytes);
         let (tx, rx) = watch::outbound::channel(STREAM_BUFFER_BYTES);
         tokio::spawn(watch::serve(
@@ -76,7 +94,7 @@ impl Watch for WatchService {
             BrainHistory(self.brain.clone()),
             inbound,
             tx,
-            self.options.clone(),
+            options,
         ));
         let rx = until_unreadable(rx, failed);
         if !require_leader {

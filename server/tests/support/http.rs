@@ -65,6 +65,11 @@ pub async fn scrape(endpoint: &str) -> String {
 
 /// POST `body` to `path` of `hostport` over plain HTTP/1.1.
 pub async fn post(hostport: &str, path: &str, body: &str) -> Reply {
+    post_as(hostport, path, body, None).await
+}
+
+/// [`post`] with `token` as the `Authorization` header, as etcd's gateway takes it.
+pub async fn post_as(hostport: &str, path: &str, body: &str, token: Option<&str>) -> Reply {
     let tcp = tokio::net::TcpStream::connect(hostport)
         .await
         .unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
@@ -72,10 +77,14 @@ pub async fn post(hostport: &str, path: &str, body: &str) -> Reply {
         .await
         .expect("HTTP/1.1 handshake");
     tokio::spawn(conn);
-    let req = hyper::Request::builder()
+    let mut req = hyper::Request::builder()
         .method("POST")
         .uri(path)
-        .header("host", hostport)
+        .header("host", hostport);
+    if let Some(token) = token {
+        req = req.header("authorization", token);
+    }
+    let req = req
         .body(http_body_util::Full::new(Bytes::from(body.to_string())))
         .expect("request");
     let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
