@@ -18,7 +18,7 @@ use etcdpb::etcdserverpb::{
     DeleteRangeRequest, PutRequest, RequestOp, TxnRequest, request_op::Request as Op,
 };
 use std::sync::Arc;
-use tonic::metadata::{AsciiMetadataValue, MetadataMap};
+use tonic::metadata::AsciiMetadataValue;
 use tonic::{Request, Status};
 
 /// The metadata keys a token arrives in (etcd's `TokenFieldNameGRPC`, `TokenFieldNameSwagger`).
@@ -84,10 +84,7 @@ pub struct Credentials {
 
 impl Credentials {
     pub fn of<T>(request: &Request<T>) -> Self {
-        Self::from_metadata(request.metadata())
-    }
-
-    pub fn from_metadata(metadata: &MetadataMap) -> Self {
+        let metadata = request.metadata();
         let token = metadata
             .get(TOKEN)
             .or_else(|| metadata.get(AUTHORIZATION))

@@ -9,7 +9,7 @@ use etcdpb::etcdserverpb::{
     AlarmRequest, DefragmentRequest, MoveLeaderRequest, PutRequest, StatusRequest,
     alarm_request::AlarmAction, kv_client::KvClient, maintenance_client::MaintenanceClient,
 };
-use support::{Engram, Etcd};
+use support::{Engram, Etcd, strip_headers};
 use tonic::transport::Channel;
 
 /// `result` as comparable text: headers only as present or not (cluster ids and revision
@@ -23,21 +23,6 @@ fn shown<T: std::fmt::Debug>(
         Err(status) => format!("error {:?}: {}", status.code(), status.message()),
     };
     strip_headers(&text).replace(&member.to_string(), "<member>")
-}
-
-/// Replaces every `header: Some(ResponseHeader { ... })` with `header: Some(..)`.
-fn strip_headers(text: &str) -> String {
-    let mut out = String::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("header: Some(ResponseHeader {") {
-        out.push_str(&rest[..at]);
-        out.push_str("header: Some(..)");
-        let after = &rest[at..];
-        let end = after.find("})").map_or(after.len(), |e| e + 2);
-        rest = &after[end..];
-    }
-    out.push_str(rest);
-    out
 }
 
 async fn answers(endpoint: String) -> Vec<String> {

@@ -21,5 +21,5 @@ pub mod token;
 pub use authority::Authority;
 pub use change::AuthChange;
 pub use error::{AuthError, ROOT};
-pub use perms::{Access, UserPermissions};
+pub use perms::Access;
 pub use state::AuthState;

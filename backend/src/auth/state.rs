@@ -103,10 +103,6 @@ impl AuthState {
         self.users.get(name)
     }
 
-    pub fn role(&self, name: &str) -> Option<&Role> {
-        self.roles.get(name)
-    }
-
     /// User names, sorted.
     pub fn user_names(&self) -> Vec<String> {
         self.users.keys().cloned().collect()

@@ -31,7 +31,13 @@ pub fn new_key() -> bytes::Bytes {
 }
 
 fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        out.push(DIGITS[usize::from(b >> 4)] as char);
+        out.push(DIGITS[usize::from(b & 0xf)] as char);
+    }
+    out
 }
 
 fn unhex(text: &str) -> Option<Vec<u8>> {
@@ -60,8 +66,8 @@ fn stamp(password_hash: &[u8]) -> String {
 /// Issues tokens and checks them, remembering when each was last used.
 pub struct Tokens {
     ttl: Duration,
-    /// Token → (user, last use).
-    seen: Mutex<HashMap<String, (String, Instant)>>,
+    /// Token → when this member last saw it.
+    seen: Mutex<HashMap<String, Instant>>,
 }
 
 impl Tokens {
@@ -72,7 +78,7 @@ impl Tokens {
         }
     }
 
-    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, (String, Instant)>> {
+    fn seen(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
         self.seen.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -89,18 +95,23 @@ impl Tokens {
         );
         let mac = hmac::sign(&hmac::Key::new(hmac::HMAC_SHA256, key), body.as_bytes());
         let token = format!("{body}.{}", hex(mac.as_ref()));
-        self.remember(&token, user);
+        self.remember(&mut self.seen(), &token);
         Some(token)
     }
 
-    fn remember(&self, token: &str, user: &str) {
-        let mut seen = self.seen();
+    /// Notes that `token` was used now.
+    fn remember(&self, seen: &mut HashMap<String, Instant>, token: &str) {
+        // A token in use: only its time moves (no allocation on a request's path).
+        if let Some(last) = seen.get_mut(token) {
+            *last = Instant::now();
+            return;
+        }
         // Forget expired tokens now and then, so the map holds about the tokens in use.
         if seen.len() >= 1024 && seen.len().is_power_of_two() {
             let ttl = self.ttl;
-            seen.retain(|_, (_, last)| last.elapsed() < ttl);
+            seen.retain(|_, last| last.elapsed() < ttl);
         }
-        seen.insert(token.to_owned(), (user.to_owned(), Instant::now()));
+        seen.insert(token.to_owned(), Instant::now());
     }
 
     /// The user `token` names, if it is valid under `state` now.
@@ -125,17 +136,17 @@ impl Tokens {
         if stamp(&found.password) != stamped {
             return None;
         }
-        let recent = self
-            .seen()
-            .get(token)
-            .is_some_and(|(_, last)| last.elapsed() < self.ttl);
         let issued: u64 = issued.parse().ok()?;
         let fresh = now_ms().saturating_sub(issued) < self.ttl.as_millis() as u64;
+        let mut seen = self.seen();
+        let recent = seen
+            .get(token)
+            .is_some_and(|last| last.elapsed() < self.ttl);
         if !(recent || fresh) {
-            self.seen().remove(token);
+            seen.remove(token);
             return None;
         }
-        self.remember(token, &user);
+        self.remember(&mut seen, token);
         Some(user)
     }
 }

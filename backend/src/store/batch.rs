@@ -53,6 +53,10 @@ pub(super) struct OpenBatch<S> {
     answers: Vec<Answer>,
     sample: BatchSample,
     started: std::time::Instant,
+    /// The auth state requests are checked against: the published one when the batch began
+    /// (a batch that changes it settles before anything is evaluated on top of it), then as
+    /// this batch's own auth changes leave it.
+    auth: Arc<AuthState>,
 }
 
 impl<S: Snapshot> OpenBatch<S> {
@@ -76,6 +80,7 @@ impl<S: Snapshot> OpenBatch<S> {
             answers: Vec::new(),
             sample: BatchSample::default(),
             started,
+            auth: shared.auth(),
         })
     }
 
@@ -91,11 +96,11 @@ impl<S: Snapshot> OpenBatch<S> {
         &mut self,
         request: WriteRequest,
         leases: &LeaseTable,
-        auth: &Arc<AuthState>,
     ) -> Result<(), Failure> {
         // Auth changes earlier in this batch count: a write checked before them is refused.
-        let auth = self.extra.auth.clone().unwrap_or_else(|| auth.clone());
-        let admit = |authority: Authority| authority.admit(&auth).map_err(KvError::Auth);
+        let auth = &self.auth;
+        let admit = |authority: Authority| authority.admit(auth).map_err(KvError::Auth);
+        let mut changed_auth = None;
         let mut apply = Apply {
             snapshot: &self.snapshot,
             overlay: &mut self.overlay,
@@ -164,11 +169,11 @@ impl<S: Snapshot> OpenBatch<S> {
             } => {
                 let permitted = auth.check_admin(caller.as_deref()).map_err(KvError::Auth);
                 let result = permitted.and_then(|()| {
-                    match change.apply(&auth, crate::auth::token::new_key) {
+                    match change.apply(auth, crate::auth::token::new_key) {
                         Ok(Some(applied)) => {
                             let revision = applied.state.revision();
-                            self.extra.auth = Some(Arc::new(applied.state));
                             self.extra.auth_rows.extend(applied.rows);
+                            changed_auth = Some(applied.state);
                             Ok(revision)
                         }
                         Ok(None) => Ok(auth.revision()),
@@ -215,6 +220,11 @@ impl<S: Snapshot> OpenBatch<S> {
                 Answer::Done(reply, Ok(()))
             }
         };
+        if let Some(state) = changed_auth {
+            let state = Arc::new(state);
+            self.auth = state.clone();
+            self.extra.auth = Some(state);
+        }
         if apply.changed && answer.is_ok() {
             self.revision += 1;
             self.committed.push(CommittedRevision {

@@ -153,10 +153,7 @@ impl<E: Engine> Writer<E> {
         let Some(batch) = self.open.as_mut() else {
             return false;
         };
-        match batch
-            .evaluate(request, &self.shared.leases, &self.shared.auth())
-            .await
-        {
+        match batch.evaluate(request, &self.shared.leases).await {
             Ok(()) => true,
             Err(Failure { err, .. }) => {
                 tracing::error!(%err, "write batch failed");

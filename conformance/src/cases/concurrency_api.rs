@@ -439,6 +439,18 @@ impl Observer {
 }
 
 /// Expects `kv` to be a participant's key: (key, value, create, mod, version, lease).
+/// Leader's answer for election `name`, whose key-value must be `want` (as [`expect_kv`]).
+async fn expect_leader(
+    api: &Api,
+    name: &Bytes,
+    want: (&Bytes, &str, i64, i64, i64, i64),
+) -> Result<LeaderResponse> {
+    let l = api.leader("leader", name).await?;
+    let kv = l.kv.as_ref().context("Leader answered no kv")?;
+    expect_kv(api, "leader", kv, want)?;
+    Ok(l)
+}
+
 fn expect_kv(
     api: &Api,
     what: &str,
@@ -653,24 +665,11 @@ async fn election_campaign_leader_proclaim(c: Ctx) -> Result<()> {
         };
         expect_eq("A's leader key", &la, &want)?;
         expect_eq("A's Campaign revision", hrev(&won.header), base + 1)?;
-        let l = api.leader("leader", &name).await?;
-        let kv = l.kv.context("Leader answered no kv")?;
-        expect_kv(
-            &api,
-            "leader",
-            &kv,
-            (&la.key, "a1", base + 1, base + 1, 1, a),
-        )?;
+        let l = expect_leader(&api, &name, (&la.key, "a1", base + 1, base + 1, 1, a)).await?;
         expect_eq("Leader revision", hrev(&l.header), base + 1)?;
         api.proclaim("proclaim a2", Some(&la), "a2").await?;
-        let l = api.leader("leader", &name).await?;
-        let kv = l.kv.context("Leader answered no kv")?;
-        expect_kv(
-            &api,
-            "leader",
-            &kv,
-            (&la.key, "a2", base + 1, base + 2, 2, a),
-        )?;
+        let l = expect_leader(&api, &name, (&la.key, "a2", base + 1, base + 2, 2, a)).await?;
+        expect_eq("Leader revision", hrev(&l.header), base + 2)?;
         // Campaigning again with the leader's lease: the same leader, the new value.
         let again = api.campaign("campaign A again", &name, a, "a3").await?;
         expect_eq("A's leader key", again.leader.as_ref(), Some(&la))?;
@@ -680,14 +679,8 @@ async fn election_campaign_leader_proclaim(c: Ctx) -> Result<()> {
             hrev(&again.header),
             base + 2,
         )?;
-        let l = api.leader("leader", &name).await?;
-        let kv = l.kv.context("Leader answered no kv")?;
-        expect_kv(
-            &api,
-            "leader",
-            &kv,
-            (&la.key, "a3", base + 1, base + 3, 3, a),
-        )?;
+        let l = expect_leader(&api, &name, (&la.key, "a3", base + 1, base + 3, 3, a)).await?;
+        expect_eq("Leader revision", hrev(&l.header), base + 3)?;
 
         let mut second = api.spawn_campaign(&name, b, "b1");
         api.wait_in_line(&name, 2).await?;
@@ -710,14 +703,7 @@ async fn election_campaign_leader_proclaim(c: Ctx) -> Result<()> {
         };
         expect_eq("B's leader key", &lb, &want)?;
         expect_eq("B's Campaign revision", hrev(&won.header), base + 4)?;
-        let l = api.leader("leader", &name).await?;
-        let kv = l.kv.context("Leader answered no kv")?;
-        expect_kv(
-            &api,
-            "leader",
-            &kv,
-            (&lb.key, "b1", base + 4, base + 4, 1, b),
-        )?;
+        let l = expect_leader(&api, &name, (&lb.key, "b1", base + 4, base + 4, 1, b)).await?;
         expect_eq("Leader revision", hrev(&l.header), base + 5)?;
         api.resign("resign B", Some(&lb)).await?;
         api.line("get prefix", &name).await?;

@@ -3,7 +3,7 @@
 //! Reads are served by this member (see [`Brain::read_store`]); writes by the leader's store,
 //! locally or forwarded to the leader.
 
-use crate::auth_info::{Authenticator, Credentials};
+use crate::auth_info::{AuthInfo, Authenticator, Credentials};
 use crate::brain::{Brain, LeaderLink, LeaderRequest, Store};
 use crate::header::Identity;
 use crate::status::{from_auth, from_kv};
@@ -68,6 +68,19 @@ pub struct AsCaller<R> {
     pub req: R,
     pub credentials: Credentials,
     pub auth: Arc<Authenticator>,
+}
+
+impl<R> AsCaller<R> {
+    /// The caller under `store`'s auth state. With authentication on, `validate` runs first:
+    /// etcd refuses a malformed request before it looks at the caller. (The store validates
+    /// every request itself; without authentication its check is the only one.)
+    pub fn caller(&self, store: &Store, validate: fn(&R) -> KvResult<()>) -> KvResult<AuthInfo> {
+        let state = store.auth();
+        if state.enabled() {
+            validate(&self.req)?;
+        }
+        Ok(self.auth.info(&self.credentials, state)?)
+    }
 }
 
 /// A read is served only if the auth state it was checked under still holds once it is done
@@ -167,9 +180,7 @@ impl LeaderRequest for AsCaller<PutRequest> {
     type Response = PutResponse;
 
     async fn local(self, store: Store) -> KvResult<PutResponse> {
-        // etcd validates before it looks at the caller.
-        validate::check_put(&self.req)?;
-        let info = self.auth.info(&self.credentials, store.auth())?;
+        let info = self.caller(&store, validate::check_put)?;
         info.check_put(&self.req, &store).await?;
         store.put_as(self.req, info.authority()).await
     }
@@ -183,8 +194,7 @@ impl LeaderRequest for AsCaller<DeleteRangeRequest> {
     type Response = DeleteRangeResponse;
 
     async fn local(self, store: Store) -> KvResult<DeleteRangeResponse> {
-        validate::check_delete(&self.req)?;
-        let info = self.auth.info(&self.credentials, store.auth())?;
+        let info = self.caller(&store, validate::check_delete)?;
         info.check_delete(&self.req)?;
         store.delete_range_as(self.req, info.authority()).await
     }
@@ -201,8 +211,7 @@ impl LeaderRequest for AsCaller<TxnRequest> {
     type Response = TxnResponse;
 
     async fn local(self, store: Store) -> KvResult<TxnResponse> {
-        validate::check_txn(&self.req)?;
-        let info = self.auth.info(&self.credentials, store.auth())?;
+        let info = self.caller(&store, validate::check_txn)?;
         info.check_txn(&self.req, &store).await?;
         store.txn_as(self.req, info.authority()).await
     }

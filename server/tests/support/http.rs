@@ -19,6 +19,23 @@ pub async fn get(hostport: &str, path: &str) -> Reply {
 
 /// `method` `path` (no body) to `hostport` over plain HTTP/1.1.
 pub async fn request(method: &str, hostport: &str, path: &str) -> Reply {
+    let req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", hostport)
+        .body(Empty::<Bytes>::new())
+        .expect("request");
+    exchange(hostport, req).await
+}
+
+/// Sends `req` to `hostport` over plain HTTP/1.1 and reads the whole answer.
+async fn exchange<B>(hostport: &str, req: hyper::Request<B>) -> Reply
+where
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let what = format!("{} {hostport}{}", req.method(), req.uri());
     let tcp = tokio::net::TcpStream::connect(hostport)
         .await
         .unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
@@ -26,16 +43,10 @@ pub async fn request(method: &str, hostport: &str, path: &str) -> Reply {
         .await
         .expect("HTTP/1.1 handshake");
     tokio::spawn(conn);
-    let req = hyper::Request::builder()
-        .method(method)
-        .uri(path)
-        .header("host", hostport)
-        .body(Empty::<Bytes>::new())
-        .expect("request");
     let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
         .await
-        .unwrap_or_else(|_| panic!("{method} {hostport}{path} timed out"))
-        .unwrap_or_else(|e| panic!("{method} {hostport}{path}: {e}"));
+        .unwrap_or_else(|_| panic!("{what} timed out"))
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
     let status = resp.status().as_u16();
     let content_type = resp
         .headers()
@@ -70,13 +81,6 @@ pub async fn post(hostport: &str, path: &str, body: &str) -> Reply {
 
 /// [`post`] with `token` as the `Authorization` header, as etcd's gateway takes it.
 pub async fn post_as(hostport: &str, path: &str, body: &str, token: Option<&str>) -> Reply {
-    let tcp = tokio::net::TcpStream::connect(hostport)
-        .await
-        .unwrap_or_else(|e| panic!("connect {hostport}: {e}"));
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-        .await
-        .expect("HTTP/1.1 handshake");
-    tokio::spawn(conn);
     let mut req = hyper::Request::builder()
         .method("POST")
         .uri(path)
@@ -87,28 +91,7 @@ pub async fn post_as(hostport: &str, path: &str, body: &str, token: Option<&str>
     let req = req
         .body(http_body_util::Full::new(Bytes::from(body.to_string())))
         .expect("request");
-    let resp = tokio::time::timeout(Duration::from_secs(10), sender.send_request(req))
-        .await
-        .unwrap_or_else(|_| panic!("POST {hostport}{path} timed out"))
-        .unwrap_or_else(|e| panic!("POST {hostport}{path}: {e}"));
-    let status = resp.status().as_u16();
-    let content_type = resp
-        .headers()
-        .get("content-type")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .expect("read body")
-        .to_bytes();
-    Reply {
-        status,
-        content_type,
-        body: String::from_utf8_lossy(&body).into_owned(),
-    }
+    exchange(hostport, req).await
 }
 
 /// A streaming answer being read line by line (the gateway's Watch, LeaseKeepAlive, ...).
