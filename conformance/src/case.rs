@@ -22,6 +22,9 @@ use crate::normalize::{self, Norm};
 
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
+/// What a case runs (and its teardown).
+pub type CaseFn = fn(Ctx) -> BoxFuture<Result<()>>;
+
 /// One conformance case.
 pub struct Case {
     pub group: &'static str,
@@ -34,11 +37,19 @@ pub struct Case {
     /// Fills the endpoint's disk (`--fill-disk-cmd`, `--free-disk-cmd`): runs with the
     /// restarting cases, and is skipped without those commands.
     pub disk: bool,
-    pub run: fn(Ctx) -> BoxFuture<Result<()>>,
+    /// Changes what every client of the endpoint may do (enables authentication): runs
+    /// after every other case but the restarting ones, so that no other case can meet
+    /// the change, and has a [`Case::teardown`] that undoes it.
+    pub exclusive: bool,
+    /// Runs after the case whatever happened to it (failure, timeout), on the same
+    /// [`Ctx`]: puts the endpoint back as the case found it. Its failure fails the case.
+    pub teardown: Option<CaseFn>,
+    pub run: CaseFn,
 }
 
 /// `case!(group, fn_name)`, `case!(group, fn_name, compacts)`,
-/// `case!(group, fn_name, restarts)` or `case!(group, fn_name, disk)`.
+/// `case!(group, fn_name, restarts)`, `case!(group, fn_name, disk)` or
+/// `case!(group, fn_name, exclusive, teardown_fn)`.
 #[macro_export]
 macro_rules! case {
     ($group:expr, $f:ident) => {
@@ -48,6 +59,8 @@ macro_rules! case {
             compacts: false,
             restarts: false,
             disk: false,
+            exclusive: false,
+            teardown: None,
             run: |c| Box::pin($f(c)),
         }
     };
@@ -58,6 +71,8 @@ macro_rules! case {
             compacts: true,
             restarts: false,
             disk: false,
+            exclusive: false,
+            teardown: None,
             run: |c| Box::pin($f(c)),
         }
     };
@@ -68,6 +83,20 @@ macro_rules! case {
             compacts: false,
             restarts: true,
             disk: false,
+            exclusive: false,
+            teardown: None,
+            run: |c| Box::pin($f(c)),
+        }
+    };
+    ($group:expr, $f:ident, exclusive, $teardown:ident) => {
+        $crate::case::Case {
+            group: $group,
+            name: stringify!($f),
+            compacts: false,
+            restarts: false,
+            disk: false,
+            exclusive: true,
+            teardown: Some(|c| Box::pin($teardown(c))),
             run: |c| Box::pin($f(c)),
         }
     };
@@ -78,6 +107,8 @@ macro_rules! case {
             compacts: false,
             restarts: true,
             disk: true,
+            exclusive: false,
+            teardown: None,
             run: |c| Box::pin($f(c)),
         }
     };
@@ -123,6 +154,8 @@ pub struct Ctx {
     pub env: Arc<RunEnv>,
     log: Arc<Mutex<Vec<String>>>,
     detail: Arc<Mutex<Option<String>>>,
+    /// What the case did that its teardown must undo (see [`Ctx::mark`]).
+    marks: Arc<Mutex<Vec<&'static str>>>,
 }
 
 impl Ctx {
@@ -134,6 +167,7 @@ impl Ctx {
             env,
             log: Arc::new(Mutex::new(Vec::new())),
             detail: Arc::new(Mutex::new(None)),
+            marks: Arc::new(Mutex::new(Vec::new())),
         }
     }
 
@@ -165,6 +199,19 @@ impl Ctx {
         if let Ok(mut d) = self.detail.lock() {
             *d = Some(s.into());
         }
+    }
+
+    /// Remembers that the case did `what` (e.g. created the root user), for its teardown:
+    /// only what the case itself created may be undone.
+    pub fn mark(&self, what: &'static str) {
+        if let Ok(mut m) = self.marks.lock() {
+            m.push(what);
+        }
+    }
+
+    /// Whether [`Ctx::mark`] was called with `what` (by this context or a clone).
+    pub fn marked(&self, what: &str) -> bool {
+        self.marks.lock().is_ok_and(|m| m.contains(&what))
     }
 
     /// Adds a line to the transcript.

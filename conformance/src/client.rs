@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
+use etcdpb::etcdserverpb::auth_client::AuthClient;
 use etcdpb::etcdserverpb::compare::{CompareResult, CompareTarget, TargetUnion};
 use etcdpb::etcdserverpb::kv_client::KvClient;
 use etcdpb::etcdserverpb::lease_client::LeaseClient;
@@ -21,6 +22,7 @@ use etcdpb::v3electionpb::election_client::ElectionClient;
 use etcdpb::v3lockpb::lock_client::LockClient;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
 /// gRPC clients of one endpoint (cheap to clone: they share one HTTP/2 channel).
@@ -33,6 +35,8 @@ pub struct Conn {
     /// etcd's server-side recipes: `v3lockpb.Lock` and `v3electionpb.Election`.
     pub lock: LockClient<Channel>,
     pub election: ElectionClient<Channel>,
+    /// Users, roles, `auth enable`/`disable` and Authenticate.
+    pub auth: AuthClient<Channel>,
 }
 
 /// Connects to `url` (`http://host:port`; a bare `host:port` gets `http://`).
@@ -54,7 +58,8 @@ pub async fn connect(url: &str) -> Result<Conn> {
         lease: LeaseClient::new(ch.clone()),
         maintenance: MaintenanceClient::new(ch.clone()),
         lock: LockClient::new(ch.clone()),
-        election: ElectionClient::new(ch),
+        election: ElectionClient::new(ch.clone()),
+        auth: AuthClient::new(ch),
     })
 }
 
@@ -175,17 +180,30 @@ impl Watch {
     /// Opens a stream whose first request is `first` (sent before awaiting the response
     /// headers: etcd only sends them with the first response).
     pub async fn open(conn: &Conn, first: WatchCreateRequest) -> Result<Watch> {
+        Watch::open_as(conn, first, None).await?.map_err(Into::into)
+    }
+
+    /// [`Watch::open`] with `token` as the stream's `token` metadata (the user it watches
+    /// as, once authentication is on); the stream's own gRPC error, if it is refused.
+    pub async fn open_as(
+        conn: &Conn,
+        first: WatchCreateRequest,
+        token: Option<AsciiMetadataValue>,
+    ) -> Result<Result<Watch, tonic::Status>> {
         let (tx, rx) = mpsc::channel(64);
         tx.send(WatchRequest {
             request_union: Some(RequestUnion::CreateRequest(first)),
         })
         .await
         .map_err(|_| anyhow!("watch request channel closed"))?;
-        let resp = conn.watch.clone().watch(ReceiverStream::new(rx)).await?;
-        Ok(Watch {
+        let mut req = tonic::Request::new(ReceiverStream::new(rx));
+        if let Some(token) = token {
+            req.metadata_mut().insert("token", token);
+        }
+        Ok(conn.watch.clone().watch(req).await.map(|resp| Watch {
             tx,
             rx: resp.into_inner(),
-        })
+        }))
     }
 
     pub async fn create(&self, req: WatchCreateRequest) -> Result<()> {

@@ -25,7 +25,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(
     name = "engram-conformance",
-    about = "Checks that an etcd v3 endpoint behaves like etcd 3.5 (KV API, Kubernetes storage patterns, concurrency, Lock and Election services, faults)",
+    about = "Checks that an etcd v3 endpoint behaves like etcd 3.5 (KV API, Kubernetes storage patterns, concurrency, Lock and Election services, authentication, faults)",
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -39,9 +39,9 @@ struct Cli {
     /// Without it, transcripts are compared with the recorded etcd 3.5 ones.
     #[arg(long)]
     reference: Option<String>,
-    /// Run only this group (etcd-api, kubernetes, concurrency, concurrency-api, faults);
-    /// repeatable or comma-separated. Default: every group (faults is skipped without
-    /// --restart-cmd).
+    /// Run only this group (etcd-api, kubernetes, concurrency, concurrency-api, auth,
+    /// faults); repeatable or comma-separated. Default: every group (faults is skipped
+    /// without --restart-cmd). auth enables authentication on the endpoint for a moment.
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// Shell command (run with `sh -c`) that kills the endpoint with SIGKILL and starts it
@@ -75,7 +75,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run the recorded groups (etcd-api, kubernetes, concurrency-api) against a real
+    /// Run the recorded groups (etcd-api, kubernetes, concurrency-api, auth) against a real
     /// etcd 3.5 and write their transcripts to `<out>/<group>/<case>.txt`.
     Record {
         /// A real etcd 3.5 endpoint.

@@ -13,26 +13,31 @@ use crate::case::{Case, Ctx, RunEnv};
 use crate::client::{self, Conn};
 use crate::normalize::{self, Norm};
 
-pub const GROUPS: [&str; 5] = [
+pub const GROUPS: [&str; 6] = [
     "etcd-api",
     "kubernetes",
     "concurrency",
     "concurrency-api",
+    "auth",
     "faults",
 ];
 
 /// Groups whose transcripts are recorded from etcd 3.5 (`record`) and compared with
 /// the recording when there is no `--reference`.
-pub const RECORDED_GROUPS: [&str; 3] = ["etcd-api", "kubernetes", "concurrency-api"];
+pub const RECORDED_GROUPS: [&str; 4] = ["etcd-api", "kubernetes", "concurrency-api", "auth"];
 
 pub fn registry() -> Vec<Case> {
     let mut v = crate::cases::etcd_api::cases();
     v.extend(crate::cases::kubernetes::cases());
     v.extend(crate::cases::concurrency::cases());
     v.extend(crate::cases::concurrency_api::cases());
+    v.extend(crate::cases::auth::cases());
     v.extend(crate::cases::faults::cases());
-    // Stable: group order is kept, compacting cases go last, restarting ones after them.
-    v.sort_by_key(|c| (c.restarts, c.compacts));
+    // Stable: group order is kept, compacting cases go last, then the exclusive ones (auth:
+    // while one runs, a request without a token is refused, so nothing else may run beside
+    // it, and should its teardown fail, only the restarting cases come after it), restarting
+    // ones after them. Cases run one at a time (`run`), never concurrently.
+    v.sort_by_key(|c| (c.restarts, c.exclusive, c.compacts));
     v
 }
 
@@ -70,6 +75,8 @@ pub struct Options {
 }
 
 const CASE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound on a case's teardown (it runs after the case, even one that timed out).
+const TEARDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct Run {
     pub error: Option<String>,
@@ -97,13 +104,28 @@ pub async fn run_on(conn: &Conn, env: &Arc<RunEnv>, prefix: &str, case: &Case) -
         },
         env.clone(),
     );
-    let error = match tokio::time::timeout(CASE_TIMEOUT, (case.run)(ctx.clone())).await {
+    let mut error = match tokio::time::timeout(CASE_TIMEOUT, (case.run)(ctx.clone())).await {
         Err(_) => Some(format!("timed out after {CASE_TIMEOUT:?}")),
         Ok(Err(e)) => Some(format!("{e:#}")),
         Ok(Ok(())) => None,
     };
     let transcript = ctx.transcript();
     let detail = ctx.shown_detail();
+    // Here, not inside the case: a case cut off by its timeout is dropped mid-way, and the
+    // endpoint must still be put back (auth disabled) for the cases after it.
+    if let Some(teardown) = case.teardown {
+        let failed = match tokio::time::timeout(TEARDOWN_TIMEOUT, teardown(ctx.clone())).await {
+            Err(_) => Some(format!("teardown timed out after {TEARDOWN_TIMEOUT:?}")),
+            Ok(Err(e)) => Some(format!("teardown: {e:#}")),
+            Ok(Ok(())) => None,
+        };
+        if let Some(f) = failed {
+            error = Some(match error {
+                Some(e) => format!("{e}; {f}"),
+                None => f,
+            });
+        }
+    }
     Run {
         error,
         transcript,
@@ -257,4 +279,27 @@ pub fn selected(only: &[String]) -> Vec<Case> {
         .into_iter()
         .filter(|c| only.is_empty() || only.iter().any(|g| g == c.group))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The auth cases enable authentication on the whole endpoint: every other case must
+    /// have run before them (restarting ones excepted), and each must be able to undo it.
+    #[test]
+    fn exclusive_cases_run_after_every_other_but_the_restarting_ones() {
+        let order = registry();
+        let first = order.iter().position(|c| c.exclusive).expect("auth cases");
+        let last = order.iter().rposition(|c| c.exclusive).expect("auth cases");
+        assert!(order[first..=last].iter().all(|c| c.exclusive));
+        assert!(order[..first].iter().all(|c| !c.restarts));
+        assert!(order[last + 1..].iter().all(|c| c.restarts));
+        assert!(
+            order
+                .iter()
+                .filter(|c| c.group == "auth")
+                .all(|c| c.exclusive && c.teardown.is_some())
+        );
+    }
 }

@@ -41,6 +41,7 @@ async fn suite_passes_against_a_follower() {
         "kubernetes/",
         "concurrency/",
         "concurrency-api/",
+        "auth/",
     ] {
         assert!(
             stdout.contains(&format!("PASS {group}")),

@@ -139,7 +139,13 @@ fn assert_passes(what: &str, out: &Output) {
 /// Every group that needs no command ran, and passed.
 fn assert_every_group_passed(what: &str, out: &Output) {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    for group in ["etcd-api", "kubernetes", "concurrency", "concurrency-api"] {
+    for group in [
+        "etcd-api",
+        "kubernetes",
+        "concurrency",
+        "concurrency-api",
+        "auth",
+    ] {
         assert!(
             stdout.contains(&format!("PASS {group}/")),
             "{what}: no {group} case passed:\n{stdout}"

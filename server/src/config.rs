@@ -159,11 +159,16 @@ pub struct Config {
     pub client_cert_auth: bool,
 
     /// The kind of tokens `Authenticate` issues (etcd's `--auth-token`): `simple`, signed by the
-    /// members so that any of them accepts them. JWT is not supported.
+    /// members so that any of them accepts them, or
+    /// `jwt,pub-key=<file>,priv-key=<file>,sign-method=<alg>[,ttl=<duration, 5m>]` with alg one
+    /// of RS256/384/512, PS256/384/512, ES256/384 (PEM keys) or HS256/384/512 (priv-key's bytes
+    /// are the secret). Every member needs the same key; one given only pub-key accepts tokens
+    /// but cannot issue them.
     #[arg(long, global = true, default_value = "simple", value_parser = parse_auth_token)]
     pub auth_token: String,
 
-    /// Seconds a token stays valid without being used (etcd's `--auth-token-ttl`).
+    /// Seconds a simple token stays valid without being used (etcd's `--auth-token-ttl`; a
+    /// JWT's lifetime is its `ttl` option).
     #[arg(long, global = true, default_value_t = 300)]
     pub auth_token_ttl: u64,
 
@@ -288,15 +293,12 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(seconds))
 }
 
-/// `--auth-token`: etcd's syntax (`simple`, or `jwt,pub-key=...,...`); only simple tokens.
+/// `--auth-token`: etcd's syntax (`simple`, or `jwt,pub-key=...,...`). The key files are
+/// read when the server starts.
 fn parse_auth_token(value: &str) -> Result<String, String> {
-    match value.split(',').next() {
-        Some("simple") => Ok(value.to_owned()),
-        Some("jwt") => Err("JWT tokens are not supported; use --auth-token simple".into()),
-        _ => Err(format!(
-            "unknown token type {value:?} (etcd's: simple, jwt)"
-        )),
-    }
+    backend::auth::options::decompose(value)
+        .map(|_| value.to_owned())
+        .map_err(|err| err.to_string())
 }
 
 #[cfg(test)]
@@ -326,6 +328,17 @@ mod tests {
         let defaults = Config::try_parse_from(["engram"]).unwrap();
         assert_eq!(defaults.lsm_options().separate_values_from, None);
         assert_eq!(defaults.lsm_options().memtable_bytes, Some(64 << 20));
+    }
+
+    #[test]
+    fn auth_token_takes_etcds_syntax() {
+        let parse = |value: &str| Config::try_parse_from(["engram", "--auth-token", value]);
+        let jwt = "jwt,pub-key=a.pub,priv-key=a.pem,sign-method=RS256,ttl=10m";
+        assert_eq!(parse(jwt).unwrap().auth_token, jwt);
+        assert!(parse("simple").is_ok());
+        let err = parse("jwt,priv-key").unwrap_err().to_string();
+        assert!(err.contains("auth: invalid auth options"), "{err}");
+        assert!(parse("opaque").is_err());
     }
 
     #[test]

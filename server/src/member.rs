@@ -94,10 +94,10 @@ impl Member {
 
         let metrics = Arc::new(Metrics::new(config.quota_backend_bytes)?);
         // Like etcd, each client port serves gRPC and the HTTP endpoints.
-        let grpc = routes::grpc_services(&config, &brain, identity, stopped.clone());
+        let grpc = routes::grpc_services(&config, &brain, identity, stopped.clone())?;
         let grpc = grpc.into_axum_router();
         // Like etcd, the client port also answers the gRPC-JSON gateway's paths.
-        let gateway = gateway::routes(&grpc);
+        let gateway = gateway::routes(&grpc, brain.clone());
         let client_routes = http::add_routes(
             grpc.merge(gateway).merge(routes),
             brain.clone(),

@@ -1,8 +1,9 @@
 //! `engram restore`: a backup into a new data directory. It takes etcd's own backups (the
 //! file `etcdctl snapshot save` writes, against etcd or Engram, or a member's
 //! `member/snap/db`) and the files older Engram releases wrote, told apart by their content.
-//! Nothing is written until the file has been checked, and a restore that fails leaves no data
-//! directory behind.
+//! Users, roles and the enabled flag come along with the keys (the restored store loads them
+//! when it opens). Nothing is written until the file has been checked, and a restore that
+//! fails leaves no data directory behind.
 
 use crate::config::{Config, EngineKind};
 use crate::error::BoxError;
@@ -74,6 +75,14 @@ async fn restore(
             } else {
                 " (no SHA-256 trailer to check)"
             },
+        );
+        let auth = &imported.auth;
+        println!(
+            "with {} users and {} roles, authentication {} (auth revision {})",
+            auth.users,
+            auth.roles,
+            if auth.enabled { "enabled" } else { "disabled" },
+            auth.revision,
         );
         for (what, count) in &imported.left_behind {
             let why = match what.as_str() {

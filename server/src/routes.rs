@@ -44,13 +44,14 @@ pub const SERVED: &[&str] = &[
 ];
 
 /// etcd's gRPC services (and the members' own) over `brain`, answering as `identity`.
-/// `stopped` turns the health service to NOT_SERVING.
+/// `stopped` turns the health service to NOT_SERVING. Fails if `--auth-token` names keys that
+/// cannot be used.
 pub fn grpc_services(
     config: &Config,
     brain: &Arc<Brain>,
     identity: Identity,
     stopped: tokio::sync::watch::Receiver<bool>,
-) -> Routes {
+) -> Result<Routes, crate::error::BoxError> {
     let watch_options = watch::StreamOptions {
         progress_interval: config.watch_progress_notify_interval,
         max_response_bytes: config.max_request_bytes + GRPC_OVERHEAD_BYTES,
@@ -58,10 +59,14 @@ pub fn grpc_services(
         permit: None,
     };
     let max_message = config.max_request_bytes + GRPC_OVERHEAD_BYTES;
-    let auth = Arc::new(crate::auth_info::Authenticator::new(
+    let auth = crate::auth_info::Authenticator::new(
+        &config.auth_token,
         std::time::Duration::from_secs(config.auth_token_ttl),
         config.bcrypt_cost,
-    ));
+        brain.clone(),
+    )
+    .map_err(|err| format!("--auth-token: {err}"))?;
+    let auth = Arc::new(auth);
     let recipes = Arc::new(service::recipes::Recipes::new(
         brain.clone(),
         auth.clone(),
@@ -111,6 +116,7 @@ pub fn grpc_services(
             ClusterServer::new(service::cluster::ClusterService::new(
                 identity,
                 brain.clone(),
+                auth.clone(),
             ))
             .max_encoding_message_size(MAX_SEND_BYTES),
         )
@@ -133,7 +139,7 @@ pub fn grpc_services(
             BrainServer::new(crate::brain::service::BrainService::new(brain.clone()))
                 .max_encoding_message_size(MAX_SEND_BYTES),
         );
-    services.routes()
+    Ok(services.routes())
 }
 
 /// Where snapshots are written before they are sent: beside the data when it is on local disk

@@ -49,7 +49,7 @@ pub fn from_auth(err: AuthError) -> Status {
         | AuthError::OldRevision => Code::InvalidArgument,
         AuthError::PermissionDenied => Code::PermissionDenied,
         AuthError::InvalidAuthToken => Code::Unauthenticated,
-        AuthError::NoPasswordUser => Code::Unknown,
+        AuthError::NoPasswordUser | AuthError::VerifyOnly => Code::Unknown,
         AuthError::RootUserNotExist
         | AuthError::RootRoleNotExist
         | AuthError::UserAlreadyExist

@@ -198,6 +198,19 @@ impl ServerProcess {
         endpoint: String,
         log: &Path,
     ) -> Result<Self, Error> {
+        Self::spawn_with_env(what, bin, args, &[], endpoint, log)
+    }
+
+    /// [`ServerProcess::spawn`] with the variables `env` set (after the caller's `ETCD*`
+    /// variables are removed).
+    pub fn spawn_with_env(
+        what: &str,
+        bin: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        endpoint: String,
+        log: &Path,
+    ) -> Result<Self, Error> {
         let mut out = OpenOptions::new().create(true).append(true).open(log)?;
         writeln!(out, "==== starting {} {}", bin.display(), args.join(" "))?;
         let mut cmd = Command::new(bin);
@@ -210,6 +223,7 @@ impl ServerProcess {
                 cmd.env_remove(key);
             }
         }
+        cmd.envs(env.iter().copied());
         die_with_parent(&mut cmd);
         let child = cmd.spawn().map_err(|source| Error::Spawn {
             what: what.to_string(),

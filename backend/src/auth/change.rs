@@ -264,6 +264,69 @@ impl AuthChange {
     }
 }
 
+/// What makes `current` the auth state of the etcd the store replicates, `source` (read from a
+/// snapshot of it: users with their password hashes, roles, the enabled flag and the auth
+/// revision, all as they are there); `None` if they are the same already. Unlike a change, it
+/// moves the auth revision to the source's, whatever it was. The token key stays while
+/// authentication stays enabled, so tokens issued here stay valid unless their user changed;
+/// enabling makes a new one, disabling drops it.
+pub fn replicate(
+    current: &AuthState,
+    source: &AuthState,
+    new_token_key: impl FnOnce() -> Bytes,
+) -> Option<Applied> {
+    if current.enabled == source.enabled
+        && current.revision == source.revision
+        && current.users == source.users
+        && current.roles == source.roles
+    {
+        return None;
+    }
+    let mut rows: Rows = Vec::new();
+    for (name, user) in &current.users {
+        if !source.users.contains_key(name) {
+            rows.push((records::user_key(&user.name), None));
+        }
+    }
+    for (name, user) in &source.users {
+        if current.users.get(name) != Some(user) {
+            rows.push(records::user_row(user));
+        }
+    }
+    for (name, role) in &current.roles {
+        if !source.roles.contains_key(name) {
+            rows.push((records::role_key(&role.name), None));
+        }
+    }
+    for (name, role) in &source.roles {
+        if current.roles.get(name) != Some(role) {
+            rows.push(records::role_row(role));
+        }
+    }
+    let token_key = match &current.token_key {
+        _ if !source.enabled => None,
+        Some(key) if current.enabled => Some(key.clone()),
+        _ => Some(new_token_key()),
+    };
+    rows.push((
+        records::enabled_key(),
+        Some(records::encode_flag(source.enabled)),
+    ));
+    rows.push((
+        records::revision_key(),
+        Some(records::encode_revision(source.revision)),
+    ));
+    rows.push((records::token_key_key(), token_key.clone()));
+    let state = AuthState::from_parts(
+        source.enabled,
+        source.revision,
+        source.users.clone(),
+        source.roles.clone(),
+        token_key,
+    );
+    Some(Applied { state, rows })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -316,6 +379,66 @@ mod tests {
         let s = apply(&s, AuthChange::Disable).unwrap();
         assert_eq!((s.enabled(), s.revision()), (false, 5));
         assert!(s.token_key().is_none());
+    }
+
+    /// Replicating a source's state takes its users, roles, flag and revision as they are,
+    /// removes what it lacks, keeps the token key while enabled, and is nothing when equal.
+    #[test]
+    fn replicating_takes_the_sources_state() {
+        let here = apply(&AuthState::default(), user_add("gone")).unwrap();
+        let here = apply(&here, AuthChange::RoleAdd { name: "old".into() }).unwrap();
+        let mut source = AuthState::default();
+        for change in [
+            user_add(ROOT),
+            AuthChange::RoleAdd { name: ROOT.into() },
+            AuthChange::UserGrantRole {
+                user: ROOT.into(),
+                role: ROOT.into(),
+            },
+            AuthChange::Enable,
+            AuthChange::Disable,
+            AuthChange::Enable,
+        ] {
+            source = apply(&source, change).unwrap();
+        }
+        let source = AuthState::from_parts(
+            source.enabled,
+            source.revision,
+            source.users.clone(),
+            source.roles.clone(),
+            None,
+        );
+        let applied = replicate(&here, &source, || Bytes::from_static(b"new")).unwrap();
+        let state = applied.state;
+        assert_eq!((state.enabled(), state.revision()), (true, 5));
+        assert_eq!(state.user_names(), [ROOT]);
+        assert_eq!(state.role_names(), [ROOT]);
+        assert_eq!(state.token_key().unwrap(), &Bytes::from_static(b"new"));
+        assert!(applied.rows.contains(&(records::user_key("gone"), None)));
+        assert!(applied.rows.contains(&(records::role_key("old"), None)));
+        // The rows make the same state.
+        let rows: Vec<(Bytes, Bytes)> = applied
+            .rows
+            .iter()
+            .filter(|(k, _)| !k.ends_with(b"gone") && !k.ends_with(b"old"))
+            .filter_map(|(k, v)| v.clone().map(|v| (k.clone(), v)))
+            .collect();
+        assert_eq!(records::state_from_rows(&rows).unwrap(), state);
+        assert!(replicate(&state, &source, || Bytes::from_static(b"x")).is_none());
+        // A password changed there: the row is rewritten, the token key kept.
+        let mut changed = source.clone();
+        if let Some(root) = changed.users.get_mut(ROOT) {
+            root.password = Bytes::from_static(b"other hash");
+        }
+        changed.revision += 1;
+        let again = replicate(&state, &changed, || Bytes::from_static(b"x")).unwrap();
+        assert_eq!(again.state.token_key(), state.token_key());
+        assert_eq!(again.state.user(ROOT).unwrap().password, "other hash");
+        // Disabled there: the key goes.
+        changed.enabled = false;
+        let off = replicate(&again.state, &changed, || Bytes::from_static(b"x")).unwrap();
+        assert!(off.state.token_key().is_none());
+        assert!(off.rows.contains(&(records::token_key_key(), None)));
     }
 
     #[test]

@@ -44,4 +44,8 @@ pub enum AuthError {
     InvalidAuthToken,
     #[error("etcdserver: invalid auth management")]
     InvalidAuthMgmt,
+    /// `Authenticate` on a member given only the JWT public key (etcd answers with its auth
+    /// package's own text, unmapped).
+    #[error("auth: token signing attempted with verify-only key")]
+    VerifyOnly,
 }

@@ -1,11 +1,12 @@
 //! Engram's store written as an etcd 3.5 database: what `etcdctl snapshot save` receives from
 //! Engram, which `etcdutl snapshot restore` turns into a data directory a real etcd starts on,
-//! with the same keys, history, revisions and leases.
+//! with the same keys, history, revisions, leases, users, roles and auth revision.
 //!
 //! The store is read from one snapshot in the engine and the file written in one pass on a
 //! thread of its own (bbolt's pages are plain file writes), a page of rows at a time: memory
 //! stays small whatever the size of the store.
 
+use super::auth::{AUTH_BUCKET, ROLES_BUCKET, USERS_BUCKET};
 use super::rows::RowPages;
 use super::{
     CONSISTENT_INDEX, EtcdDbError, FINISHED_COMPACT, KEY_BUCKET, LEASE_BUCKET, LeaseRecord,
@@ -88,12 +89,18 @@ async fn read_store<S: Snapshot>(
         batch
     };
     send(bucket(b"alarm", vec![]))?;
-    send(bucket(
-        b"auth",
-        vec![(&b"authRevision"[..], 1u64.to_be_bytes().to_vec())],
-    ))?;
-    send(bucket(b"authRoles", vec![]))?;
-    send(bucket(b"authUsers", vec![]))?;
+    // From the same engine snapshot as the keys: the auth state of the same moment.
+    let auth = super::auth::to_etcd(snapshot).await?;
+    for (name, entries) in [
+        (AUTH_BUCKET, auth.auth),
+        (ROLES_BUCKET, auth.roles),
+        (USERS_BUCKET, auth.users),
+    ] {
+        let mut batch = vec![Write::Bucket(name)];
+        batch.extend(entries.into_iter().map(|(k, v)| Write::Put(k, v)));
+        batch.push(Write::End);
+        send(batch)?;
+    }
     send(bucket(
         b"cluster",
         vec![(&b"clusterVersion"[..], CLUSTER_VERSION.to_vec())],

@@ -1,17 +1,20 @@
 //! An etcd 3.5 database (`etcdctl snapshot save`'s file, or a member's `member/snap/db`) read
 //! into an empty engine: every row etcd holds becomes the same version at the same revision
-//! and position in Engram's store, with etcd's compacted and current revisions and its leases,
-//! so that the store answers every read, watch and HashKV as that etcd did.
+//! and position in Engram's store, with etcd's compacted and current revisions, its leases and
+//! its users, roles, enabled flag and auth revision, so that the store answers every read,
+//! watch, HashKV and Authenticate as that etcd did.
 //!
 //! The file is checked before anything is written: its SHA-256 trailer when it has one
 //! (a file of `512·n + 32` bytes, as `etcdctl snapshot save` writes), and every page of every
 //! bucket. Then it is read one page at a time on a thread of its own while the rows are
 //! written to the engine in batches: memory stays small whatever the size of the file.
 
+use super::auth::{from_etcd, is_auth_bucket};
 use super::{
     EtcdDbError, FINISHED_COMPACT, KEY_BUCKET, LEASE_BUCKET, LeaseRecord, META_BUCKET,
     SCHEDULED_COMPACT, parse_row_key,
 };
+use crate::auth::{AuthState, records as auth_records, token};
 use crate::bolt::{BoltReader, Entries};
 use crate::engine::{Engine, Snapshot, WriteBatch, for_each_page};
 use crate::mvcc::keys;
@@ -42,8 +45,19 @@ pub struct Imported {
     pub compacted: i64,
     /// Whether the file ended with a SHA-256 trailer (which was checked).
     pub checksummed: bool,
+    /// Users, roles and whether authentication is enabled.
+    pub auth: ImportedAuth,
     /// What the database held that Engram does not carry over: bucket and entries.
     pub left_behind: Vec<(String, u64)>,
+}
+
+/// The auth state an etcd database held.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImportedAuth {
+    pub enabled: bool,
+    pub revision: u64,
+    pub users: usize,
+    pub roles: usize,
 }
 
 /// Whether the file at `path` is a bbolt database (by its first page, not its name).
@@ -97,8 +111,17 @@ pub fn verify(path: &Path) -> Result<Verified, EtcdDbError> {
     })
 }
 
+/// The auth state of a checked etcd database: users (with their password hashes), roles, the
+/// enabled flag and the auth revision, as that etcd held them (no token key).
+pub fn auth_of(db: &Verified) -> Result<AuthState, EtcdDbError> {
+    let rows = from_etcd(&BoltReader::open(&db.path)?)?;
+    Ok(auth_records::state_from_rows(&rows)?)
+}
+
 /// One step for the importer, sent by the thread reading the file.
 enum Step {
+    /// Rows of the `AUTH` region.
+    Auth(Vec<(Bytes, Bytes)>),
     Row(Vec<u8>, Vec<u8>),
     Lease(Vec<u8>),
     Meta(Vec<u8>, Vec<u8>),
@@ -116,6 +139,10 @@ pub async fn import<E: Engine>(engine: &E, db: &Verified) -> Result<Imported, Et
             .scan(&keys::data_range(), 1, false)
             .await?
             .is_empty()
+            && snapshot
+                .scan(&auth_records::region(), 1, false)
+                .await?
+                .is_empty()
     };
     if !empty {
         return Err(EtcdDbError::NotEmpty);
@@ -145,6 +172,7 @@ fn read_file(path: &Path, tx: tokio::sync::mpsc::Sender<Vec<Step>>) -> Result<()
         tx.blocking_send(batch)
             .map_err(|_| EtcdDbError::Invalid("the import stopped".into()))
     };
+    send(vec![Step::Auth(from_etcd(&reader)?)])?;
     let mut rows = None;
     for (name, bucket) in reader.buckets()? {
         let entries = reader.entries(&bucket);
@@ -154,14 +182,7 @@ fn read_file(path: &Path, tx: tokio::sync::mpsc::Sender<Vec<Step>>) -> Result<()
             META_BUCKET => send(collect(entries, Step::Meta)?)?,
             // The cluster version: Engram reports its own.
             b"cluster" => {}
-            b"auth" => {
-                let enabled = entries
-                    .filter_map(Result::ok)
-                    .any(|(k, v)| k == b"authEnabled" && v == [1]);
-                if enabled {
-                    send(vec![Step::LeftBehind("auth (enabled)".into(), 1)])?;
-                }
-            }
+            name if is_auth_bucket(name) => {}
             _ => {
                 let count = entries.count() as u64;
                 if count > 0 {
@@ -212,6 +233,23 @@ async fn write_rows<E: Engine>(
     while let Some(reads) = rx.recv().await {
         for step in reads {
             match step {
+                Step::Auth(rows) => {
+                    let state = auth_records::state_from_rows(&rows)?;
+                    for (key, value) in rows {
+                        batch.put(key, value);
+                    }
+                    // Tokens are Engram's own: a store that has authentication enabled needs a
+                    // key to sign them with.
+                    if state.enabled() {
+                        batch.put(auth_records::token_key_key(), token::new_key());
+                    }
+                    out.auth = ImportedAuth {
+                        enabled: state.enabled(),
+                        revision: state.revision(),
+                        users: state.user_names().len(),
+                        roles: state.role_names().len(),
+                    };
+                }
                 Step::Lease(value) => {
                     let lease = LeaseRecord::decode(value.as_slice())
                         .map_err(|e| EtcdDbError::Invalid(format!("a lease record: {e}")))?;

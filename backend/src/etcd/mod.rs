@@ -15,8 +15,11 @@
 //! The `meta` bucket holds the compacted revision (`finishedCompactRev`, and
 //! `scheduledCompactRev` while a compaction runs); the current revision is the last row's, or
 //! the compacted one if that is later. The `lease` bucket holds each lease's id and TTL; keys
-//! are attached to the lease their newest row names.
+//! are attached to the lease their newest row names. The `auth`, `authUsers` and `authRoles`
+//! buckets hold users, roles and the enabled flag: [`auth`] moves them to and from Engram's
+//! `AUTH` region.
 
+pub mod auth;
 pub mod export;
 pub mod hash;
 pub mod import;

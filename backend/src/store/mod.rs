@@ -14,6 +14,7 @@ mod expiry;
 mod history;
 mod maintenance;
 mod options;
+mod replicate;
 mod request;
 mod shared;
 pub mod space;
@@ -22,6 +23,7 @@ mod writer;
 
 pub use commit::{CommitListener, CommittedRevision, owned_event};
 pub use options::{DEFAULT_MAX_REQUEST_BYTES, StoreOptions};
+pub use replicate::Replicating;
 
 use crate::auth::{AuthChange, AuthState, Authority};
 use crate::engine::{Engine, Snapshot, for_each_page};
@@ -53,19 +55,6 @@ const PROPOSAL_OVERHEAD: usize = 16;
 /// How long a read waits for this member to catch up with a compaction it has not heard of
 /// (see [`Store::snapshot`]) before it gives up: a follower that far behind has lost its leader.
 const CATCH_UP: std::time::Duration = std::time::Duration::from_secs(5);
-
-/// Replicated revisions handed to the writer (see [`Store::replicate`]).
-pub struct Replicating(Vec<oneshot::Receiver<KvResult<()>>>);
-
-impl Replicating {
-    /// Waits until every revision is committed: the first failure, if one fails.
-    pub async fn committed(self) -> KvResult<()> {
-        for answer in self.0 {
-            answer.await.map_err(|_| KvError::Stopped)??;
-        }
-        Ok(())
-    }
-}
 
 /// A handle to the store; cheap to clone.
 ///
@@ -437,61 +426,6 @@ impl<E: Engine> Store<E> {
             .await
             .map_err(|_| KvError::Stopped)?;
         rx.await.map_err(|_| KvError::Stopped)?
-    }
-
-    /// Whether the store replicates another etcd (see [`Store::replicate`]).
-    pub fn replicating(&self) -> bool {
-        self.shared.replicating.load(Ordering::Acquire)
-    }
-
-    /// Hands `revisions` of the etcd this store replicates to the writer, each (revision, its
-    /// events in etcd's order) to be committed as the same revision here: the store stays that
-    /// etcd's exact copy, revision for revision. The first must follow the last revision
-    /// handed over, each the one before. Returns once they are queued; the [`Replicating`]
-    /// returned says when they are committed. Revisions handed over before earlier ones are
-    /// committed share group commits with them: one at a time, each would cost a sync.
-    pub async fn replicate(
-        &self,
-        revisions: Vec<(i64, Vec<etcdpb::mvccpb::Event>)>,
-    ) -> KvResult<Replicating> {
-        let writer = match &self.writer {
-            Some(writer) if !*self.shared.deposed.borrow() => writer,
-            _ => return Err(KvError::NotLeader),
-        };
-        let mut answers = Vec::with_capacity(revisions.len());
-        for (revision, events) in revisions {
-            let (reply, rx) = oneshot::channel();
-            let request = WriteRequest::Replicate {
-                revision,
-                events,
-                reply,
-            };
-            writer.send(request).await.map_err(|_| KvError::Stopped)?;
-            answers.push(rx);
-        }
-        Ok(Replicating(answers))
-    }
-
-    /// Makes the leases of the store those of the etcd it replicates: `leases` (id, TTL).
-    pub async fn replicate_leases(&self, leases: Vec<(i64, i64)>) -> KvResult<()> {
-        self.send(|reply| WriteRequest::ReplicateLeases { leases, reply })
-            .await
-    }
-
-    /// Compacts as the etcd this store replicates did (a compaction makes no revision).
-    pub async fn replicate_compaction(&self, revision: i64) -> KvResult<CompactionResponse> {
-        self.send(|reply| WriteRequest::Compact(revision, reply))
-            .await
-    }
-
-    /// The store stops replicating and takes writes from now on, its next revision the one
-    /// after the last it replicated. Every lease gets its full TTL from now, as etcd grants
-    /// when a new leader takes over.
-    pub fn end_replication(&self) {
-        for id in self.shared.leases.ids() {
-            self.shared.leases.keep_alive(id);
-        }
-        self.shared.replicating.store(false, Ordering::Release);
     }
 
     /// The events of revisions `from..=to` (clamped to the published revision), whole revisions

@@ -4,7 +4,7 @@
 //! methods await exactly their response type. An evaluated request waits in its batch as an
 //! [`Answer`] (the reply channel with its result) until the batch is durable.
 
-use crate::auth::{AuthChange, Authority};
+use crate::auth::{AuthChange, AuthState, Authority};
 use crate::engine::EngineError;
 use crate::kv::{KvError, KvResult};
 use bytes::Bytes;
@@ -57,6 +57,12 @@ pub(super) enum WriteRequest {
         leases: Vec<(i64, i64)>,
         reply: Reply<()>,
     },
+    /// The auth state of the etcd the store replicates, to be the store's; answers the auth
+    /// revision.
+    ReplicateAuth {
+        source: Box<AuthState>,
+        reply: Reply<u64>,
+    },
 }
 
 impl WriteRequest {
@@ -73,6 +79,7 @@ impl WriteRequest {
             WriteRequest::Auth { reply, .. } => reply.send(Err(err)).is_ok(),
             WriteRequest::Replicate { reply, .. } => reply.send(Err(err)).is_ok(),
             WriteRequest::ReplicateLeases { reply, .. } => reply.send(Err(err)).is_ok(),
+            WriteRequest::ReplicateAuth { reply, .. } => reply.send(Err(err)).is_ok(),
         };
     }
 }

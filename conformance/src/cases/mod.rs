@@ -1,5 +1,6 @@
 //! The conformance cases, one module per group, and helpers they share.
 
+pub mod auth;
 pub mod concurrency;
 pub mod concurrency_api;
 pub mod etcd_api;

@@ -8,15 +8,19 @@
 //! `{"result": ...}` line per message, as grpc-gateway does.
 
 mod call;
+mod certificate;
 mod handle;
 
+use crate::brain::Brain;
 use axum::Router;
 use etcdpb::etcdserverpb as pb;
 use etcdpb::{v3electionpb as election, v3lockpb as lock};
 use handle::{Streaming, Unary};
+use std::sync::Arc;
 
-/// The gateway's routes, calling the gRPC services of `grpc`.
-pub fn routes(grpc: &Router) -> Router {
+/// The gateway's routes, calling the gRPC services of `grpc`; `brain` tells whether
+/// authentication is enabled (see [`certificate`]).
+pub fn routes(grpc: &Router, brain: Arc<Brain>) -> Router {
     let unary = |path| Unary(grpc.clone(), path);
     let stream = |path| Streaming(grpc.clone(), path);
     Router::new()
@@ -264,4 +268,7 @@ pub fn routes(grpc: &Router) -> Router {
             unary("/v3electionpb.Election/Resign")
                 .of::<election::ResignRequest, election::ResignResponse>(),
         )
+        .route_layer(axum::middleware::from_fn(move |request, next| {
+            certificate::refuse_named(brain.clone(), request, next)
+        }))
 }

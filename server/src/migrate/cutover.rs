@@ -2,6 +2,7 @@
 //! stands, `POST /migration/cutover` makes Engram take over once the source's writers are
 //! stopped.
 
+use super::auth;
 use super::follow::{Migration, Stage};
 use axum::Json;
 use axum::Router;
@@ -23,18 +24,26 @@ pub fn routes(migration: Arc<Migration>) -> Router {
 }
 
 async fn status(State(migration): State<Arc<Migration>>) -> Json<Value> {
-    let (applied, compacted, lag) = match migration.brain() {
+    let (applied, compacted, lag, (auth_enabled, auth_revision)) = match migration.brain() {
         Some(brain) => {
             let store = brain.store();
-            (store.revision(), store.compacted(), brain.replication_lag())
+            let mark = auth::mark(&store);
+            (
+                store.revision(),
+                store.compacted(),
+                brain.replication_lag(),
+                mark,
+            )
         }
-        None => (0, -1, None),
+        None => (0, -1, None, (false, 0)),
     };
     let mut out = json!({
         "source": migration.source.url,
         "applied_revision": applied,
         "compacted_revision": compacted,
         "leases": migration.lease_count(),
+        "auth_enabled": auth_enabled,
+        "auth_revision": auth_revision,
     });
     match migration.stage() {
         Stage::Following => {
@@ -68,9 +77,10 @@ async fn cutover(State(migration): State<Arc<Migration>>) -> (StatusCode, Json<V
 }
 
 /// The cut-over: the store has applied the source's latest revision, the leases are the
-/// source's, both are compacted alike, HashKV is the same on both at that revision, and the
-/// source did not move meanwhile; then following stops and the store takes writes, its next
-/// revision the source's + 1.
+/// source's, both are compacted alike, HashKV is the same on both at that revision, the users,
+/// roles and enabled flag are the source's (the same auth revision), and the source did not
+/// move meanwhile; then following stops and the store takes writes, its next revision the
+/// source's + 1.
 async fn take_over(migration: &Migration) -> Result<(i64, u32), String> {
     let _one = migration.cutting_over.lock().await;
     match migration.stage() {
@@ -138,6 +148,12 @@ async fn take_over(migration: &Migration) -> Result<(i64, u32), String> {
             theirs.hash, ours.hash
         ));
     }
+    // Users and roles are not in the watch stream: copied again if they moved since the last
+    // look (from a fresh snapshot: password hashes are in no API answer), then checked.
+    migration
+        .sync_auth()
+        .await
+        .map_err(|e| format!("copying the source's users and roles: {e}"))?;
     let now = source
         .revision()
         .await
@@ -145,6 +161,19 @@ async fn take_over(migration: &Migration) -> Result<(i64, u32), String> {
     if now != at {
         return Err(moved(at, now));
     }
+    let (there, here) = (auth::source_mark(source).await?, auth::mark(&store));
+    if let Some(there) = there
+        && there != here
+    {
+        return Err(format!(
+            "users, roles or the enabled flag changed on the source during the cut-over (auth \
+             revision {} and enabled {} there, {} and {} here): stop changing them and try again",
+            there.1, there.0, here.1, here.0
+        ));
+    }
+    // No copy of the source's users and roles runs past the cut-over: one under way finishes
+    // first, and none starts before following stops.
+    let _no_auth_copy = migration.auth_sync.lock().await;
     migration.stop(Stage::CutOver { revision: at });
     brain.end_replication();
     tracing::info!(

@@ -1,19 +1,21 @@
 //! Following the source: every revision it commits is applied here as the same revision, its
-//! leases and its compaction mirrored, until the cut-over.
+//! leases, compaction, users and roles mirrored, until the cut-over.
 
+use super::auth::{self, AuthMark};
 use super::source::Source;
 use crate::brain::{Brain, Route, Store};
 use backend::Replicating;
 use backend::kv::KvError;
 use etcdpb::mvccpb::Event;
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use tokio::sync::oneshot;
 
 /// Pause before reconnecting after the source's stream broke.
 const RECONNECT: Duration = Duration::from_secs(1);
-/// How often the lag is logged, and the source's compaction looked for.
+/// How often the lag is logged, and the source's compaction and auth revision looked at.
 const REPORT: Duration = Duration::from_secs(10);
 /// Watch responses handed to the writer and not yet confirmed committed, at most.
 const CONFIRM_AHEAD: usize = 256;
@@ -37,6 +39,10 @@ pub struct Migration {
     /// The leases of the source as last read: id and granted TTL.
     leases: Mutex<HashMap<i64, i64>>,
     lease_poll: Duration,
+    /// The data directory: where a snapshot read for the source's users and roles goes.
+    dir: PathBuf,
+    /// One copy of the source's users and roles at a time.
+    pub(super) auth_sync: tokio::sync::Mutex<()>,
     tasks: Mutex<Vec<tokio::task::JoinHandle<()>>>,
     /// Told why, when following cannot go on (the process ends with it).
     fatal: Mutex<Option<oneshot::Sender<String>>>,
@@ -45,13 +51,20 @@ pub struct Migration {
 }
 
 impl Migration {
-    pub fn new(source: Source, lease_poll: Duration, fatal: oneshot::Sender<String>) -> Arc<Self> {
+    pub fn new(
+        source: Source,
+        lease_poll: Duration,
+        dir: PathBuf,
+        fatal: oneshot::Sender<String>,
+    ) -> Arc<Self> {
         Arc::new(Migration {
             source,
             brain: OnceLock::new(),
             stage: Mutex::new(Stage::Following),
             leases: Mutex::new(HashMap::new()),
             lease_poll,
+            dir,
+            auth_sync: tokio::sync::Mutex::new(()),
             tasks: Mutex::new(Vec::new()),
             fatal: Mutex::new(Some(fatal)),
             cutting_over: tokio::sync::Mutex::new(()),
@@ -227,7 +240,18 @@ impl Migration {
         Ok(())
     }
 
-    /// Logs how far behind the source the store is, and mirrors the source's compaction.
+    /// Makes the store's users, roles and enabled flag the source's, if they moved there (see
+    /// `auth.rs`). Returns the mark copied, `None` if nothing had moved.
+    pub(super) async fn sync_auth(&self) -> Result<Option<AuthMark>, crate::error::BoxError> {
+        let _one = self.auth_sync.lock().await;
+        let Some(store) = self.store().await else {
+            return Ok(None);
+        };
+        auth::sync(&self.source, &store, &self.dir).await
+    }
+
+    /// Logs how far behind the source the store is, and mirrors the source's compaction and
+    /// its users and roles.
     async fn report(self: Arc<Self>) {
         loop {
             tokio::time::sleep(REPORT).await;
@@ -252,6 +276,9 @@ impl Migration {
                     }
                 }
                 Err(status) => tracing::debug!(%status, "reading the source's compaction"),
+            }
+            if let Err(err) = self.sync_auth().await {
+                tracing::warn!(%err, "copying the source's users and roles failed");
             }
         }
     }

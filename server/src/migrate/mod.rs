@@ -3,17 +3,22 @@
 //!
 //! 1. A snapshot of the source is streamed to a file beside the new data directory (never held
 //!    in memory), checked and restored there (`backend::etcd::import`): same keys, versions,
-//!    revisions, compaction and leases.
+//!    revisions, compaction, leases, users, roles and auth revision. A source with
+//!    authentication enabled is read as a user with the root role (`ETCDCTL_USER`, see
+//!    `source.rs`).
 //! 2. The member starts on it, replicating: it serves reads and watches (a watcher sees the
 //!    source's revisions as they arrive) and refuses writes with etcd's `rpc not supported for
 //!    learner` (`follow.rs`). It follows the source with a watch of the whole keyspace from the
 //!    snapshot's revision + 1 and applies each revision as the same revision here. Leases are
 //!    not in the watch stream: they are read every `--lease-poll-interval`; the source's
-//!    compaction is looked for every 10 s and done here too. A broken stream resumes from the
-//!    next revision; a source that compacted past it stops the migration, which says so.
+//!    compaction is looked for every 10 s and done here too, and so is its auth revision: if
+//!    users, roles or the enabled flag changed there, they are copied again from a fresh
+//!    snapshot (`auth.rs`). A broken stream resumes from the next revision; a source that
+//!    compacted past it stops the migration, which says so.
 //! 3. The cut-over (`cutover.rs`): once the operator has stopped the source's writers,
 //!    `POST /migration/cutover` checks that Engram has the source's latest revision and the same
-//!    HashKV there, and makes Engram take writes from the next revision on.
+//!    HashKV there and the same users and roles (copying them once more if they moved), and
+//!    makes Engram take writes from the next revision on.
 //!
 //! Started on a data directory that holds a store already (a migration that was interrupted),
 //! it follows on from that store's revision without a new snapshot, unless the source has
@@ -22,6 +27,7 @@
 //! far behind) ends the process with that advice: its supervisor restarts it, and it starts
 //! again from a fresh snapshot.
 
+mod auth;
 mod cutover;
 mod follow;
 mod source;
@@ -32,7 +38,7 @@ use crate::member::Member;
 use backend::engine::{AnyEngine, Engine};
 use backend::etcd::import;
 use follow::Migration;
-use source::Source;
+use source::{Credentials, Source};
 use tokio::sync::oneshot;
 
 /// Copies the source into the data directory (unless it holds a store already), starts the
@@ -41,7 +47,7 @@ pub async fn start(
     args: MigrateArgs,
     config: Config,
 ) -> Result<(Member, oneshot::Receiver<String>), BoxError> {
-    let source = Source::connect(&args)?;
+    let source = Source::connect(&args, Credentials::from_env()?)?;
     let dir = &config.data_dir;
     let holds_data = dir.is_dir() && std::fs::read_dir(dir)?.next().is_some();
     let resumed = if holds_data {
@@ -62,7 +68,12 @@ pub async fn start(
         }
     };
     let (fatal, failed) = oneshot::channel();
-    let migration = Migration::new(source, args.lease_poll_interval, fatal);
+    let migration = Migration::new(
+        source,
+        args.lease_poll_interval,
+        config.data_dir.clone(),
+        fatal,
+    );
     let routes = cutover::routes(migration.clone());
     let member = Member::start_with(config, engine, routes).await?;
     migration.start(member.brain.clone());
@@ -80,11 +91,11 @@ async fn resume(source: &Source, config: &Config) -> Result<Option<AnyEngine>, B
     let current = source
         .revision()
         .await
-        .map_err(|s| format!("{}: {}", source.url, s.message()))?;
+        .map_err(|s| format!("{}: {}", source.url, source::explain(&s)))?;
     let compacted = source
         .compacted(current)
         .await
-        .map_err(|s| format!("{}: {}", source.url, s.message()))?;
+        .map_err(|s| format!("{}: {}", source.url, source::explain(&s)))?;
     if compacted <= revision + 1 {
         tracing::info!(
             revision,
@@ -149,6 +160,10 @@ async fn copy(source: &Source, config: &Config) -> Result<AnyEngine, BoxError> {
         compacted = imported.compacted,
         keys = imported.keys,
         leases = imported.leases,
+        users = imported.auth.users,
+        roles = imported.auth.roles,
+        auth_enabled = imported.auth.enabled,
+        auth_revision = imported.auth.revision,
         took_ms = started.elapsed().as_millis() as u64,
         "copied a snapshot of the source"
     );

@@ -1,24 +1,140 @@
-//! The etcd a migration copies and follows, as a client reaches it.
+//! The etcd a migration copies and follows, as a client reaches it: over TLS with etcdctl's
+//! flags, and as a user with the root role when the source has authentication enabled.
 
 use crate::config::MigrateArgs;
 use crate::error::BoxError;
 use etcdpb::etcdserverpb::{
-    HashKvRequest, LeaseLeasesRequest, LeaseTimeToLiveRequest, RangeRequest, SnapshotRequest,
-    WatchCreateRequest, WatchRequest, WatchResponse, kv_client::KvClient,
-    lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
-    watch_request::RequestUnion,
+    AuthStatusRequest, AuthenticateRequest, HashKvRequest, LeaseLeasesRequest,
+    LeaseTimeToLiveRequest, RangeRequest, SnapshotRequest, WatchCreateRequest, WatchRequest,
+    WatchResponse, auth_client::AuthClient, kv_client::KvClient, lease_client::LeaseClient,
+    maintenance_client::MaintenanceClient, watch_client::WatchClient, watch_request::RequestUnion,
 };
+use std::future::Future;
 use std::io::Write;
 use std::path::Path;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use tonic::metadata::{AsciiMetadataValue, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
+
+/// The channel every call goes through, with the token added.
+type Authed = InterceptedService<Channel, TokenSlot>;
 
 /// The source etcd: one HTTP/2 connection for every call.
 #[derive(Clone)]
 pub struct Source {
     pub url: String,
     channel: Channel,
+    credentials: Option<Arc<Credentials>>,
+    token: TokenSlot,
+}
+
+/// A user of the source with the root role (what Snapshot, HashKV and a watch of the whole
+/// keyspace need once authentication is enabled there).
+pub struct Credentials {
+    name: String,
+    password: String,
+}
+
+impl std::fmt::Debug for Credentials {
+    // Never prints the password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Credentials({})", self.name)
+    }
+}
+
+/// What is wrong with the credentials in the environment.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialsError {
+    #[error("ETCDCTL_USER names no password: give name:password, or set ETCDCTL_PASSWORD")]
+    NoPassword,
+    #[error("ETCDCTL_USER names no user")]
+    NoUser,
+}
+
+impl Credentials {
+    /// etcdctl's variables: `ETCDCTL_USER` is `name:password`, or `name` with the password in
+    /// `ETCDCTL_PASSWORD`. Read from the environment rather than a flag, so that the password
+    /// shows in no process listing (on Kubernetes, from a Secret). `None` if unset.
+    pub fn from_env() -> Result<Option<Self>, CredentialsError> {
+        let user = match std::env::var("ETCDCTL_USER") {
+            Ok(user) if !user.is_empty() => user,
+            _ => return Ok(None),
+        };
+        let (name, password) = match (user.split_once(':'), std::env::var("ETCDCTL_PASSWORD")) {
+            (_, Ok(password)) => (user, password),
+            (Some((name, password)), Err(_)) => (name.to_string(), password.to_string()),
+            (None, Err(_)) => return Err(CredentialsError::NoPassword),
+        };
+        if name.is_empty() {
+            return Err(CredentialsError::NoUser);
+        }
+        Ok(Some(Credentials { name, password }))
+    }
+}
+
+/// The token of the last Authenticate, added to every call as etcd's clients add it.
+#[derive(Clone, Default)]
+struct TokenSlot(Arc<RwLock<Login>>);
+
+/// Where authenticating to the source stands.
+#[derive(Clone, Default)]
+enum Login {
+    /// Not tried yet.
+    #[default]
+    Pending,
+    /// The source has authentication disabled: calls go without a token.
+    NotNeeded,
+    Token(AsciiMetadataValue),
+}
+
+impl TokenSlot {
+    fn get(&self) -> Login {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, login: Login) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = login;
+    }
+}
+
+impl Interceptor for TokenSlot {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Login::Token(token) = self.get() {
+            request.metadata_mut().insert("token", token);
+        }
+        Ok(request)
+    }
+}
+
+/// Whether the source refused the token the call carried (or wanted one it lacked), so that
+/// authenticating again and repeating the call may work: the token expired unused, its user
+/// changed, the auth revision moved while the call ran (etcd's clients do the same), or
+/// authentication was enabled since the last Authenticate.
+fn token_refused(status: &tonic::Status) -> bool {
+    let message = status.message();
+    message.contains("invalid auth token")
+        || message.contains("revision of auth store is old")
+        || message.contains("user name is empty")
+}
+
+/// `status` with what to do when it says the source wants a user this migration lacks.
+pub fn explain(status: &tonic::Status) -> String {
+    let message = status.message();
+    if message.contains("user name is empty") || message.contains("permission denied") {
+        format!(
+            "{message}: the source has authentication enabled; give a user with the root role \
+             in ETCDCTL_USER (name:password, or the password in ETCDCTL_PASSWORD)"
+        )
+    } else {
+        message.to_string()
+    }
 }
 
 /// What HashKV of the source answered.
@@ -30,8 +146,9 @@ pub struct SourceHash {
 }
 
 impl Source {
-    /// A client of the etcd at `args.from`, with etcdctl's TLS flags when it is https.
-    pub fn connect(args: &MigrateArgs) -> Result<Self, BoxError> {
+    /// A client of the etcd at `args.from`, with etcdctl's TLS flags when it is https, that
+    /// authenticates as `credentials` if given.
+    pub fn connect(args: &MigrateArgs, credentials: Option<Credentials>) -> Result<Self, BoxError> {
         let read = |path: &Path| {
             std::fs::read(path).map_err(|e| BoxError::from(format!("{}: {e}", path.display())))
         };
@@ -54,29 +171,101 @@ impl Source {
         Ok(Source {
             url: args.from.clone(),
             channel: endpoint.connect_lazy(),
+            credentials: credentials.map(Arc::new),
+            token: TokenSlot::default(),
         })
     }
 
-    fn kv(&self) -> KvClient<Channel> {
-        KvClient::new(self.channel.clone()).max_decoding_message_size(usize::MAX)
+    fn kv(&self) -> KvClient<Authed> {
+        KvClient::with_interceptor(self.channel.clone(), self.token.clone())
+            .max_decoding_message_size(usize::MAX)
     }
 
-    fn lease(&self) -> LeaseClient<Channel> {
-        LeaseClient::new(self.channel.clone()).max_decoding_message_size(usize::MAX)
+    fn lease(&self) -> LeaseClient<Authed> {
+        LeaseClient::with_interceptor(self.channel.clone(), self.token.clone())
+            .max_decoding_message_size(usize::MAX)
     }
 
-    fn maintenance(&self) -> MaintenanceClient<Channel> {
-        MaintenanceClient::new(self.channel.clone()).max_decoding_message_size(usize::MAX)
+    fn maintenance(&self) -> MaintenanceClient<Authed> {
+        MaintenanceClient::with_interceptor(self.channel.clone(), self.token.clone())
+            .max_decoding_message_size(usize::MAX)
+    }
+
+    fn auth(&self) -> AuthClient<Authed> {
+        AuthClient::with_interceptor(self.channel.clone(), self.token.clone())
+    }
+
+    /// Authenticates (when the migration has credentials) and keeps the token for every later
+    /// call. A source with authentication disabled needs none: calls go without.
+    async fn login(&self) -> Result<(), tonic::Status> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(());
+        };
+        let answer = AuthClient::new(self.channel.clone())
+            .authenticate(AuthenticateRequest {
+                name: credentials.name.clone(),
+                password: credentials.password.clone(),
+            })
+            .await;
+        let token = match answer {
+            Ok(answer) => answer.into_inner().token,
+            Err(status) if status.message().contains("authentication is not enabled") => {
+                self.token.set(Login::NotNeeded);
+                return Ok(());
+            }
+            Err(status) => return Err(status),
+        };
+        let token = MetadataValue::try_from(token)
+            .map_err(|_| tonic::Status::internal("the source's token is not ASCII"))?;
+        self.token.set(Login::Token(token));
+        Ok(())
+    }
+
+    /// Runs `call` with a token (authenticating first if there is none yet), and once more
+    /// with a new one if the source refused it.
+    async fn authed<T, F, Fut>(&self, call: F) -> Result<T, tonic::Status>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        if self.credentials.is_some() && matches!(self.token.get(), Login::Pending) {
+            self.login().await?;
+        }
+        match call().await {
+            Err(status) if self.credentials.is_some() && token_refused(&status) => {
+                self.login().await?;
+                call().await
+            }
+            result => result,
+        }
+    }
+
+    /// Whether authentication is enabled on the source, and its auth revision (which every
+    /// change of users, roles or permissions moves, as does disabling).
+    pub async fn auth_status(&self) -> Result<(bool, u64), tonic::Status> {
+        let status = self
+            .authed(|| {
+                let mut auth = self.auth();
+                async move { auth.auth_status(AuthStatusRequest {}).await }
+            })
+            .await?
+            .into_inner();
+        Ok((status.enabled, status.auth_revision))
     }
 
     /// The source's current revision (a linearizable read of one key).
     pub async fn revision(&self) -> Result<i64, tonic::Status> {
         let resp = self
-            .kv()
-            .range(RangeRequest {
-                key: bytes::Bytes::from_static(b"\0"),
-                count_only: true,
-                ..Default::default()
+            .authed(|| {
+                let mut kv = self.kv();
+                async move {
+                    kv.range(RangeRequest {
+                        key: bytes::Bytes::from_static(b"\0"),
+                        count_only: true,
+                        ..Default::default()
+                    })
+                    .await
+                }
             })
             .await?
             .into_inner();
@@ -88,12 +277,17 @@ impl Source {
     pub async fn compacted(&self, current: i64) -> Result<i64, tonic::Status> {
         let readable = |revision: i64| async move {
             let read = self
-                .kv()
-                .range(RangeRequest {
-                    key: bytes::Bytes::from_static(b"\0"),
-                    count_only: true,
-                    revision,
-                    ..Default::default()
+                .authed(|| {
+                    let mut kv = self.kv();
+                    async move {
+                        kv.range(RangeRequest {
+                            key: bytes::Bytes::from_static(b"\0"),
+                            count_only: true,
+                            revision,
+                            ..Default::default()
+                        })
+                        .await
+                    }
                 })
                 .await;
             match read {
@@ -125,8 +319,10 @@ impl Source {
         known: &std::collections::HashMap<i64, i64>,
     ) -> Result<Vec<(i64, i64)>, tonic::Status> {
         let ids = self
-            .lease()
-            .lease_leases(LeaseLeasesRequest {})
+            .authed(|| {
+                let mut lease = self.lease();
+                async move { lease.lease_leases(LeaseLeasesRequest {}).await }
+            })
             .await?
             .into_inner()
             .leases;
@@ -136,11 +332,14 @@ impl Source {
                 out.push((lease.id, *ttl));
                 continue;
             }
+            let id = lease.id;
             let ttl = self
-                .lease()
-                .lease_time_to_live(LeaseTimeToLiveRequest {
-                    id: lease.id,
-                    keys: false,
+                .authed(|| {
+                    let mut lease = self.lease();
+                    async move {
+                        let ask = LeaseTimeToLiveRequest { id, keys: false };
+                        lease.lease_time_to_live(ask).await
+                    }
                 })
                 .await?
                 .into_inner();
@@ -155,8 +354,10 @@ impl Source {
     /// HashKV of the source at its current revision.
     pub async fn hash_kv(&self) -> Result<SourceHash, tonic::Status> {
         let resp = self
-            .maintenance()
-            .hash_kv(HashKvRequest { revision: 0 })
+            .authed(|| {
+                let mut maintenance = self.maintenance();
+                async move { maintenance.hash_kv(HashKvRequest { revision: 0 }).await }
+            })
             .await?
             .into_inner();
         Ok(SourceHash {
@@ -169,13 +370,19 @@ impl Source {
     /// Streams a snapshot of the source into `file`, as `etcdctl snapshot save` writes it (the
     /// database, then its SHA-256). Returns the bytes written.
     pub async fn snapshot_to(&self, file: &mut std::fs::File) -> Result<u64, BoxError> {
+        // A fresh token: a stream's refusal may come with its first message, too late to
+        // authenticate again and repeat the call.
+        self.login().await.map_err(|s| explain(&s))?;
         let mut stream = self
-            .maintenance()
-            .snapshot(SnapshotRequest {})
-            .await?
+            .authed(|| {
+                let mut maintenance = self.maintenance();
+                async move { maintenance.snapshot(SnapshotRequest {}).await }
+            })
+            .await
+            .map_err(|s| explain(&s))?
             .into_inner();
         let mut written = 0u64;
-        while let Some(message) = stream.message().await? {
+        while let Some(message) = stream.message().await.map_err(|s| explain(&s))? {
             file.write_all(&message.blob)?;
             written += message.blob.len() as u64;
         }
@@ -202,7 +409,10 @@ impl Source {
         tx.send(create)
             .await
             .map_err(|_| tonic::Status::internal("watch request"))?;
-        let stream = WatchClient::new(self.channel.clone())
+        // A fresh token: etcd checks it once, when the watch is created, and cancels a watch
+        // it refuses rather than failing the call.
+        self.login().await?;
+        let stream = WatchClient::with_interceptor(self.channel.clone(), self.token.clone())
             .max_decoding_message_size(usize::MAX)
             .watch(tokio_stream::wrappers::ReceiverStream::new(rx))
             .await?

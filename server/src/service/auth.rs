@@ -42,7 +42,7 @@ macro_rules! on_leader {
             Route::Forward(leader) => {
                 let resp = leader
                     .auth()
-                    .$method(credentials.attach($req.into_inner()))
+                    .$method($self.auth.attach(&credentials, $req.into_inner()))
                     .await
                     .map_err(forwarded)?
                     .into_inner();
@@ -392,11 +392,7 @@ impl AuthService {
             if now.revision() != state.revision() {
                 continue;
             }
-            return self
-                .auth
-                .tokens()
-                .issue(&now, name)
-                .ok_or_else(|| from_auth(AuthError::AuthFailed));
+            return self.auth.issue(&now, name).map_err(from_auth);
         }
     }
 }

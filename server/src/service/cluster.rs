@@ -1,7 +1,9 @@
 //! The Cluster service: Engram's members as etcd clients expect to list them.
 
+use crate::auth_info::{Authenticator, Credentials};
 use crate::brain::{Brain, election};
 use crate::header::Identity;
+use crate::status::from_auth;
 
 use etcdpb::etcdserverpb::{
     Member, MemberAddRequest, MemberAddResponse, MemberListRequest, MemberListResponse,
@@ -15,11 +17,29 @@ use tonic::{Request, Response, Status};
 pub struct ClusterService {
     identity: Identity,
     brain: Arc<Brain>,
+    auth: Arc<Authenticator>,
 }
 
 impl ClusterService {
-    pub fn new(identity: Identity, brain: Arc<Brain>) -> Self {
-        ClusterService { identity, brain }
+    pub fn new(identity: Identity, brain: Arc<Brain>, auth: Arc<Authenticator>) -> Self {
+        ClusterService {
+            identity,
+            brain,
+            auth,
+        }
+    }
+
+    /// etcd checks a membership change's caller before anything else
+    /// (`checkMembershipOperationPermission`): with authentication enabled only root may
+    /// change members. Others hear etcd's refusal; root hears why Engram changes none.
+    fn membership_change<T>(&self, req: &Request<T>) -> Status {
+        let info = self
+            .auth
+            .info(&Credentials::of(req), self.brain.store().auth());
+        match info.and_then(|info| info.check_admin()) {
+            Ok(()) => membership_is_not_raft(),
+            Err(err) => from_auth(err),
+        }
     }
 }
 
@@ -36,23 +56,23 @@ fn membership_is_not_raft() -> Status {
 impl Cluster for ClusterService {
     async fn member_add(
         &self,
-        _req: Request<MemberAddRequest>,
+        req: Request<MemberAddRequest>,
     ) -> Result<Response<MemberAddResponse>, Status> {
-        Err(membership_is_not_raft())
+        Err(self.membership_change(&req))
     }
 
     async fn member_remove(
         &self,
-        _req: Request<MemberRemoveRequest>,
+        req: Request<MemberRemoveRequest>,
     ) -> Result<Response<MemberRemoveResponse>, Status> {
-        Err(membership_is_not_raft())
+        Err(self.membership_change(&req))
     }
 
     async fn member_update(
         &self,
-        _req: Request<MemberUpdateRequest>,
+        req: Request<MemberUpdateRequest>,
     ) -> Result<Response<MemberUpdateResponse>, Status> {
-        Err(membership_is_not_raft())
+        Err(self.membership_change(&req))
     }
 
     async fn member_list(
@@ -82,8 +102,8 @@ impl Cluster for ClusterService {
 
     async fn member_promote(
         &self,
-        _req: Request<MemberPromoteRequest>,
+        req: Request<MemberPromoteRequest>,
     ) -> Result<Response<MemberPromoteResponse>, Status> {
-        Err(membership_is_not_raft())
+        Err(self.membership_change(&req))
     }
 }

@@ -7,7 +7,6 @@ use crate::auth_info::{AuthInfo, Authenticator, Credentials};
 use crate::brain::{Brain, LeaderLink, LeaderRequest, Store};
 use crate::header::Identity;
 use crate::status::{from_auth, from_kv};
-use backend::auth::AuthError;
 use backend::kv::{KvResult, validate};
 use etcdpb::etcdserverpb::{
     CompactionRequest, CompactionResponse, DeleteRangeRequest, DeleteRangeResponse, PutRequest,
@@ -85,12 +84,8 @@ impl<R> AsCaller<R> {
 
 /// A read is served only if the auth state it was checked under still holds once it is done
 /// (etcd's `doSerialize`): a permission revoked meanwhile fails it.
-fn still_permitted(store: &Store, checked_at: u64, enabled: bool) -> Result<(), Status> {
-    let now = store.auth();
-    if enabled && (!now.enabled() || now.revision() != checked_at) {
-        return Err(from_auth(AuthError::OldRevision));
-    }
-    Ok(())
+fn still_permitted(store: &Store, info: &AuthInfo) -> Result<(), Status> {
+    info.still_holds(&store.auth()).map_err(from_auth)
 }
 
 #[tonic::async_trait]
@@ -109,7 +104,7 @@ impl Kv for KvService {
         info.check_range(&req.key, &req.range_end)
             .map_err(from_auth)?;
         let resp = store.range(&req).await.map_err(from_kv)?;
-        still_permitted(&store, info.state().revision(), info.state().enabled())?;
+        still_permitted(&store, &info)?;
         Ok(self.identity.respond(resp, store.revision()))
     }
 
@@ -148,7 +143,7 @@ impl Kv for KvService {
             let info = self.auth.info_on(&credentials, &store)?;
             info.check_txn(&req, &store).await.map_err(from_kv)?;
             let resp = store.txn(req).await.map_err(from_kv)?;
-            still_permitted(&store, info.state().revision(), info.state().enabled())?;
+            still_permitted(&store, &info)?;
             return Ok(self.identity.respond(resp, store.revision()));
         }
         let resp = self
@@ -186,7 +181,10 @@ impl LeaderRequest for AsCaller<PutRequest> {
     }
 
     async fn forward(self, leader: &LeaderLink) -> Result<Response<PutResponse>, Status> {
-        leader.kv().put(self.credentials.attach(self.req)).await
+        leader
+            .kv()
+            .put(self.auth.attach(&self.credentials, self.req))
+            .await
     }
 }
 
@@ -202,7 +200,7 @@ impl LeaderRequest for AsCaller<DeleteRangeRequest> {
     async fn forward(self, leader: &LeaderLink) -> Result<Response<DeleteRangeResponse>, Status> {
         leader
             .kv()
-            .delete_range(self.credentials.attach(self.req))
+            .delete_range(self.auth.attach(&self.credentials, self.req))
             .await
     }
 }
@@ -217,7 +215,10 @@ impl LeaderRequest for AsCaller<TxnRequest> {
     }
 
     async fn forward(self, leader: &LeaderLink) -> Result<Response<TxnResponse>, Status> {
-        leader.kv().txn(self.credentials.attach(self.req)).await
+        leader
+            .kv()
+            .txn(self.auth.attach(&self.credentials, self.req))
+            .await
     }
 }
 
@@ -231,6 +232,9 @@ impl LeaderRequest for AsCaller<CompactionRequest> {
     }
 
     async fn forward(self, leader: &LeaderLink) -> Result<Response<CompactionResponse>, Status> {
-        leader.kv().compact(self.credentials.attach(self.req)).await
+        leader
+            .kv()
+            .compact(self.auth.attach(&self.credentials, self.req))
+            .await
     }
 }

@@ -88,6 +88,10 @@ impl Lease for LeaseService {
         &self,
         req: Request<LeaseGrantRequest>,
     ) -> Result<Response<LeaseGrantResponse>, Status> {
+        // A grant needs no permission, but etcd authenticates the token a request carries
+        // (none is fine) before it proposes the grant.
+        self.auth
+            .info_on(&Credentials::of(&req), &self.brain.store())?;
         let grant = Grant {
             req: req.into_inner(),
             ids: &self.ids,
@@ -237,7 +241,7 @@ impl LeaderRequest for AsCaller<LeaseRevokeRequest> {
     }
 
     async fn forward(self, leader: &LeaderLink) -> Result<Response<LeaseRevokeResponse>, Status> {
-        let req = self.credentials.attach(self.req);
+        let req = self.auth.attach(&self.credentials, self.req);
         leader.lease().lease_revoke(req).await
     }
 }
@@ -275,7 +279,7 @@ impl LeaderRequest for AsCaller<LeaseTimeToLiveRequest> {
         self,
         leader: &LeaderLink,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
-        let req = self.credentials.attach(self.req);
+        let req = self.auth.attach(&self.credentials, self.req);
         leader.lease().lease_time_to_live(req).await
     }
 }

@@ -102,6 +102,10 @@ impl Maintenance for MaintenanceService {
     /// and answers it, DEACTIVATE clears it and answers it if it was raised. Engram raises no
     /// other alarm: CORRUPT and NONE are answered with no alarm.
     async fn alarm(&self, req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        // etcd proposes alarm requests through raft, which authenticates the token a request
+        // carries (none is fine: an alarm needs no permission).
+        let credentials = crate::auth_info::Credentials::of(&req);
+        self.auth.info_on(&credentials, &self.brain.store())?;
         let req = req.into_inner();
         let store = self.brain.store();
         let nospace = |member_id| AlarmMember {
