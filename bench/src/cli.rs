@@ -10,6 +10,9 @@ use clap::{Parser, ValueEnum};
 pub enum WorkloadKind {
     /// Put of random keys in a keyspace of --keys.
     Put,
+    /// A Txn of one Put and no compare on random keys in a keyspace of --keys (etcd's
+    /// `benchmark txn-put`): what a Txn costs beyond the Put it carries.
+    TxnPut,
     /// kube-apiserver's create: `If(mod_revision(key)==0) Then(Put)` on fresh keys.
     Create,
     /// kube-apiserver's update: CAS on mod_revision, retried with the rv of the Else(Get).
@@ -30,6 +33,7 @@ impl WorkloadKind {
     pub fn name(self) -> &'static str {
         match self {
             WorkloadKind::Put => "put",
+            WorkloadKind::TxnPut => "txn-put",
             WorkloadKind::Create => "create",
             WorkloadKind::Update => "update",
             WorkloadKind::Get => "get",
@@ -123,6 +127,12 @@ pub struct Args {
     #[arg(long)]
     pub compare: bool,
 
+    /// --compare: turn auth on in each fresh server (root and a `bench` user whose role may
+    /// read and write every key from "/" on) and make every request as that user, with a
+    /// simple token: the cost of authentication and permission checks.
+    #[arg(long)]
+    pub auth: bool,
+
     /// engram binary for --compare.
     #[arg(long, default_value = "target/release/engram")]
     pub engram_bin: PathBuf,
@@ -166,6 +176,17 @@ pub struct Args {
     /// pause (--systems is ignored).
     #[arg(long)]
     pub migration: bool,
+
+    /// Measure the single writer's ceiling: Engram's store in this process (no server, no
+    /// gRPC), put and create from --clients in-process clients on one runtime thread for
+    /// --duration/--ops, once per --ceiling-dirs entry (--workload and --systems are ignored).
+    #[arg(long)]
+    pub writer_ceiling: bool,
+
+    /// --writer-ceiling: directories to put the data in (default: the temp directory, and
+    /// /dev/shm where it exists: a tmpfs, where fsync costs nothing).
+    #[arg(long, value_delimiter = ',')]
+    pub ceiling_dirs: Vec<PathBuf>,
 
     /// --scale, --migration: concurrent preload requests (each a Txn of up to 128 puts).
     #[arg(long, default_value_t = 32)]
@@ -231,6 +252,20 @@ impl Args {
                 return Err("--preload-clients must be at least 1".into());
             }
             self.workload = WorkloadKind::Create;
+        }
+        let modes = [
+            self.compare,
+            self.scale,
+            self.migration,
+            self.writer_ceiling,
+        ];
+        if modes.iter().filter(|m| **m).count() > 1 {
+            return Err(
+                "--compare, --scale, --migration and --writer-ceiling are separate modes".into(),
+            );
+        }
+        if self.auth && (!self.compare || self.scale || self.migration) {
+            return Err("--auth enables auth on the fresh servers of --compare only".into());
         }
         for s in &self.systems {
             if s != "etcd" && s != "engram" {

@@ -1,6 +1,7 @@
 //! `engram-bench`: load generator for etcd v3 servers, and `--compare` mode that runs
 //! the same workload on a fresh real etcd 3.5 and a fresh engram.
 
+mod ceiling;
 mod chart;
 mod cli;
 mod migration;
@@ -68,6 +69,14 @@ async fn main_async(args: &Args) -> Result<()> {
         print!("{}", migration::table(args, &measured));
         if let Some(path) = &args.json {
             report::write_text(path, &migration::to_json(args, &measured))?;
+        }
+        return Ok(());
+    }
+    if args.writer_ceiling {
+        let runs = ceiling::run(args)?;
+        print!("{}", ceiling::table(args, &runs));
+        if let Some(path) = &args.json {
+            report::write_text(path, &ceiling::to_json(args, &runs))?;
         }
         return Ok(());
     }

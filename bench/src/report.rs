@@ -7,7 +7,7 @@ use anyhow::{Context, Result};
 use serde_json::{Value, json};
 
 use crate::cli::Args;
-use crate::workloads::RunResult;
+use crate::workloads::{EVENTS_DELIVERED, RunResult};
 
 /// Results of one system (one server) for one workload.
 #[derive(Debug, Clone)]
@@ -26,6 +26,20 @@ impl SystemReport {
     fn cpu_per_kop(&self) -> Option<f64> {
         let cpu = self.cpu_secs?;
         (self.run.ops > 0).then(|| cpu * 1000.0 / self.run.ops as f64)
+    }
+
+    /// Server CPU per measured operation, in microseconds: the figure that carries to a
+    /// machine where the load generator does not share the server's cores.
+    fn cpu_us_per_op(&self) -> Option<f64> {
+        self.cpu_per_kop().map(|ms| ms * 1000.0)
+    }
+
+    /// watch: server CPU per event delivered to a watcher, in microseconds (the puts that
+    /// caused them included: with many watchers, a put's cost is spread over its events).
+    fn cpu_us_per_event(&self) -> Option<f64> {
+        let cpu = self.cpu_secs?;
+        let events = *self.run.stats.counters.get(EVENTS_DELIVERED)?;
+        (events > 0).then(|| cpu * 1e6 / events as f64)
     }
 
     fn rss_mib(&self) -> Option<f64> {
@@ -54,6 +68,9 @@ pub fn describe(args: &Args) -> String {
         args.value_size,
         args.keys
     );
+    if args.auth {
+        s.push_str(" auth=on");
+    }
     if args.versions > 1 {
         let _ = write!(s, " versions={}", args.versions);
     }
@@ -118,16 +135,21 @@ pub fn num(v: Option<f64>, prec: usize) -> String {
 /// The comparison table (a ratio column when both etcd and engram ran).
 pub fn table(args: &Args, systems: &[SystemReport]) -> String {
     type Metric = fn(&SystemReport) -> Option<f64>;
-    let rows: [(&str, Metric, usize); 8] = [
+    let mut rows: Vec<(&str, Metric, usize)> = vec![
         ("ops/s", |s| Some(s.run.ops_per_sec()), 0),
         ("p50 ms", |s| Some(s.run.stats.quantile_ms(0.50)), 3),
         ("p99 ms", |s| Some(s.run.stats.quantile_ms(0.99)), 3),
         ("p99.9 ms", |s| Some(s.run.stats.quantile_ms(0.999)), 3),
-        ("CPU s/1k ops", SystemReport::cpu_per_kop, 3),
-        ("peak RSS MiB", SystemReport::rss_mib, 1),
+        ("CPU us/op", SystemReport::cpu_us_per_op, 1),
+    ];
+    if args.workload == crate::cli::WorkloadKind::Watch {
+        rows.push(("CPU us/event", SystemReport::cpu_us_per_event, 2));
+    }
+    rows.extend([
+        ("peak RSS MiB", SystemReport::rss_mib as Metric, 1),
         ("ok ops", |s| Some(s.run.ops as f64), 0),
         ("errors", |s| Some(s.run.stats.error_count() as f64), 0),
-    ];
+    ]);
     let etcd = systems.iter().find(|s| s.system == "etcd");
     let engram = systems.iter().find(|s| s.system == "engram");
     let with_ratio = etcd.is_some() && engram.is_some();
@@ -195,6 +217,8 @@ fn system_json(s: &SystemReport) -> Value {
         "counters": s.run.stats.counters,
         "cpu_secs": s.cpu_secs,
         "cpu_secs_per_1k_ops": s.cpu_per_kop(),
+        "cpu_us_per_op": s.cpu_us_per_op(),
+        "cpu_us_per_event": s.cpu_us_per_event(),
         "peak_rss_bytes": s.peak_rss,
     })
 }

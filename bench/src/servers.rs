@@ -126,17 +126,10 @@ impl Server {
 
 /// Reads utime+stime from /proc/PID/stat and VmHWM from /proc/PID/status.
 pub fn proc_usage(pid: u32) -> ProcUsage {
-    let mut u = ProcUsage::default();
-    if let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) {
-        // The command name (field 2) may hold spaces: split after its closing paren.
-        if let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) {
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            // rest starts at field 3 (state); utime is field 14, stime field 15.
-            let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
-            let total = ticks(14 - 3) + ticks(15 - 3);
-            u.cpu_secs = total as f64 / clock_ticks_per_sec();
-        }
-    }
+    let mut u = ProcUsage {
+        cpu_secs: stat_cpu_secs(Path::new(&format!("/proc/{pid}/stat"))),
+        peak_rss: 0,
+    };
     if let Ok(status) = fs::read_to_string(format!("/proc/{pid}/status")) {
         for line in status.lines() {
             if let Some(v) = line.strip_prefix("VmHWM:") {
@@ -151,6 +144,22 @@ pub fn proc_usage(pid: u32) -> ProcUsage {
         }
     }
     u
+}
+
+/// utime + stime, in seconds, from a `/proc/.../stat` file of a process or a thread (0 if it
+/// cannot be read).
+pub fn stat_cpu_secs(path: &Path) -> f64 {
+    let Ok(stat) = fs::read_to_string(path) else {
+        return 0.0;
+    };
+    // The command name (field 2) may hold spaces: split after its closing paren.
+    let Some((_, rest)) = stat.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    // rest starts at field 3 (state); utime is field 14, stime field 15.
+    let ticks = |i: usize| f.get(i).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0);
+    (ticks(14 - 3) + ticks(15 - 3)) as f64 / clock_ticks_per_sec()
 }
 
 fn clock_ticks_per_sec() -> f64 {

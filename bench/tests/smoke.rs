@@ -202,3 +202,92 @@ fn scale_two_steps() {
         }
     }
 }
+
+/// `--auth`: both servers answer every request made as the non-root `bench` user (the
+/// preload's puts and the measured gets): a token or a permission either server refused would
+/// count as errors.
+#[test]
+fn compare_get_with_auth() {
+    let report = compare("get", "300", &["--auth", "--keys", "100"]);
+    assert!(
+        report["description"]
+            .as_str()
+            .is_some_and(|d| d.contains("auth=on")),
+        "{report:#}"
+    );
+}
+
+/// A Txn of one Put, no compare; and the CPU per op both servers report.
+#[test]
+fn compare_txn_put() {
+    let report = compare("txn-put", "300", &[]);
+    for s in report["systems"].as_array().expect("systems array") {
+        assert!(
+            s["cpu_us_per_op"].as_f64().unwrap_or(0.0) > 0.0,
+            "{}: {s:#}",
+            s["system"]
+        );
+    }
+}
+
+/// Watch: every put reaches every watcher, and the CPU per delivered event is reported.
+#[test]
+fn compare_watch_reports_cpu_per_event() {
+    let report = compare(
+        "watch",
+        "200",
+        &["--watchers", "20", "--streams", "2", "--value-size", "64"],
+    );
+    for s in report["systems"].as_array().expect("systems array") {
+        let name = &s["system"];
+        assert_eq!(
+            s["counters"]["events-delivered"].as_u64(),
+            Some(200 * 20),
+            "{name}: {s:#}"
+        );
+        assert!(
+            s["cpu_us_per_event"].as_f64().unwrap_or(0.0) > 0.0,
+            "{name}: {s:#}"
+        );
+    }
+}
+
+/// `--writer-ceiling` in one directory: put then create, each every requested write, without
+/// errors, with the writer's batches and the CPU split reported.
+#[test]
+fn writer_ceiling_runs_put_and_create() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let json = dir.path().join("ceiling.json");
+    let out = Command::new(env!("CARGO_BIN_EXE_engram-bench"))
+        .args(["--writer-ceiling", "--ops", "3000", "--clients", "64"])
+        .arg("--ceiling-dirs")
+        .arg(dir.path())
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .expect("run engram-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("writes/batch"), "{stdout}");
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).expect("read json")).expect("json");
+    let runs = report["runs"].as_array().expect("runs");
+    let names: Vec<&str> = runs.iter().filter_map(|r| r["workload"].as_str()).collect();
+    assert_eq!(names, ["put", "create"], "{report:#}");
+    for r in runs {
+        assert_eq!(r["writes"].as_u64(), Some(3000), "{r:#}");
+        assert_eq!(r["errors"], serde_json::json!({}), "{r:#}");
+        assert!(
+            r["writes_per_batch"].as_f64().unwrap_or(0.0) >= 1.0,
+            "{r:#}"
+        );
+        assert!(
+            r["runtime_cpu_us_per_write"].as_f64().unwrap_or(0.0) > 0.0,
+            "{r:#}"
+        );
+    }
+}

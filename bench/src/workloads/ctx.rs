@@ -6,6 +6,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, Result, anyhow};
 use bytes::Bytes;
 use etcdpb::etcdserverpb::kv_client::KvClient;
+use etcdpb::etcdserverpb::lease_client::LeaseClient;
+use tonic::metadata::AsciiMetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
 
 use super::rng::random_value;
@@ -14,9 +18,26 @@ use crate::cli::Args;
 /// Largest gRPC message a client accepts (a 500-object page of big values fits).
 pub const MAX_MESSAGE: usize = 256 * 1024 * 1024;
 
+/// A connection whose every request carries the run's auth token, if it has one.
+pub type Conn = InterceptedService<Channel, Token>;
+
+/// Adds the `token` metadata etcd's auth reads (nothing without `--auth`).
+#[derive(Clone, Default)]
+pub struct Token(Option<AsciiMetadataValue>);
+
+impl Interceptor for Token {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(token) = &self.0 {
+            req.metadata_mut().insert("token", token.clone());
+        }
+        Ok(req)
+    }
+}
+
 /// Connections and shared settings of one run against one server.
 pub struct Ctx {
     channels: Vec<Channel>,
+    token: Token,
     next: AtomicUsize,
     pub value: Bytes,
     pub keys: u64,
@@ -28,7 +49,8 @@ pub struct Ctx {
 }
 
 impl Ctx {
-    /// Opens `conns` gRPC channels, spread over the endpoints round-robin.
+    /// Opens `conns` gRPC channels, spread over the endpoints round-robin; with `--auth`,
+    /// enables auth on the server first and makes every request as its bench user.
     pub async fn connect(args: &Args, endpoints: &[String]) -> Result<Ctx> {
         if endpoints.is_empty() {
             return Err(anyhow!("no endpoints"));
@@ -46,12 +68,17 @@ impl Ctx {
                 .with_context(|| format!("connect to {url}"))?;
             channels.push(ch);
         }
+        let token = match args.auth {
+            true => Token(Some(super::auth::enable(channels[0].clone()).await?)),
+            false => Token::default(),
+        };
         let nonce = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| format!("{:x}", d.as_nanos()))
             .unwrap_or_default();
         Ok(Ctx {
             channels,
+            token,
             next: AtomicUsize::new(0),
             value: random_value(args.value_size, 42),
             keys: args.keys,
@@ -61,13 +88,17 @@ impl Ctx {
         })
     }
 
-    /// The next channel, round-robin.
-    pub fn channel(&self) -> Channel {
+    /// The next channel, round-robin, with the run's token.
+    pub fn channel(&self) -> Conn {
         let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        self.channels[i].clone()
+        InterceptedService::new(self.channels[i].clone(), self.token.clone())
     }
 
-    pub fn kv(&self) -> KvClient<Channel> {
+    pub fn lease(&self) -> LeaseClient<Conn> {
+        LeaseClient::new(self.channel())
+    }
+
+    pub fn kv(&self) -> KvClient<Conn> {
         KvClient::new(self.channel())
             .max_decoding_message_size(MAX_MESSAGE)
             .max_encoding_message_size(MAX_MESSAGE)

@@ -11,7 +11,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use etcdpb::etcdserverpb::LeaseGrantRequest;
-use etcdpb::etcdserverpb::lease_client::LeaseClient;
 use tokio::sync::Mutex;
 
 use super::ctx::Ctx;
@@ -43,11 +42,7 @@ async fn grant(ctx: &Ctx, ttl: Duration) -> Result<i64, Failure> {
         ttl: i64::try_from(ttl.as_secs()).unwrap_or(i64::MAX),
         id: 0,
     };
-    Ok(LeaseClient::new(ctx.channel())
-        .lease_grant(req)
-        .await?
-        .into_inner()
-        .id)
+    Ok(ctx.lease().lease_grant(req).await?.into_inner().id)
 }
 
 impl KubeWorkload {

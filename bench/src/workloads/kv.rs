@@ -35,7 +35,7 @@ pub struct KvWorkload {
 impl KvWorkload {
     pub async fn prepare(ctx: Arc<Ctx>, kind: WorkloadKind) -> Result<KvWorkload> {
         let prefix = match kind {
-            WorkloadKind::Put => format!("/bench/put/{}/", ctx.nonce),
+            WorkloadKind::Put | WorkloadKind::TxnPut => format!("/bench/put/{}/", ctx.nonce),
             WorkloadKind::Create => format!("/registry/bench-create/{}/", ctx.nonce),
             WorkloadKind::Update => format!("/registry/bench-update/{}/", ctx.nonce),
             WorkloadKind::Get | WorkloadKind::GetSerializable => {
@@ -67,6 +67,10 @@ impl KvWorkload {
             WorkloadKind::Put => {
                 let k = key(&self.prefix, rng.below(self.ctx.keys));
                 put(&self.ctx, k).await
+            }
+            WorkloadKind::TxnPut => {
+                let k = key(&self.prefix, rng.below(self.ctx.keys));
+                txn_put(&self.ctx, k).await
             }
             WorkloadKind::Create => create(&self.ctx, key(&self.prefix, i), 0).await,
             WorkloadKind::Update => {
@@ -105,6 +109,17 @@ pub async fn put(ctx: &Ctx, key: Bytes) -> Result<(), Failure> {
         ..Default::default()
     };
     ctx.kv().put(req).await?;
+    Ok(())
+}
+
+/// A Txn of one Put, no compare (etcd's `benchmark txn-put`).
+pub async fn txn_put(ctx: &Ctx, key: Bytes) -> Result<(), Failure> {
+    let req = TxnRequest {
+        compare: vec![],
+        success: vec![put_op(&key, &ctx.value)],
+        failure: vec![],
+    };
+    ctx.kv().txn(req).await?;
     Ok(())
 }
 

@@ -3,6 +3,7 @@
 //! `--ops` / `--duration` / `--max-duration`; the workloads themselves (`kv.rs`, `kube.rs`,
 //! `watch.rs`), and `dispatch.rs`, which prepares and runs the one `--workload` names.
 
+mod auth;
 mod ctx;
 mod dispatch;
 mod driver;
@@ -16,5 +17,7 @@ mod watch_wire;
 
 pub use ctx::Ctx;
 pub use dispatch::{prepare, run};
-pub use driver::RunResult;
+pub use driver::{Failure, RunResult, drive};
 pub use keys::key;
+pub use rng::random_value;
+pub use watch::EVENTS_DELIVERED;

@@ -31,6 +31,9 @@ pub struct WatchWorkload {
     prefix: String,
 }
 
+/// The counter of events delivered to watchers (the report divides CPU by it).
+pub const EVENTS_DELIVERED: &str = "events-delivered";
+
 fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -204,7 +207,7 @@ impl WatchWorkload {
             total.err_n(&format!("put {k}"), *v);
         }
         total.count("puts", writes.ops);
-        total.count("events-delivered", got);
+        total.count(EVENTS_DELIVERED, got);
         total.count("put-p99-us", writes.stats.hist.value_at_quantile(0.99));
         Ok(RunResult {
             stats: total,

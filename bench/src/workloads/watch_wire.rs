@@ -10,11 +10,10 @@
 use bytes::Bytes;
 use etcdpb::etcdserverpb::WatchRequest;
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::Channel;
 use tonic::{Status, Streaming};
 use tonic_prost::ProstCodec;
 
-use super::ctx::MAX_MESSAGE;
+use super::ctx::{Conn, MAX_MESSAGE};
 
 /// `etcdserverpb.WatchResponse`, without the header, compact revision and fragment flag.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -46,7 +45,7 @@ pub struct KeyValue {
 }
 
 /// Opens `etcdserverpb.Watch/Watch` on `channel`, sending `requests`.
-pub async fn watch<S>(channel: Channel, requests: S) -> Result<Streaming<WatchResponse>, Status>
+pub async fn watch<S>(channel: Conn, requests: S) -> Result<Streaming<WatchResponse>, Status>
 where
     S: tokio_stream::Stream<Item = WatchRequest> + Send + 'static,
 {
