@@ -86,6 +86,9 @@ pub struct WriteBatch {
 }
 
 impl WriteBatch {
+    /// Writes `key` = `value`. An engine may keep both buffers as they are (the LSM engine
+    /// holds them in its memtable until a flush): pass buffers of their own, not slices of a
+    /// larger buffer that should be freed sooner.
     pub fn put(&mut self, key: impl Into<Bytes>, value: impl Into<Bytes>) {
         self.mutations.push(Mutation::Put {
             key: key.into(),

@@ -195,7 +195,14 @@ impl LsmEngine {
                 continue;
             }
             match mutation {
-                Mutation::Put { key, value } => out.insert(&self.keyspace, &key[..], &value[..]),
+                // The store writes keys and values it built at their exact size (`mvcc::keys`,
+                // `mvcc::record`, owned event keys): handed over as they are, fjall keeps them
+                // in the memtable without a copy (its slices are `Bytes` with `bytes_1`). The
+                // copy was 17% of this function on a put load, ~12% of the server's CPU per
+                // put with the allocation and free around it (bench/RESULTS.md, 2026-12-07).
+                Mutation::Put { key, value } => out.insert(&self.keyspace, key, value),
+                // Deleted keys may be slices of blocks read from the engine (compaction's
+                // sweep): copied, so that the memtable does not keep whole blocks alive.
                 Mutation::Delete { key } => out.remove(&self.keyspace, &key[..]),
             }
         }
