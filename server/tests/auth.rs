@@ -10,51 +10,9 @@ use etcdpb::etcdserverpb::{
     WatchRequest, auth_client::AuthClient, compare, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, request_op, watch_client::WatchClient, watch_request,
 };
-use std::io::Write;
-use std::process::{Command, Stdio};
-use support::{Engram, Etcd, etcdctl_bin, strip_headers};
+use support::etcdctl::{etcdctl, etcdctl_in};
+use support::{Engram, Etcd, strip_headers};
 use tonic::transport::Channel;
-
-/// stdout (JSON where asked) or the error line, with the header's identity removed.
-fn etcdctl_in(endpoint: &str, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new(etcdctl_bin())
-        .args(["--endpoints", endpoint])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = if out.status.success() {
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    } else {
-        // The last line is etcdctl's own "Error: ..." (earlier lines are client retry logs).
-        let err = String::from_utf8_lossy(&out.stderr);
-        err.lines().last().unwrap_or_default().to_string()
-    };
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(mut json) => {
-            if let Some(header) = json.get_mut("header").and_then(|h| h.as_object_mut()) {
-                header.remove("cluster_id");
-                header.remove("member_id");
-                header.remove("raft_term");
-            }
-            json.to_string()
-        }
-        Err(_) => text.trim().replace(endpoint, "<endpoint>"),
-    }
-}
-
-fn etcdctl(endpoint: &str, args: &[&str]) -> String {
-    etcdctl_in(endpoint, args, "")
-}
 
 #[tokio::test]
 async fn auth_answers_match_etcd_with_auth_disabled() {

@@ -11,10 +11,10 @@
 
 mod support;
 
-use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{Duration, Instant};
+use support::etcdctl::{etcdctl, etcdctl_in};
 use support::{Engram, Etcd, engram_bin, etcdctl_bin, etcdutl_bin};
 use testkit::ServerProcess;
 
@@ -91,47 +91,6 @@ const WRITES: &[&[&str]] = &[
     &["--user", ROOT, "get", "", "--prefix", "-w", "json"],
     &["--user", ROOT, "auth", "status", "-w", "json"],
 ];
-
-/// etcdctl `args` against `endpoint` with `stdin`: stdout (JSON without the member's
-/// identity) or etcdctl's error line.
-fn etcdctl_in(endpoint: &str, args: &[&str], stdin: &str) -> String {
-    let mut child = Command::new(etcdctl_bin())
-        .args(["--endpoints", endpoint])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = if out.status.success() {
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        err.lines().last().unwrap_or_default().to_string()
-    };
-    match serde_json::from_str::<serde_json::Value>(&text) {
-        Ok(mut json) => {
-            if let Some(header) = json.get_mut("header").and_then(|h| h.as_object_mut()) {
-                header.remove("cluster_id");
-                header.remove("member_id");
-                header.remove("raft_term");
-            }
-            json.to_string()
-        }
-        Err(_) => text.trim().replace(endpoint, "<endpoint>"),
-    }
-}
-
-fn etcdctl(endpoint: &str, args: &[&str]) -> String {
-    etcdctl_in(endpoint, args, "")
-}
 
 fn setup(endpoint: &str) {
     for args in SETUP {

@@ -151,13 +151,9 @@ fn etcdctl(endpoint: &str, flags: &[String], args: &[&str]) -> String {
         .stdin(Stdio::null())
         .output()
         .expect("run etcdctl");
-    let text = if out.status.success() {
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        err.lines().last().unwrap_or_default().to_string()
-    };
-    let text = text.trim().replace(endpoint, "<endpoint>");
+    let text = support::etcdctl::answer(&out)
+        .trim()
+        .replace(endpoint, "<endpoint>");
     let mut words: Vec<String> = text.split(' ').map(String::from).collect();
     for word in &mut words {
         if word.len() >= 8

@@ -78,12 +78,7 @@ fn etcdctl(endpoint: &str, args: &[&str]) -> String {
         .env_remove("ETCDCTL_API")
         .output()
         .expect("run etcdctl");
-    if out.status.success() {
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    } else {
-        let err = String::from_utf8_lossy(&out.stderr);
-        err.lines().last().unwrap_or_default().to_string()
-    }
+    support::etcdctl::answer(&out).trim().to_string()
 }
 
 /// root (rootpw) and alice (apw, readwrite on `/k`), authentication enabled.

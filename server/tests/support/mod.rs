@@ -8,6 +8,7 @@
 
 pub mod canon;
 pub mod diff;
+pub mod etcdctl;
 pub mod http;
 pub mod pki;
 pub mod watch;
