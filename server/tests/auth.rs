@@ -11,7 +11,7 @@ use etcdpb::etcdserverpb::{
     maintenance_client::MaintenanceClient, request_op, watch_client::WatchClient, watch_request,
 };
 use support::etcdctl::{etcdctl, etcdctl_in};
-use support::{Engram, Etcd, strip_headers};
+use support::{Engram, Etcd, shown, with_token};
 use tonic::transport::Channel;
 
 #[tokio::test]
@@ -265,20 +265,6 @@ fn put(key: &str, lease: i64) -> PutRequest {
         value: "v".into(),
         lease,
         ..Default::default()
-    }
-}
-
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(message);
-    req.metadata_mut().insert("token", token.parse().unwrap());
-    req
-}
-
-fn shown<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> String {
-    match result {
-        // Headers differ in identity and revision bookkeeping: kept as present or not.
-        Ok(resp) => strip_headers(&format!("{:?}", resp.into_inner())),
-        Err(status) => format!("error {:?}: {}", status.code(), status.message()),
     }
 }
 

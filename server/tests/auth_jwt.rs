@@ -11,7 +11,7 @@ use etcdpb::etcdserverpb::{
 };
 use std::process::{Command, Stdio};
 use std::time::Duration;
-use support::{Engram, etcd_bin, etcdctl_bin, strip_headers};
+use support::{Engram, etcd_bin, etcdctl_bin, shown, with_token};
 use tempfile::TempDir;
 use testkit::ServerProcess;
 use tonic::transport::Channel;
@@ -116,19 +116,6 @@ async fn authenticate(endpoint: &str, name: &str, password: &str) -> Result<Stri
     match auth.authenticate(req).await {
         Ok(resp) => Ok(resp.into_inner().token),
         Err(status) => Err(format!("{:?}: {}", status.code(), status.message())),
-    }
-}
-
-fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
-    let mut req = tonic::Request::new(message);
-    req.metadata_mut().insert("token", token.parse().unwrap());
-    req
-}
-
-fn shown<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> String {
-    match result {
-        Ok(resp) => strip_headers(&format!("{:?}", resp.into_inner())),
-        Err(status) => format!("error {:?}: {}", status.code(), status.message()),
     }
 }
 

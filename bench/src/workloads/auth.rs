@@ -4,14 +4,15 @@
 //! because etcd (like Engram) skips the permission lookup for root: root would measure the
 //! token check alone.
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use bytes::Bytes;
 use etcdpb::authpb::Permission;
 use etcdpb::authpb::permission::Type as PermType;
 use etcdpb::etcdserverpb::auth_client::AuthClient;
+use etcdpb::etcdserverpb::kv_client::KvClient;
 use etcdpb::etcdserverpb::{
     AuthEnableRequest, AuthRoleAddRequest, AuthRoleGrantPermissionRequest, AuthUserAddRequest,
-    AuthUserGrantRoleRequest, AuthenticateRequest,
+    AuthUserGrantRoleRequest, AuthenticateRequest, RangeRequest,
 };
 use tonic::metadata::AsciiMetadataValue;
 use tonic::transport::Channel;
@@ -25,7 +26,7 @@ const ROOT_PASSWORD: &str = "bench-root-password";
 /// keys), enables auth, and returns the bench user's token. On a server that already has auth
 /// enabled this fails: `--auth` is for the fresh servers of `--compare`.
 pub async fn enable(channel: Channel) -> Result<AsciiMetadataValue> {
-    let mut auth = AuthClient::new(channel);
+    let mut auth = AuthClient::new(channel.clone());
     for (name, password) in [("root", ROOT_PASSWORD), (USER, PASSWORD)] {
         auth.user_add(AuthUserAddRequest {
             name: name.into(),
@@ -60,6 +61,18 @@ pub async fn enable(channel: Channel) -> Result<AsciiMetadataValue> {
     auth.auth_enable(AuthEnableRequest {})
         .await
         .context("--auth: enable")?;
+    // A run that believes auth is on but measures a server without it would report nothing
+    // about auth: a request without a token must now be refused as etcd refuses it.
+    let anonymous = KvClient::new(channel.clone())
+        .range(RangeRequest {
+            key: Bytes::from_static(b"/"),
+            ..Default::default()
+        })
+        .await;
+    match anonymous {
+        Err(status) if status.message() == "etcdserver: user name is empty" => {}
+        other => bail!("--auth: a request without a token was not refused: {other:?}"),
+    }
     let token = auth
         .authenticate(AuthenticateRequest {
             name: USER.into(),

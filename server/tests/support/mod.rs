@@ -271,6 +271,23 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     testkit::write_file(dir, name, text).unwrap_or_else(|e| panic!("write {name}: {e}"))
 }
 
+/// `message` as a request made with `token` (etcd's `token` metadata).
+pub fn with_token<T>(message: T, token: &str) -> tonic::Request<T> {
+    let mut req = tonic::Request::new(message);
+    req.metadata_mut()
+        .insert("token", token.parse().expect("a token is ASCII"));
+    req
+}
+
+/// A call's answer as tests compare it across servers: the response without its headers'
+/// identity and revisions (kept as present or not), or the error's code and message.
+pub fn shown<T: std::fmt::Debug>(result: Result<tonic::Response<T>, tonic::Status>) -> String {
+    match result {
+        Ok(resp) => strip_headers(&format!("{:?}", resp.into_inner())),
+        Err(status) => format!("error {:?}: {}", status.code(), status.message()),
+    }
+}
+
 /// Replaces every `header: Some(ResponseHeader { ... })` with `header: Some(..)`.
 pub fn strip_headers(text: &str) -> String {
     let mut out = String::new();
