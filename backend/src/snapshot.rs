@@ -99,6 +99,17 @@ mod tests {
     /// Entries scanned per engine read.
     const PAGE: usize = 1024;
 
+    /// The whole dump of `source`, in 4 KiB pieces put back together.
+    async fn dumped(source: &MemoryEngine) -> Vec<u8> {
+        let (tx, mut rx) = mpsc::channel(4);
+        tokio::spawn(dump(source.snapshot().await.unwrap(), 4096, tx));
+        let mut file = Vec::new();
+        while let Some(piece) = rx.recv().await {
+            file.extend_from_slice(&piece.unwrap());
+        }
+        file
+    }
+
     /// Streams a consistent copy of `snapshot` in chunks of about `chunk` bytes into `out`.
     pub async fn dump<S: Snapshot>(
         snapshot: S,
@@ -161,38 +172,18 @@ mod tests {
     /// restored engine enforces them; the election records stay behind.
     #[tokio::test]
     async fn auth_is_dumped_and_restored() {
-        use crate::auth::AuthChange;
         use crate::store::{Store, StoreOptions};
         let source = MemoryEngine::new();
         let store = Store::open(source.clone(), StoreOptions::default())
             .await
             .unwrap();
-        for change in [
-            AuthChange::UserAdd {
-                name: "root".into(),
-                password_hash: Some(b"$2a$04$hash".to_vec()),
-                options: None,
-            },
-            AuthChange::RoleAdd {
-                name: "root".into(),
-            },
-            AuthChange::UserGrantRole {
-                user: "root".into(),
-                role: "root".into(),
-            },
-            AuthChange::Enable,
-        ] {
+        for change in crate::auth::enable_with_root(b"$2a$04$hash") {
             store.change_auth(change, Some("root")).await.unwrap();
         }
         let mut batch = WriteBatch::default();
         batch.put(crate::mvcc::keys::brain_term(), Bytes::from_static(b"1"));
         source.write(batch).await.unwrap();
-        let (tx, mut rx) = mpsc::channel(4);
-        tokio::spawn(dump(source.snapshot().await.unwrap(), 4096, tx));
-        let mut file = Vec::new();
-        while let Some(piece) = rx.recv().await {
-            file.extend_from_slice(&piece.unwrap());
-        }
+        let file = dumped(&source).await;
         let target = MemoryEngine::new();
         restore(&target, &file[..]).await.unwrap();
         let restored = Store::open(target.clone(), StoreOptions::default())
@@ -219,12 +210,7 @@ mod tests {
             batch.put(i.to_be_bytes().to_vec(), vec![7u8; (i % 50) as usize]);
         }
         source.write(batch).await.unwrap();
-        let (tx, mut rx) = mpsc::channel(4);
-        tokio::spawn(dump(source.snapshot().await.unwrap(), 4096, tx));
-        let mut file = Vec::new();
-        while let Some(piece) = rx.recv().await {
-            file.extend_from_slice(&piece.unwrap());
-        }
+        let file = dumped(&source).await;
         let target = MemoryEngine::new();
         assert_eq!(restore(&target, &file[..]).await.unwrap(), 3000);
         let all = KeyRange::new(Bytes::new(), None);

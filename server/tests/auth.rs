@@ -10,7 +10,7 @@ use etcdpb::etcdserverpb::{
     WatchRequest, auth_client::AuthClient, compare, kv_client::KvClient, lease_client::LeaseClient,
     maintenance_client::MaintenanceClient, request_op, watch_client::WatchClient, watch_request,
 };
-use support::etcdctl::{etcdctl, etcdctl_in};
+use support::etcdctl::{ROOT_AND_ALICE, etcdctl, etcdctl_in};
 use support::{Engram, Etcd, shown, with_token};
 use tonic::transport::Channel;
 
@@ -277,17 +277,11 @@ async fn raw_transcript(endpoint: String) -> Vec<String> {
     let mut lease = LeaseClient::new(ch.clone());
     let mut maintenance = MaintenanceClient::new(ch.clone());
     let ctl = |args: &[&str]| etcdctl(&endpoint, args);
-    for args in [
-        &["user", "add", "root:rootpw"][..],
-        &["role", "add", "root"],
-        &["user", "grant-role", "root", "root"],
-        &["user", "add", "alice:apw"],
-        &["role", "add", "r"],
-        &["role", "grant-permission", "r", "readwrite", "/k"],
+    let then: [&[&str]; 2] = [
         &["role", "grant-permission", "r", "read", "/a"],
-        &["user", "grant-role", "alice", "r"],
         &["auth", "enable"],
-    ] {
+    ];
+    for args in ROOT_AND_ALICE.into_iter().chain(then) {
         ctl(args);
     }
     let token = |name: &str, password: &str| AuthenticateRequest {

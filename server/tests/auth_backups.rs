@@ -15,7 +15,7 @@ use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 use support::etcdctl::{etcdctl, etcdctl_in};
-use support::{Engram, Etcd, engram_bin, etcdctl_bin, etcdutl_bin};
+use support::{Engram, Etcd, engram_bin, etcdctl_bin};
 use testkit::ServerProcess;
 
 const ROOT: &str = "root:rootpw";
@@ -183,24 +183,7 @@ async fn an_engram_with_auth_restores_into_etcd() {
     let file = work.path().join("engram.db");
     snapshot_save(&engram.endpoint(), &file);
 
-    let ports = testkit::free_ports(2).unwrap();
-    let data = work.path().join("etcd-data");
-    let peer = format!("http://127.0.0.1:{}", ports[1]);
-    run(Command::new(etcdutl_bin())
-        .args(["snapshot", "restore"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--name", "restored", "--initial-cluster"])
-        .arg(format!("restored={peer}"))
-        .arg("--initial-advertise-peer-urls")
-        .arg(&peer));
-    let args = testkit::etcd_args("restored", &data, ports[0], ports[1]);
-    let endpoint = format!("http://127.0.0.1:{}", ports[0]);
-    let log = work.path().join("etcd.log");
-    let mut etcd = ServerProcess::spawn("etcd", &support::etcd_bin(), &args, endpoint, &log)
-        .unwrap_or_else(|e| panic!("{e}"));
-    etcd.wait_ready(Duration::from_secs(30)).await.unwrap();
+    let etcd = support::etcd_restored_from(&file, work.path()).await;
 
     let commands: Vec<&[&str]> = READS.iter().chain(WRITES).copied().collect();
     let expected = transcript(&engram.endpoint(), &commands);

@@ -11,6 +11,7 @@ use rcgen::{CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair,
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::etcdctl::ROOT_AND_ALICE;
 use support::pki::Ca;
 use support::{Engram, etcd_bin, etcdctl_bin, write_file};
 use tempfile::TempDir;
@@ -169,16 +170,8 @@ fn etcdctl(endpoint: &str, flags: &[String], args: &[&str]) -> String {
 }
 
 fn setup(endpoint: &str) {
-    for args in [
-        &["user", "add", "root:rootpw"][..],
-        &["role", "add", "root"],
-        &["user", "grant-role", "root", "root"],
-        &["user", "add", "alice:apw"],
-        &["role", "add", "r"],
-        &["role", "grant-permission", "r", "readwrite", "/k"],
-        &["user", "grant-role", "alice", "r"],
-        &["auth", "enable"],
-    ] {
+    let enable: [&[&str]; 1] = [&["auth", "enable"]];
+    for args in ROOT_AND_ALICE.into_iter().chain(enable) {
         let out = etcdctl(endpoint, &[], args);
         assert!(!out.starts_with("Error"), "{args:?}: {out}");
     }

@@ -11,6 +11,7 @@ use etcdpb::etcdserverpb::{
 };
 use std::process::{Command, Stdio};
 use std::time::Duration;
+use support::etcdctl::ROOT_AND_ALICE;
 use support::{Engram, etcd_bin, etcdctl_bin, shown, with_token};
 use tempfile::TempDir;
 use testkit::ServerProcess;
@@ -83,17 +84,8 @@ fn etcdctl(endpoint: &str, args: &[&str]) -> String {
 
 /// root (rootpw) and alice (apw, readwrite on `/k`), authentication enabled.
 fn setup(endpoint: &str) {
-    for args in [
-        &["user", "add", "root:rootpw"][..],
-        &["role", "add", "root"],
-        &["user", "grant-role", "root", "root"],
-        &["user", "add", "alice:apw"],
-        &["role", "add", "r"],
-        &["role", "grant-permission", "r", "readwrite", "/k"],
-        &["user", "grant-role", "alice", "r"],
-        &["put", "/k", "v"],
-        &["auth", "enable"],
-    ] {
+    let then: [&[&str]; 2] = [&["put", "/k", "v"], &["auth", "enable"]];
+    for args in ROOT_AND_ALICE.into_iter().chain(then) {
         let out = etcdctl(endpoint, args);
         assert!(!out.starts_with("Error"), "{args:?}: {out}");
     }

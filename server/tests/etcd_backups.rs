@@ -19,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
 use support::{Engram, Etcd, engram_bin, etcdctl_bin, etcdutl_bin};
-use testkit::ServerProcess;
 
 const LEASE_A: i64 = 0x1a5e_a24e_c9a5_5d04;
 const LEASE_B: i64 = 7_000_001;
@@ -329,20 +328,7 @@ async fn an_engram_snapshot_restores_into_etcd_exactly() {
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["revision"], current, "{status}");
 
-    let ports = testkit::free_ports(2).unwrap();
-    let data = work.path().join("etcd-data");
-    let peer = format!("http://127.0.0.1:{}", ports[1]);
-    let restore = run(Command::new(etcdutl_bin())
-        .args(["snapshot", "restore"])
-        .arg(&file)
-        .arg("--data-dir")
-        .arg(&data)
-        .args(["--name", "restored", "--initial-cluster"])
-        .arg(format!("restored={peer}"))
-        .arg("--initial-advertise-peer-urls")
-        .arg(&peer));
-    assert_success("etcdutl snapshot restore", &restore);
-    let etcd = start_etcd_on(&data, &ports, &work.path().join("etcd.log")).await;
+    let etcd = support::etcd_restored_from(&file, work.path()).await;
     let mut e = Client::connect([etcd.endpoint()], None).await.unwrap();
     assert_same(
         "etcd restored from engram",
@@ -351,16 +337,6 @@ async fn an_engram_snapshot_restores_into_etcd_exactly() {
     );
     let next = e.put("next", "1", None).await.unwrap();
     assert_eq!(next.header().unwrap().revision(), current + 1);
-}
-
-/// A real etcd on a data directory `etcdutl snapshot restore` made.
-async fn start_etcd_on(data: &Path, ports: &[u16], log: &Path) -> ServerProcess {
-    let args = testkit::etcd_args("restored", data, ports[0], ports[1]);
-    let endpoint = format!("http://127.0.0.1:{}", ports[0]);
-    let mut etcd =
-        ServerProcess::spawn("etcd", &support::etcd_bin(), &args, endpoint, log).unwrap();
-    etcd.wait_ready(Duration::from_secs(30)).await.unwrap();
-    etcd
 }
 
 #[tokio::test]

@@ -283,26 +283,20 @@ pub fn replicate(
         return None;
     }
     let mut rows: Rows = Vec::new();
-    for (name, user) in &current.users {
-        if !source.users.contains_key(name) {
-            rows.push((records::user_key(&user.name), None));
-        }
-    }
-    for (name, user) in &source.users {
-        if current.users.get(name) != Some(user) {
-            rows.push(records::user_row(user));
-        }
-    }
-    for (name, role) in &current.roles {
-        if !source.roles.contains_key(name) {
-            rows.push((records::role_key(&role.name), None));
-        }
-    }
-    for (name, role) in &source.roles {
-        if current.roles.get(name) != Some(role) {
-            rows.push(records::role_row(role));
-        }
-    }
+    differing_rows(
+        &current.users,
+        &source.users,
+        &mut rows,
+        |u| records::user_key(&u.name),
+        records::user_row,
+    );
+    differing_rows(
+        &current.roles,
+        &source.roles,
+        &mut rows,
+        |r| records::role_key(&r.name),
+        records::role_row,
+    );
     let token_key = match &current.token_key {
         _ if !source.enabled => None,
         Some(key) if current.enabled => Some(key.clone()),
@@ -325,6 +319,46 @@ pub fn replicate(
         token_key,
     );
     Some(Applied { state, rows })
+}
+
+/// The rows that turn `current` (users or roles by name) into `source`: a deletion for each
+/// entry `source` lacks, a write for each it has differently.
+fn differing_rows<T: PartialEq>(
+    current: &std::collections::BTreeMap<String, T>,
+    source: &std::collections::BTreeMap<String, T>,
+    rows: &mut Rows,
+    key: impl Fn(&T) -> Bytes,
+    row: impl Fn(&T) -> (Bytes, Option<Bytes>),
+) {
+    for (name, entry) in current {
+        if !source.contains_key(name) {
+            rows.push((key(entry), None));
+        }
+    }
+    for (name, entry) in source {
+        if current.get(name) != Some(entry) {
+            rows.push(row(entry));
+        }
+    }
+}
+
+/// For tests: the changes that turn authentication on with a root user whose password hash
+/// is `password_hash` (etcd requires the root user, with the root role, before `auth enable`).
+#[cfg(test)]
+pub(crate) fn enable_with_root(password_hash: &[u8]) -> [AuthChange; 4] {
+    [
+        AuthChange::UserAdd {
+            name: ROOT.into(),
+            password_hash: Some(password_hash.to_vec()),
+            options: None,
+        },
+        AuthChange::RoleAdd { name: ROOT.into() },
+        AuthChange::UserGrantRole {
+            user: ROOT.into(),
+            role: ROOT.into(),
+        },
+        AuthChange::Enable,
+    ]
 }
 
 #[cfg(test)]
@@ -388,17 +422,11 @@ mod tests {
         let here = apply(&AuthState::default(), user_add("gone")).unwrap();
         let here = apply(&here, AuthChange::RoleAdd { name: "old".into() }).unwrap();
         let mut source = AuthState::default();
-        for change in [
-            user_add(ROOT),
-            AuthChange::RoleAdd { name: ROOT.into() },
-            AuthChange::UserGrantRole {
-                user: ROOT.into(),
-                role: ROOT.into(),
-            },
-            AuthChange::Enable,
-            AuthChange::Disable,
-            AuthChange::Enable,
-        ] {
+        let enabled = enable_with_root(b"hash");
+        for change in enabled
+            .into_iter()
+            .chain([AuthChange::Disable, AuthChange::Enable])
+        {
             source = apply(&source, change).unwrap();
         }
         let source = AuthState::from_parts(

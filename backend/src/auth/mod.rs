@@ -24,6 +24,8 @@ pub mod token;
 pub mod vouch;
 
 pub use authority::Authority;
+#[cfg(test)]
+pub(crate) use change::enable_with_root;
 pub use change::{Applied, AuthChange, replicate};
 pub use error::{AuthError, ROOT};
 pub use perms::Access;

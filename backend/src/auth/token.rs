@@ -154,27 +154,17 @@ impl Tokens {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::change::AuthChange;
+    use crate::auth::change::{AuthChange, enable_with_root};
     use crate::auth::error::ROOT;
 
     fn enabled_with(users: &[&str]) -> AuthState {
         let mut state = AuthState::default();
-        for name in users.iter().chain([&ROOT]) {
-            let change = AuthChange::UserAdd {
-                name: name.to_string(),
-                password_hash: Some(format!("hash of {name}").into_bytes()),
-                options: None,
-            };
-            state = change.apply(&state, new_key).unwrap().unwrap().state;
-        }
-        for change in [
-            AuthChange::RoleAdd { name: ROOT.into() },
-            AuthChange::UserGrantRole {
-                user: ROOT.into(),
-                role: ROOT.into(),
-            },
-            AuthChange::Enable,
-        ] {
+        let added = users.iter().map(|name| AuthChange::UserAdd {
+            name: name.to_string(),
+            password_hash: Some(format!("hash of {name}").into_bytes()),
+            options: None,
+        });
+        for change in added.chain(enable_with_root(b"hash of root")) {
             state = change.apply(&state, new_key).unwrap().unwrap().state;
         }
         state

@@ -54,26 +54,12 @@ pub fn vouched(state: &AuthState, text: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::change::AuthChange;
+    use crate::auth::change::{AuthChange, enable_with_root};
     use crate::auth::token::new_key;
 
     fn enabled() -> AuthState {
         let mut state = AuthState::default();
-        for change in [
-            AuthChange::UserAdd {
-                name: "root".into(),
-                password_hash: Some(b"h".to_vec()),
-                options: None,
-            },
-            AuthChange::RoleAdd {
-                name: "root".into(),
-            },
-            AuthChange::UserGrantRole {
-                user: "root".into(),
-                role: "root".into(),
-            },
-            AuthChange::Enable,
-        ] {
+        for change in enable_with_root(b"h") {
             state = change.apply(&state, new_key).unwrap().unwrap().state;
         }
         state

@@ -5,9 +5,10 @@ use crate::config::MigrateArgs;
 use crate::error::BoxError;
 use etcdpb::etcdserverpb::{
     AuthStatusRequest, AuthenticateRequest, HashKvRequest, LeaseLeasesRequest,
-    LeaseTimeToLiveRequest, RangeRequest, SnapshotRequest, WatchCreateRequest, WatchRequest,
-    WatchResponse, auth_client::AuthClient, kv_client::KvClient, lease_client::LeaseClient,
-    maintenance_client::MaintenanceClient, watch_client::WatchClient, watch_request::RequestUnion,
+    LeaseTimeToLiveRequest, RangeRequest, RangeResponse, SnapshotRequest, WatchCreateRequest,
+    WatchRequest, WatchResponse, auth_client::AuthClient, kv_client::KvClient,
+    lease_client::LeaseClient, maintenance_client::MaintenanceClient, watch_client::WatchClient,
+    watch_request::RequestUnion,
 };
 use std::future::Future;
 use std::io::Write;
@@ -255,6 +256,13 @@ impl Source {
 
     /// The source's current revision (a linearizable read of one key).
     pub async fn revision(&self) -> Result<i64, tonic::Status> {
+        let resp = self.count_one_key_at(0).await?;
+        Ok(resp.header.map_or(0, |h| h.revision))
+    }
+
+    /// A count-only read of one key at `revision` (0: the current one): the cheapest request
+    /// that says the source's revision, or whether it still reads at a past one.
+    async fn count_one_key_at(&self, revision: i64) -> Result<RangeResponse, tonic::Status> {
         let resp = self
             .authed(|| {
                 let mut kv = self.kv();
@@ -262,34 +270,21 @@ impl Source {
                     kv.range(RangeRequest {
                         key: bytes::Bytes::from_static(b"\0"),
                         count_only: true,
+                        revision,
                         ..Default::default()
                     })
                     .await
                 }
             })
-            .await?
-            .into_inner();
-        Ok(resp.header.map_or(0, |h| h.revision))
+            .await?;
+        Ok(resp.into_inner())
     }
 
     /// The source's compacted revision: the lowest revision it still reads at (found by
     /// bisection: a read below it fails as compacted), or -1 if it reads at revision 1.
     pub async fn compacted(&self, current: i64) -> Result<i64, tonic::Status> {
         let readable = |revision: i64| async move {
-            let read = self
-                .authed(|| {
-                    let mut kv = self.kv();
-                    async move {
-                        kv.range(RangeRequest {
-                            key: bytes::Bytes::from_static(b"\0"),
-                            count_only: true,
-                            revision,
-                            ..Default::default()
-                        })
-                        .await
-                    }
-                })
-                .await;
+            let read = self.count_one_key_at(revision).await;
             match read {
                 Ok(_) => Ok(true),
                 Err(s) if s.code() == tonic::Code::OutOfRange => Ok(false),

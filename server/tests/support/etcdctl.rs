@@ -52,3 +52,16 @@ pub fn etcdctl_in(endpoint: &str, args: &[&str], stdin: &str) -> String {
 pub fn etcdctl(endpoint: &str, args: &[&str]) -> String {
     etcdctl_in(endpoint, args, "")
 }
+
+/// The etcdctl commands that create root (password `rootpw`, root role) and alice (`apw`,
+/// role `r` with readwrite on `/k`). Auth tests add their own grants and keys after these,
+/// then `auth enable`.
+pub const ROOT_AND_ALICE: [&[&str]; 7] = [
+    &["user", "add", "root:rootpw"],
+    &["role", "add", "root"],
+    &["user", "grant-role", "root", "root"],
+    &["user", "add", "alice:apw"],
+    &["role", "add", "r"],
+    &["role", "grant-permission", "r", "readwrite", "/k"],
+    &["user", "grant-role", "alice", "r"],
+];

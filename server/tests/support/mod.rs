@@ -302,3 +302,35 @@ pub fn strip_headers(text: &str) -> String {
     out.push_str(rest);
     out
 }
+
+/// A real etcd on what `etcdutl snapshot restore` made of the backup `file` (its data and log
+/// in `work`), started and ready: a backup etcd must accept as its own.
+pub async fn etcd_restored_from(file: &Path, work: &Path) -> ServerProcess {
+    let ports = testkit::free_ports(2).unwrap();
+    let data = work.join("etcd-data");
+    let peer = format!("http://127.0.0.1:{}", ports[1]);
+    let out = std::process::Command::new(etcdutl_bin())
+        .args(["snapshot", "restore"])
+        .arg(file)
+        .arg("--data-dir")
+        .arg(&data)
+        .args(["--name", "restored", "--initial-cluster"])
+        .arg(format!("restored={peer}"))
+        .arg("--initial-advertise-peer-urls")
+        .arg(&peer)
+        .output()
+        .expect("run etcdutl");
+    assert!(
+        out.status.success(),
+        "etcdutl snapshot restore failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let args = testkit::etcd_args("restored", &data, ports[0], ports[1]);
+    let endpoint = format!("http://127.0.0.1:{}", ports[0]);
+    let log = work.join("etcd.log");
+    let mut etcd = ServerProcess::spawn("etcd", &etcd_bin(), &args, endpoint, &log)
+        .unwrap_or_else(|e| panic!("{e}"));
+    etcd.wait_ready(Duration::from_secs(30)).await.unwrap();
+    etcd
+}
